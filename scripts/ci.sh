@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's test command, run by .ci/run and by the
+# hosted pipeline, so local and hosted CI cannot drift.
+#   scripts/ci.sh            every stage, in order
+#   scripts/ci.sh STAGE...   only those stages (see --list)
+# With CI=true a missing tool fails its stage; nothing is skipped silently.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PATH="$ROOT/.venv/bin:$PATH"
+
+# name|command. Each stage owns one concern and lives in that concern's folder.
+STAGES=(
+  "fmt|cargo fmt --all -- --check"
+  "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings"
+  "shellcheck|scripts/lint-shell.sh"
+  "test|cargo test --workspace --locked"
+)
+
+usage() {
+  sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+list() { local s; for s in "${STAGES[@]}"; do echo "${s%%|*}"; done; }
+
+run_stage() {
+  local name=$1 cmd=$2 start rc
+  printf '\n==> [%s] %s\n' "$name" "$cmd"
+  start=$(date +%s)
+  set +e
+  bash -c "$cmd"
+  rc=$?
+  set -e
+  printf '<== [%s] exit %d in %ds\n' "$name" "$rc" "$(( $(date +%s) - start ))"
+  return "$rc"
+}
+
+main() {
+  case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    --list) list; exit 0 ;;
+  esac
+  local want=("$@") s name failed=()
+  for s in "${STAGES[@]}"; do
+    name=${s%%|*}
+    if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $name "* ]]; then continue; fi
+    run_stage "$name" "${s#*|}" || failed+=("$name")
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED stages: ${failed[*]}" >&2
+    exit 1
+  fi
+  echo "all stages passed"
+}
+
+main "$@"
