@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# Back up the hello-birthday database (PostgreSQL or SQLite) with a manifest
+# that lets restore.sh prove the restore: source, schema version, row count,
+# a content checksum computed by the database over the rows in primary-key
+# order, and the SHA-256 of the backup file.
+#
+# restore.sh sources this file for the parts both need (URL parsing,
+# checksums, storage); sourced, it only defines functions.
+set -euo pipefail
+
+HB_MANIFEST_FORMAT="hello-birthday-backup/1"
+HB_NAME_PREFIX="hello-birthday-"
+
+backup_usage() {
+  cat <<'USAGE'
+Usage: scripts/backup.sh [--database-url URL] [--to DEST] [--keep N]
+
+Takes a consistent backup of the hello-birthday database while the service
+keeps writing, and writes it next to a manifest:
+
+  PostgreSQL  pg_dump -Fc inside a REPEATABLE READ snapshot; row count and
+              content checksum come from the same snapshot.
+  SQLite      VACUUM INTO (an online, transactionally consistent copy);
+              row count and checksum are computed on that copy.
+
+A backup is ID.pgdump or ID.sqlite3 plus ID.manifest.json, ID being
+hello-birthday-<UTC timestamp>. Files are written under temporary names and
+the manifest lands last, so a backup without a manifest is never complete.
+
+Options:
+  --database-url URL  postgres://user[:pass]@host:port/db or sqlite://PATH
+                      (default: $DATABASE_URL). Prefer the env variable: a
+                      password on the command line is visible in ps.
+  --to DEST           a directory or s3://bucket/prefix (default: $BACKUP_DEST)
+  --keep N            afterwards keep only the N newest backups in DEST
+                      (default: $BACKUP_KEEP; unset = keep all)
+  -h, --help          this text
+
+Environment:
+  DATABASE_URL, BACKUP_DEST, BACKUP_KEEP   defaults for the options above
+  PGPASSWORD, ~/.pgpass                    used when the URL has no password
+  AWS_PROFILE, AWS_* credentials           for s3:// (AWS CLI)
+  AWS_ENDPOINT_URL                         another S3 endpoint (tests)
+  BACKUP_S3_SSE        server-side encryption: aws:kms (default) or AES256
+  BACKUP_S3_KMS_KEY_ID KMS key for aws:kms (default: the account's S3 key)
+  PG_BINDIR            directory of pg_dump/pg_restore/psql (default: PATH)
+
+Prints the backup's manifest location on stdout; progress goes to stderr.
+USAGE
+}
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------ database URL
+
+# urldecode STRING: %XX escapes of a URL component (a password may hold any
+# byte). Backslashes are doubled first so printf %b leaves them alone.
+urldecode() {
+  local s=${1//\\/\\\\}
+  printf '%b' "${s//%/\\x}"
+}
+
+# parse_db_url URL: sets DB_BACKEND (postgres|sqlite), DB_SOURCE (the URL
+# without its password, for logs and manifests) and SQLITE_PATH, or exports
+# the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) so no
+# tool ever gets the password in its argv.
+parse_db_url() {
+  local url=$1 rest auth hostport query param key value
+  case "$url" in
+    sqlite://*)
+      DB_BACKEND=sqlite
+      rest=${url#sqlite://}
+      SQLITE_PATH=${rest%%\?*}
+      [ -n "$SQLITE_PATH" ] || die "no file path in the sqlite URL"
+      DB_SOURCE="sqlite://$SQLITE_PATH"
+      ;;
+    postgres://*|postgresql://*)
+      DB_BACKEND=postgres
+      rest=${url#*://}
+      query=""
+      if [[ "$rest" == *\?* ]]; then query=${rest#*\?}; rest=${rest%%\?*}; fi
+      auth=""
+      if [[ "$rest" == *@* ]]; then auth=${rest%@*}; rest=${rest##*@}; fi
+      hostport=${rest%%/*}
+      if [[ "$rest" == */* ]]; then
+        [ -z "${rest#*/}" ] || { PGDATABASE=$(urldecode "${rest#*/}"); export PGDATABASE; }
+      fi
+      if [ -n "$auth" ]; then
+        PGUSER=$(urldecode "${auth%%:*}"); export PGUSER
+        [[ "$auth" != *:* ]] || { PGPASSWORD=$(urldecode "${auth#*:}"); export PGPASSWORD; }
+      fi
+      if [[ "$hostport" == \[* ]]; then          # [IPv6]:port
+        export PGHOST="${hostport%%]*}"; PGHOST=${PGHOST#[}
+        hostport=${hostport#*]}
+        [ -z "${hostport#:}" ] || export PGPORT="${hostport#:}"
+      elif [ -n "$hostport" ]; then
+        [ -z "${hostport%%:*}" ] || export PGHOST="${hostport%%:*}"
+        [[ "$hostport" != *:* ]] || export PGPORT="${hostport##*:}"
+      fi
+      local IFS='&'
+      for param in $query; do
+        key=${param%%=*}; value=$(urldecode "${param#*=}")
+        case "$key" in
+          host) export PGHOST="$value" ;;
+          port) export PGPORT="$value" ;;
+          sslmode) export PGSSLMODE="$value" ;;
+          sslrootcert) export PGSSLROOTCERT="$value" ;;
+          connect_timeout) export PGCONNECT_TIMEOUT="$value" ;;
+          application_name) export PGAPPNAME="$value" ;;
+          *) say "ignoring URL parameter $key" ;;
+        esac
+      done
+      DB_SOURCE="postgres://${PGUSER:+$PGUSER@}${PGHOST:-}${PGPORT:+:$PGPORT}/${PGDATABASE:-}"
+      # Timestamps print the same whatever the server's or the host's zone.
+      export PGTZ=UTC PGDATESTYLE="ISO, YMD"
+      export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
+      ;;
+    "") die "no database URL: pass --database-url or set DATABASE_URL" ;;
+    *) die "unsupported database URL scheme: ${url%%:*} (postgres:// or sqlite://)" ;;
+  esac
+}
+
+pg_tool() {
+  local t=$1
+  if [ -n "${PG_BINDIR:-}" ]; then t="$PG_BINDIR/$1"; fi
+  command -v "$t" >/dev/null 2>&1 || die "$1 not found (install postgresql-client, or set PG_BINDIR)"
+  printf '%s\n' "$t"
+}
+
+# psql_q: run the SQL on stdin; unaligned, tuples only, stop at the first error.
+psql_q() { "$(pg_tool psql)" -X -q -A -t -v ON_ERROR_STOP=1; }
+sqlite_q() { sqlite3 -batch -bail -noheader -list "$@"; }
+
+# ------------------------------------------------------------- checksums
+# The checksum is computed by the database over every row in primary-key
+# (byte) order, so a restore is compared with what was backed up, not with
+# the file that carried it. Each backend has its own formula, named in the
+# manifest; restore.sh refuses a formula it does not know.
+
+PG_CHECKSUM_ALGORITHM="postgres-sha256-rows-v1"
+PG_CHECKSUM_SQL="SELECT encode(sha256(convert_to(coalesce(string_agg(username || ':' || date_of_birth::text || ':' || created_at::text || ':' || updated_at::text, E'\\n' ORDER BY username COLLATE \"C\"), ''), 'UTF8')), 'hex') FROM users"
+SQLITE_CHECKSUM_ALGORITHM="sqlite-sha3_query-rows-v1"
+SQLITE_CHECKSUM_SQL="SELECT lower(hex(sha3_query('SELECT username, date_of_birth, created_at, updated_at FROM users ORDER BY username', 256)))"
+
+# The statements that print row_count, schema_version and checksum, one per
+# line, in that order.
+pg_stats_sql() {
+  cat <<SQL
+SET TIME ZONE 'UTC';
+SET DateStyle = 'ISO, YMD';
+SELECT count(*) FROM users;
+SELECT coalesce(max(version), 0) FROM schema_migrations;
+$PG_CHECKSUM_SQL;
+SQL
+}
+
+sqlite_stats_sql() {
+  cat <<SQL
+SELECT count(*) FROM users;
+SELECT coalesce(max(version), 0) FROM schema_migrations;
+$SQLITE_CHECKSUM_SQL;
+SQL
+}
+
+# read_stats: parse the three lines into STAT_ROWS, STAT_SCHEMA, STAT_SUM.
+read_stats() {
+  local lines=()
+  mapfile -t lines
+  [ "${#lines[@]}" -eq 3 ] || die "unexpected statistics output: ${lines[*]}"
+  STAT_ROWS=${lines[0]} STAT_SCHEMA=${lines[1]} STAT_SUM=${lines[2]}
+  [[ "$STAT_ROWS" =~ ^[0-9]+$ && "$STAT_SCHEMA" =~ ^[0-9]+$ && "$STAT_SUM" =~ ^[0-9a-f]{64}$ ]] \
+    || die "unexpected statistics: rows=$STAT_ROWS schema=$STAT_SCHEMA checksum=$STAT_SUM"
+}
+
+# sqlite_stats FILE / pg_stats: statistics of a database (STAT_*).
+sqlite_stats() { read_stats < <(sqlite_q -readonly "$1" "$(sqlite_stats_sql)"); }
+pg_stats() { read_stats < <(pg_stats_sql | psql_q); }
+
+# --------------------------------------------------------------- storage
+# DEST is a local directory or s3://bucket/prefix. Objects are named
+# ID.manifest.json and ID.<ext>; only IDs with a manifest are backups.
+
+is_s3() { [[ "$1" == s3://* ]]; }
+aws_cli() { command -v aws >/dev/null 2>&1 || die "aws CLI not found (pip install awscli)"; aws "$@"; }
+# s3_split s3://bucket/prefix: S3_BUCKET, S3_PREFIX ("" or "prefix/").
+s3_split() {
+  local rest=${1#s3://}
+  S3_BUCKET=${rest%%/*}
+  S3_PREFIX=""
+  [[ "$rest" != */* ]] || S3_PREFIX=${rest#*/}
+  S3_PREFIX=${S3_PREFIX%/}
+  [ -z "$S3_PREFIX" ] || S3_PREFIX="$S3_PREFIX/"
+  [ -n "$S3_BUCKET" ] || die "no bucket in $1"
+}
+
+# store_names DEST: every object name directly in DEST.
+store_names() {
+  if is_s3 "$1"; then
+    s3_split "$1"
+    aws_cli s3api list-objects-v2 --bucket "$S3_BUCKET" --prefix "$S3_PREFIX" --output json \
+      | jq -r --arg p "$S3_PREFIX" '.Contents[]?.Key | ltrimstr($p) | select(contains("/") | not)'
+  else
+    [ -d "$1" ] || return 0
+    find "$1" -mindepth 1 -maxdepth 1 -type f -printf '%f\n'
+  fi
+}
+
+# store_ids DEST: IDs of complete backups (with a manifest), oldest first.
+store_ids() {
+  store_names "$1" | sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort
+}
+
+# store_put FILE DEST NAME: upload, encrypted at rest on S3.
+store_put() {
+  if is_s3 "$2"; then
+    s3_split "$2"
+    local sse=${BACKUP_S3_SSE:-aws:kms} args=()
+    args=(--only-show-errors --sse "$sse")
+    if [ "$sse" = aws:kms ] && [ -n "${BACKUP_S3_KMS_KEY_ID:-}" ]; then
+      args+=(--sse-kms-key-id "$BACKUP_S3_KMS_KEY_ID")
+    fi
+    aws_cli s3 cp "${args[@]}" "$1" "s3://$S3_BUCKET/$S3_PREFIX$3"
+  else
+    # Same directory, so the rename is atomic; fsync before it is visible.
+    cp -- "$1" "$2/.$3.partial"
+    sync -- "$2/.$3.partial"
+    mv -- "$2/.$3.partial" "$2/$3"
+  fi
+}
+
+# store_get DEST NAME FILE
+store_get() {
+  if is_s3 "$1"; then
+    s3_split "$1"
+    aws_cli s3 cp --only-show-errors "s3://$S3_BUCKET/$S3_PREFIX$2" "$3"
+  else
+    cp -- "$1/$2" "$3"
+  fi
+}
+
+# store_rm DEST NAME: no error when it is already gone.
+store_rm() {
+  if is_s3 "$1"; then
+    s3_split "$1"
+    aws_cli s3 rm --only-show-errors "s3://$S3_BUCKET/$S3_PREFIX$2"
+  else
+    rm -f -- "${1:?}/$2"
+  fi
+}
+
+# prune DEST KEEP: delete all but the KEEP newest backups (manifest first, so
+# a backup is never half deleted yet complete-looking), then leftovers of
+# failed runs older than the oldest backup kept.
+prune() {
+  local dest=$1 keep=$2 ids=() names=() n i id oldest name
+  mapfile -t ids < <(store_ids "$dest")
+  n=${#ids[@]}
+  if [ "$n" -gt "$keep" ]; then
+    for (( i = 0; i < n - keep; i++ )); do
+      id=${ids[$i]}
+      say "retention: deleting $id (keeping the $keep newest of $n)"
+      store_rm "$dest" "$id.manifest.json"
+      store_rm "$dest" "$id.pgdump"
+      store_rm "$dest" "$id.sqlite3"
+    done
+  fi
+  [ "$n" -gt 0 ] || return 0
+  oldest=${ids[$(( n > keep ? n - keep : 0 ))]}
+  mapfile -t names < <(store_names "$dest")
+  for name in "${names[@]}"; do
+    id=${name#.}; id=${id%%.partial}; id=${id%.manifest.json}; id=${id%.pgdump}; id=${id%.sqlite3}
+    [[ "$id" == "$HB_NAME_PREFIX"* ]] || continue
+    if [[ "$id" < "$oldest" ]]; then
+      say "retention: deleting leftover $name"
+      store_rm "$dest" "$name"
+    fi
+  done
+}
+
+# --------------------------------------------------------------- backup
+
+# dump_postgres FILE: pg_dump in a REPEATABLE READ transaction whose snapshot
+# pg_dump shares, so the row count and checksum describe exactly the dump.
+# Sets STAT_* and SNAPSHOT_AT.
+dump_postgres() {
+  local file=$1 out=() ok="$1.ok"
+  rm -f -- "$ok"
+  export HB_PG_DUMP HB_DUMP_FILE="$file" HB_DUMP_OK="$ok"
+  HB_PG_DUMP=$(pg_tool pg_dump)
+  # psql 15 cannot see the exit status of \!, hence the marker file.
+  mapfile -t out < <(psql_q <<SQL
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SELECT pg_export_snapshot() AS snap \\gset
+\\setenv HB_SNAPSHOT :snap
+\\! "\$HB_PG_DUMP" --format=custom --snapshot="\$HB_SNAPSHOT" --file="\$HB_DUMP_FILE" && touch "\$HB_DUMP_OK"
+SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+SELECT current_setting('server_version');
+$(pg_stats_sql)
+COMMIT;
+SQL
+  )
+  [ -f "$ok" ] || die "pg_dump failed"
+  rm -f -- "$ok"
+  [ "${#out[@]}" -eq 5 ] || die "unexpected psql output: ${out[*]}"
+  SNAPSHOT_AT=${out[0]}
+  SERVER_VERSION=${out[1]}
+  read_stats < <(printf '%s\n' "${out[@]:2}")
+  # A dump pg_restore cannot read is no backup.
+  "$(pg_tool pg_restore)" --list "$file" >/dev/null || die "pg_restore cannot read the new dump"
+  TOOL_VERSION=$("$HB_PG_DUMP" --version)
+}
+
+# dump_sqlite FILE: VACUUM INTO reads one snapshot of the live database (WAL
+# readers do not block the service's writer) into a new compact file.
+dump_sqlite() {
+  local file=$1 src=$SQLITE_PATH check
+  command -v sqlite3 >/dev/null 2>&1 || die "sqlite3 not found (apt-get install sqlite3)"
+  [ -f "$src" ] || die "no SQLite database at $src"
+  SNAPSHOT_AT=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+  sqlite_q -readonly -cmd ".timeout 10000" "$src" "VACUUM INTO '${file//\'/\'\'}'"
+  sync -- "$file"
+  check=$(sqlite_q -readonly "$file" "PRAGMA integrity_check")
+  [ "$check" = ok ] || die "integrity check of the copy failed: $check"
+  sqlite_stats "$file"
+  SERVER_VERSION=$(sqlite_q "$file" "SELECT sqlite_version()")
+  TOOL_VERSION="sqlite3 $(sqlite3 -version | cut -d' ' -f1) VACUUM INTO"
+}
+
+backup_main() {
+  local url=${DATABASE_URL:-} dest=${BACKUP_DEST:-} keep=${BACKUP_KEEP:-}
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --database-url) url=${2:?--database-url needs a value}; shift 2 ;;
+      --database-url=*) url=${1#*=}; shift ;;
+      --to) dest=${2:?--to needs a value}; shift 2 ;;
+      --to=*) dest=${1#*=}; shift ;;
+      --keep) keep=${2:?--keep needs a value}; shift 2 ;;
+      --keep=*) keep=${1#*=}; shift ;;
+      -h|--help) backup_usage; exit 0 ;;
+      *) backup_usage >&2; die "unknown argument: $1" ;;
+    esac
+  done
+  [ -n "$dest" ] || die "no destination: pass --to DIR|s3://bucket/prefix or set BACKUP_DEST"
+  [ -z "$keep" ] || [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "--keep must be a positive number"
+  command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
+  parse_db_url "$url"
+
+  local started stamp id ext stage data manifest sha bytes seconds
+  started=$EPOCHREALTIME
+  stamp=$(date -u +%Y%m%dT%H%M%S.%3NZ)
+  id="$HB_NAME_PREFIX$stamp"
+  ext=pgdump
+  [ "$DB_BACKEND" = postgres ] || ext=sqlite3
+
+  # Local backups are written in place under a hidden temporary name (no
+  # second copy of a large file); S3 backups are staged in TMPDIR.
+  if is_s3 "$dest"; then
+    stage=$(mktemp -d "${TMPDIR:-/tmp}/hb-backup.XXXXXX")
+  else
+    mkdir -p -- "$dest"
+    stage=$dest
+  fi
+  data="$stage/.$id.$ext.partial"
+  manifest="$stage/.$id.manifest.json.partial"
+  BACKUP_CLEAN=("$data" "$manifest" "$data.ok")
+  [ "$stage" = "$dest" ] || BACKUP_CLEAN+=("$stage")
+  trap 'rm -rf -- "${BACKUP_CLEAN[@]}"' EXIT
+
+  say "backing up $DB_SOURCE ($DB_BACKEND) to $dest as $id"
+  if [ "$DB_BACKEND" = postgres ]; then dump_postgres "$data"; else dump_sqlite "$data"; fi
+  sha=$(sha256sum -- "$data" | cut -d' ' -f1)
+  bytes=$(stat -c %s -- "$data")
+  seconds=$(elapsed_since "$started")
+
+  local algorithm=$PG_CHECKSUM_ALGORITHM formula=$PG_CHECKSUM_SQL
+  if [ "$DB_BACKEND" = sqlite ]; then algorithm=$SQLITE_CHECKSUM_ALGORITHM; formula=$SQLITE_CHECKSUM_SQL; fi
+  jq -n \
+    --arg format "$HB_MANIFEST_FORMAT" --arg id "$id" --arg created_at "$SNAPSHOT_AT" \
+    --arg backend "$DB_BACKEND" --arg source "$DB_SOURCE" --arg host "$(hostname)" \
+    --arg tool "$TOOL_VERSION" --arg server_version "$SERVER_VERSION" \
+    --argjson schema_version "$STAT_SCHEMA" --argjson row_count "$STAT_ROWS" \
+    --arg checksum_algorithm "$algorithm" --arg checksum_sql "$formula" --arg checksum "$STAT_SUM" \
+    --arg file "$id.$ext" --argjson bytes "$bytes" --arg sha256 "$sha" \
+    --argjson dump_seconds "$seconds" \
+    '{format: $format, id: $id, created_at: $created_at, backend: $backend,
+      source: $source, host: $host, tool: $tool, server_version: $server_version,
+      schema_version: $schema_version, row_count: $row_count,
+      checksum_algorithm: $checksum_algorithm, checksum_sql: $checksum_sql,
+      checksum: $checksum, file: $file, bytes: $bytes, sha256: $sha256,
+      dump_seconds: $dump_seconds}' >"$manifest"
+
+  # The data first, the manifest last: a backup is complete only once its
+  # manifest is visible.
+  if is_s3 "$dest"; then
+    say "uploading $id.$ext ($bytes bytes) and its manifest"
+    store_put "$data" "$dest" "$id.$ext"
+    store_put "$manifest" "$dest" "$id.manifest.json"
+  else
+    sync -- "$data" "$manifest"
+    mv -- "$data" "$dest/$id.$ext"
+    mv -- "$manifest" "$dest/$id.manifest.json"
+    sync -- "$dest"
+  fi
+  say "backup $id: $STAT_ROWS rows, schema v$STAT_SCHEMA, checksum ${STAT_SUM:0:16}..., $bytes bytes in $(elapsed_since "$started") s"
+
+  if [ -n "$keep" ]; then prune "$dest" "$keep"; fi
+  if is_s3 "$dest"; then
+    s3_split "$dest"
+    printf 's3://%s/%s%s.manifest.json\n' "$S3_BUCKET" "$S3_PREFIX" "$id"
+  else
+    printf '%s/%s.manifest.json\n' "${dest%/}" "$id"
+  fi
+}
+
+# elapsed_since START [END]: seconds between two $EPOCHREALTIME stamps.
+elapsed_since() { awk -v a="$1" -v b="${2:-$EPOCHREALTIME}" 'BEGIN { printf "%.3f\n", b - a }'; }
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  backup_main "$@"
+fi
