@@ -15,7 +15,8 @@ Usage: scripts/setup.sh dev|host [options]
          PostgreSQL server binaries, HAProxy, Prometheus (promtool),
          Alertmanager (amtool), shellcheck, wrk, podman, graphviz, sqlite3,
          and a Python virtualenv (.venv) with cfn-lint, checkov, actionlint,
-         moto, awscli, matplotlib, schemathesis. Then prints tool versions.
+         moto, awscli, matplotlib, schemathesis; cargo-deny from crates.io.
+         Then prints tool versions.
   host   Provision a server (Amazon Linux 2023, Debian, Ubuntu) to run the
          service: system user, directories, env file, hardened systemd unit.
          Options: --binary PATH (install this release binary)
@@ -48,7 +49,12 @@ DEV_PACKAGES=(
   "taskset:util-linux"
   "pgrep:procps"
   "psql:postgresql-client"
+  "file:file"
+  "readelf:binutils"
+  "update-ca-certificates:ca-certificates"
 )
+
+CARGO_DENY_VERSION=0.20.2
 
 setup_dev() {
   local missing=() entry cmd pkg
@@ -88,6 +94,15 @@ setup_dev() {
   step "Rust components"
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
+  # cargo-deny (supply-chain checks) from crates.io; compiling it takes a few
+  # minutes once, so an installed one is kept.
+  step "cargo-deny"
+  if cargo deny --version >/dev/null 2>&1; then
+    echo "  already installed: $(cargo deny --version)"
+  else
+    cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
+  fi
+
   step "Versions"
   local pgbin
   pgbin=$(command -v initdb || find /usr/lib/postgresql -path "*/bin/initdb" | sort | tail -n1)
@@ -100,6 +115,7 @@ setup_dev() {
     shellcheck "$(shellcheck --version | sed -n 2p)" \
     wrk "$(wrk -v 2>&1 | head -n1)" \
     podman "$(podman --version)" \
+    cargo-deny "$(cargo deny --version)" \
     cfn-lint "$("$ROOT/.venv/bin/cfn-lint" --version)" \
     checkov "$("$ROOT/.venv/bin/checkov" --version)"
 }
