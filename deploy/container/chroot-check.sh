@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Library (sourced by scripts/release.sh and deploy/container/build.sh): start
+# hello-birthday inside a chroot that holds nothing else, as an unprivileged
+# user, and check it serves. A static binary that works there needs nothing
+# from the host filesystem, which is what a FROM scratch image gives it.
+set -euo pipefail
+
+# chroot_serve_check ROOTFS EXE USERSPEC REVISION RELEASE [VAR=VALUE...]
+#   Runs /EXE in ROOTFS as USERSPEC (uid:gid) on 127.0.0.1 with kernel-picked
+#   ports, plus the given environment, then checks: /healthz names REVISION
+#   and RELEASE, a PUT is stored and read back, /metrics answers, SIGTERM ends
+#   it with status 0. The environment should set DATABASE_URL to a path the
+#   user can write inside ROOTFS. Runs in a subshell: its trap stops the
+#   server on any failure.
+chroot_serve_check() (
+  local rootfs=$1 exe=$2 userspec=$3 revision=$4 release=$5
+  shift 5
+  local log pid="" deadline api metrics health code greeting rc
+  log=$(mktemp)
+  # shellcheck disable=SC2317  # run by the trap
+  stop() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$log"
+  }
+  trap stop EXIT
+  fail() { echo "--- service log:" >&2; cat "$log" >&2; echo "chroot check: $*" >&2; exit 1; }
+
+  # env -i: nothing from the caller's environment leaks in; later assignments
+  # win, so loopback and free ports override whatever the caller passed.
+  env -i "$@" RELEASE="$release" LOG_FORMAT=json \
+    PORT=0 METRICS_PORT=0 BIND_ADDR=127.0.0.1 DRAIN_SECONDS=0 SHUTDOWN_TIMEOUT_SECONDS=5 \
+    "$(command -v chroot)" --userspec="$userspec" "$rootfs" "$exe" >"$log" 2>&1 &
+  pid=$!
+  deadline=$(( $(date +%s) + 30 ))
+  until grep -q listening "$log"; do
+    kill -0 "$pid" 2>/dev/null || fail "the service exited"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "no 'listening' line within 30s"
+    sleep 0.1
+  done
+  addr_of() { # the host:port logged for field $1 (JSON or text log line)
+    grep listening "$log" | sed 's/\x1b\[[0-9;]*m//g' \
+      | grep -oE "\"?$1\"?[=:] ?\"?[0-9.]+:[0-9]+" | grep -oE '[0-9.]+:[0-9]+' | head -n1
+  }
+  api=$(addr_of addr)
+  metrics=$(addr_of metrics_addr)
+  if [ -z "$api" ] || [ -z "$metrics" ]; then fail "cannot read the bound addresses from the log"; fi
+  echo "  serving on $api, metrics on $metrics, as $userspec"
+
+  health=$(curl -fsS --max-time 5 "http://$api/healthz") || fail "GET /healthz failed"
+  echo "  GET /healthz: $health"
+  [ "$(jq -r .status <<<"$health")" = ok ] || fail "/healthz status is not ok"
+  [ "$(jq -r .revision <<<"$health")" = "$revision" ] || fail "/healthz revision is not $revision"
+  [ "$(jq -r .release <<<"$health")" = "$release" ] || fail "/healthz release is not $release"
+  code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X PUT \
+    -H 'Content-Type: application/json' -d '{"dateOfBirth":"1990-02-03"}' \
+    "http://$api/hello/chrootcheck") || fail "PUT failed"
+  [ "$code" = 204 ] || fail "PUT /hello/chrootcheck answered $code, not 204"
+  greeting=$(curl -fsS --max-time 5 "http://$api/hello/chrootcheck") || fail "GET /hello/chrootcheck failed"
+  echo "  PUT 204, then GET: $greeting"
+  [[ "$(jq -r .message <<<"$greeting")" == "Hello, chrootcheck! "* ]] || fail "unexpected greeting"
+  curl -fsS --max-time 5 "http://$metrics/metrics" | grep -q '^hello_birthday_build_info{' \
+    || fail "/metrics has no hello_birthday_build_info"
+  echo "  GET /metrics: hello_birthday_build_info present"
+
+  kill -TERM "$pid"
+  deadline=$(( $(date +%s) + 20 ))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "still running 20s after SIGTERM"
+    sleep 0.1
+  done
+  rc=0
+  wait "$pid" || rc=$?
+  pid=""
+  [ "$rc" = 0 ] || fail "exit status $rc after SIGTERM, not 0"
+  echo "  SIGTERM: exit 0"
+)
