@@ -1,1 +1,51 @@
+//! hello-birthday: remembers people's dates of birth and greets them.
+//!
+//! Data travels one way through the crate:
+//!
+//! ```text
+//! HTTP request -> http (parse into domain types) -> domain (pure calendar)
+//!              -> store (sqlite | postgres) -> domain -> http response
+//! ```
+//!
+//! - [`domain`]: validated types (`Username`, `DateOfBirth`) and the greeting;
+//!   pure, no I/O, no clock reads.
+//! - [`store`]: SQLite (default, group-committed writes) and PostgreSQL behind
+//!   one interface, chosen by the `DATABASE_URL` scheme; embedded migrations.
+//! - [`http`]: routes, the strict body decoder, one error type mapped to RFC
+//!   9457 problem+json, and the middleware for limits, metrics and logs.
+//! - [`app`]: builds the application from a [`config::Config`] and serves it
+//!   with a drain-then-stop shutdown; used by `main` and by the tests.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
 
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+/// What this binary is: version, git revision and a per-process nonce.
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    pub const REVISION: &str = env!("HELLO_GIT_REVISION");
+    pub const VERSION_LINE: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (revision ",
+        env!("HELLO_GIT_REVISION"),
+        ")"
+    );
+
+    /// A number unique enough per process to prefix request ids.
+    pub fn instance_nonce() -> u32 {
+        static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        *NONCE.get_or_init(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            t ^ std::process::id().rotate_left(16)
+        })
+    }
+}

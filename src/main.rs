@@ -1,1 +1,36 @@
-fn main() {}
+//! The `hello-birthday` binary: read the configuration, start logging, build
+//! the application, serve until SIGTERM/SIGINT.
+
+use clap::Parser;
+use hello_birthday::app::Application;
+use hello_birthday::config::Config;
+use hello_birthday::{shutdown, telemetry};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let _logs = match telemetry::init(config.log_format, &config.log_level) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("hello-birthday: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    shutdown::raise_fd_limit();
+    let result = async {
+        let app = Application::build(config).await?;
+        app.run_until(shutdown::signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain, so the operator sees why (no secrets:
+            // the database URL is only ever printed redacted).
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("hello-birthday: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The application: built once from a configuration and already-bound
+//! listeners, then served until a shutdown future resolves. `main` and the
+//! tests use exactly this, the tests on port 0.
+
+use crate::config::Config;
+use crate::http::{AppState, Clock, metrics_router, router, utc_clock};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use anyhow::Context;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub struct Application {
+    config: Config,
+    state: AppState,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, utc_clock()).await
+    }
+
+    /// As `build`, with "today" supplied by `clock` (tests pin dates with it).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let store = Store::connect(&config).await?;
+        let listener = TcpListener::bind((config.bind_addr, config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.bind_addr, config.port))?;
+        let metrics_listener = TcpListener::bind((config.bind_addr, config.metrics_port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.bind_addr, config.metrics_port))?;
+        let metrics = Arc::new(Metrics::new(config.release(), store.backend()));
+        let state = AppState {
+            store,
+            clock,
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+            limiter: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            request_timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
+            db_timeout: config.db_timeout(),
+            release: config.release().into(),
+        };
+        Ok(Self {
+            config,
+            state,
+            listener,
+            metrics_listener,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains and stops:
+    /// 1. readiness turns 503 at once (the load balancer stops sending),
+    /// 2. requests are still served for `drain_seconds` (in-flight balancer
+    ///    decisions still arrive), answered with `Connection: close`,
+    /// 3. the listener closes; in-flight requests get `shutdown_timeout_seconds`,
+    /// 4. the store closes (the SQLite writer finishes its batch).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            config,
+            state,
+            listener,
+            metrics_listener,
+        } = self;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            metrics_addr = %metrics_listener.local_addr()?,
+            database = %config.database_url,
+            backend = state.store.backend(),
+            release = %state.release,
+            version = crate::build::VERSION,
+            revision = crate::build::REVISION,
+            "listening"
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let metrics_server = {
+            let mut stop = stop_rx.clone();
+            let app = metrics_router(state.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(metrics_listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        };
+        let graceful = GracefulShutdown::new();
+        let accept_loop = tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            config.clone(),
+            graceful,
+            stop_rx,
+        ));
+
+        shutdown.await;
+        tracing::info!(
+            drain_seconds = config.drain_seconds,
+            "shutdown requested: draining"
+        );
+        state.draining.store(true, Ordering::Relaxed);
+        state.metrics.draining.set(1);
+        tokio::time::sleep(Duration::from_secs(config.drain_seconds)).await;
+
+        let _ = stop_tx.send(true);
+        let graceful = accept_loop.await.context("the accept loop panicked")?;
+        let deadline = Duration::from_secs(config.shutdown_timeout_seconds);
+        match tokio::time::timeout(deadline, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                timeout_seconds = config.shutdown_timeout_seconds,
+                "connections still open at the shutdown deadline; closing them"
+            ),
+        }
+        let _ = metrics_server.await;
+        state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Accepts connections until told to stop; returns the graceful-shutdown
+/// tracker of the connections still open.
+async fn accept_loop(
+    listener: TcpListener,
+    state: AppState,
+    config: Config,
+    graceful: GracefulShutdown,
+    mut stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let app = router(state);
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        // hyper's header-read timer also runs while a keep-alive connection
+        // waits for its next request, so it doubles as the idle timeout and
+        // must stay above the load balancer's (60 s).
+        .header_read_timeout(Duration::from_secs(config.keepalive_seconds.max(1)))
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .max_headers(64);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the connection cap: closing at once costs the least.
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    graceful
+}

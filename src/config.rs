@@ -1,0 +1,193 @@
+//! Configuration: environment first (12-factor), every variable also a flag.
+
+use clap::{Parser, ValueEnum};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A database URL that never prints its password: `Debug` and `Display`
+/// show `postgres://user:***@host/db`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The real URL, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` and of a
+/// `password=...` parameter with `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let at = rest_start + at;
+            if let Some(colon) = out[rest_start..at].find(':') {
+                out.replace_range(rest_start + colon + 1..at, "***");
+            }
+        }
+    }
+    if let Some(p) = out.find("password=") {
+        let start = p + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |i| start + i);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "hello-birthday",
+    version = crate::build::VERSION_LINE,
+    about = "Remembers people's dates of birth and greets them.",
+    long_about = None
+)]
+pub struct Config {
+    /// Public API port (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 5000)]
+    pub port: u16,
+
+    /// Prometheus /metrics port, never served on the public port (0 picks a free one).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9464)]
+    pub metrics_port: u16,
+
+    /// Address both listeners bind to.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+
+    /// sqlite://PATH or postgres://user:password@host:port/db (the password is never printed).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/hello-birthday.db",
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// PostgreSQL connections per instance.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Deadline for a database call, pool wait included; past it the request gets 503.
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_timeout_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or tracing filter (e.g. info, debug, hello_birthday=debug).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// After SIGTERM: seconds during which readiness is 503 but requests are still served.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
+
+    /// After the drain: seconds in-flight requests get to finish before exit.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub shutdown_timeout_seconds: u64,
+
+    /// Per-request deadline; past it the request gets 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 5)]
+    pub request_timeout_seconds: u64,
+
+    /// Requests served at once; beyond it requests are shed with 503 + Retry-After.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Open client connections at once; beyond it new connections are closed at accept.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// How long a connection may wait for a request's headers, idle keep-alive
+    /// included; above the load balancer's 60 s idle timeout so the balancer,
+    /// not the service, closes idle connections.
+    #[arg(long, env = "KEEPALIVE_SECONDS", default_value_t = 75)]
+    pub keepalive_seconds: u64,
+
+    /// Release label reported by /healthz and hello_birthday_build_info (defaults to the version).
+    #[arg(long, env = "RELEASE")]
+    pub release: Option<String>,
+}
+
+impl Config {
+    /// The defaults, as if no flag or variable were given (tests start from here).
+    pub fn defaults() -> Self {
+        Self::parse_from(["hello-birthday"])
+    }
+
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
+    }
+
+    pub fn release(&self) -> &str {
+        self.release.as_deref().unwrap_or(crate::build::VERSION)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        for (url, want) in [
+            (
+                "postgres://u:secret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("postgres://u:se:cr@et@h/db", "postgres://u:***@h/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?password=secret&x=1",
+                "postgres://h/db?password=***&x=1",
+            ),
+            ("sqlite://data/x.db", "sqlite://data/x.db"),
+        ] {
+            assert_eq!(redact_url(url), want);
+            assert!(!format!("{:?}", DatabaseUrl::new(url)).contains("secret"));
+        }
+    }
+}

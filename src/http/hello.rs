@@ -1,0 +1,105 @@
+//! `/hello/{username}`: save, greet, erase.
+
+use super::AppState;
+use super::body::{MAX_BODY_BYTES, decode_put_body, is_json_content_type};
+use super::error::ApiError;
+use crate::domain::{DateOfBirth, DomainError, Username, greeting};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+use std::time::Instant;
+
+/// The username from the path, validated. Any failure to read the segment
+/// (such as percent-encoded bytes that are not UTF-8) is an invalid username:
+/// 400 on every method, never 404.
+pub struct User(pub Username);
+
+impl<S: Send + Sync> FromRequestParts<S> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::Invalid(DomainError::InvalidUsername))?;
+        Ok(Self(Username::parse(&raw)?))
+    }
+}
+
+#[derive(Serialize)]
+pub struct Greeting {
+    message: String,
+}
+
+pub async fn get(State(st): State<AppState>, User(user): User) -> Result<Json<Greeting>, ApiError> {
+    let started = Instant::now();
+    let found = st.store.get(&user).await;
+    st.metrics
+        .observe_db("get", started.elapsed(), found.is_ok());
+    let dob = found?.ok_or(ApiError::UserNotFound)?;
+    Ok(Json(Greeting {
+        message: greeting(&user, &dob, (st.clock)()),
+    }))
+}
+
+pub async fn put(
+    State(st): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_json_content_type(v.as_bytes()));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    // Refuse a declared oversize body before reading any of it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    let bytes = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+            } else {
+                ApiError::BadBody("the request body could not be read".into())
+            }
+        })?;
+    let decoded =
+        decode_put_body(&bytes.to_bytes()).map_err(|e| ApiError::BadBody(e.to_string()))?;
+    let dob = DateOfBirth::parse(&decoded.date_of_birth, (st.clock)())?;
+
+    let started = Instant::now();
+    let saved = st.store.upsert(&user, dob).await;
+    st.metrics
+        .observe_db("upsert", started.elapsed(), saved.is_ok());
+    saved?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn delete(State(st): State<AppState>, User(user): User) -> Result<StatusCode, ApiError> {
+    let started = Instant::now();
+    let deleted = st.store.delete(&user).await;
+    st.metrics
+        .observe_db("delete", started.elapsed(), deleted.is_ok());
+    if deleted? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::UserNotFound)
+    }
+}
+
+/// `/hello/` names no user: an invalid (empty) username, on every method.
+pub async fn empty_username() -> ApiError {
+    ApiError::Invalid(DomainError::InvalidUsername)
+}

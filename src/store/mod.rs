@@ -1,0 +1,115 @@
+//! Storage behind one small interface, chosen once from the URL scheme:
+//! `sqlite://` (embedded, the default) or `postgres://`.
+//!
+//! An enum rather than a trait object: two backends, known at compile time,
+//! and no boxing of futures on the hot path.
+
+mod migrations;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::config::Config;
+use crate::domain::{DateOfBirth, Username};
+use anyhow::Context;
+
+/// Why a storage call failed, in the terms the API answers with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or did not answer in time (503).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The disk is full (507): reads still work, writes wait for space.
+    #[error("storage full: {0}")]
+    Full(String),
+    /// Anything else (500, never echoed to the client).
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// Connection counts for the pool metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStatus {
+    pub idle: usize,
+    pub in_use: usize,
+    pub max: usize,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Opens the database named by the configuration and applies migrations.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let url = config.database_url.expose();
+        if let Some(path) = sqlite::path_from_url(url) {
+            let store = sqlite::SqliteStore::open(&path, config.db_timeout())
+                .with_context(|| format!("opening SQLite database {}", path.display()))?;
+            Ok(Self::Sqlite(store))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let store = postgres::PgStore::connect(url, config.db_pool_size, config.db_timeout())
+                .await
+                .with_context(|| format!("connecting to {}", config.database_url))?;
+            Ok(Self::Postgres(store))
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite:// or postgres://, got {}",
+                config.database_url
+            )
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.upsert(user, dob).await,
+            Self::Postgres(s) => s.upsert(user, dob).await,
+        }
+    }
+
+    pub async fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.get(user),
+            Self::Postgres(s) => s.get(user).await,
+        }
+    }
+
+    /// Whether a row was there to delete.
+    pub async fn delete(&self, user: &Username) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.delete(user).await,
+            Self::Postgres(s) => s.delete(user).await,
+        }
+    }
+
+    /// A round trip through the database, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.ping().await,
+            Self::Postgres(s) => s.ping().await,
+        }
+    }
+
+    pub fn pool_status(&self) -> PoolStatus {
+        match self {
+            Self::Sqlite(s) => s.pool_status(),
+            Self::Postgres(s) => s.pool_status(),
+        }
+    }
+
+    /// Stops background work (the SQLite writer) and closes connections.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close(),
+        }
+    }
+}
