@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Load benchmark: hello-birthday (SQLite, SQLite with many users, PostgreSQL)
+# against a bare hyper ceiling and a Flask anchor, each server pinned to one
+# core and wrk to another. Builds the binaries, then runs bench/bench.py.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY="$ROOT/.venv/bin/python"
+
+usage() {
+  cat <<'USAGE'
+Usage: bench/run.sh [--quick] [--profile release|debug] [options]
+
+Builds hello-birthday and the ceiling server, starts each server (and a
+throwaway PostgreSQL cluster) pinned to CPU 0, seeds users, and loads GET and
+PUT phases with wrk pinned to CPU 1 (32 connections, warm-up then a measured
+window, interleaved runs, medians). Prints req/s, p50, p99, max, errors,
+server CPU time per request, ratios to the ceiling, peak RSS and time from
+start to ready; writes bench/results/<timestamp>.json and .md, the chart
+bench/results/latest.png, and the latest table into bench/README.md.
+
+  --quick              seconds-long smoke for CI: 1 run of 1 s per phase,
+                       100,000 users in the scale phase, debug build, results
+                       in a temp dir; fails only if a phase saw an error or a
+                       server failed to start or stop. No timing assertions.
+  --profile P          cargo profile to build and run: release (default) or
+                       debug (default with --quick)
+  --runs N             interleaved runs per phase (5)
+  --duration S         measured seconds per phase (10)
+  --warmup S           warm-up seconds per phase (3)
+  --connections N      wrk connections (32)
+  --users N            seeded users (1000)
+  --scale-users N      users in the scale phase (1000000)
+  --targets LIST       comma list of ceiling,sqlite,sqlite-1m,postgres,flask
+  --server-cpu C       CPU list for the servers and PostgreSQL (0)
+  --load-cpu C         CPU list for wrk (1)
+  --out DIR            results directory (bench/results)
+  --log-level L        service LOG_LEVEL (info)
+  --keep               keep the temp work directory (logs, databases)
+  --no-readme          do not rewrite the table in bench/README.md
+  -h, --help           this help
+
+Environment: BENCH_TMPDIR (/var/tmp) parent of the work directory; it must be
+disk-backed, since fsync on tmpfs is free and would flatter PUT.
+USAGE
+}
+
+die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+
+main() {
+  local quick=0 profile="" targets="ceiling,sqlite,sqlite-1m,postgres,flask" pass=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h|--help) usage; exit 0 ;;
+      --quick) quick=1; pass+=("$1") ;;
+      --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile=$2; shift ;;
+      --targets) [ $# -ge 2 ] || die "--targets needs a value"; targets=$2; pass+=("$1" "$2"); shift ;;
+      *) pass+=("$1") ;;
+    esac
+    shift
+  done
+  # Quick mode checks plumbing, not speed: the debug build is the cheap one
+  # after the test stage has compiled the dependencies.
+  [ -n "$profile" ] || { [ "$quick" = 1 ] && profile=debug || profile=release; }
+  case "$profile" in
+    release) local cargo_profile=(--release) ;;
+    debug) local cargo_profile=() ;;
+    *) die "--profile must be release or debug" ;;
+  esac
+
+  local tool
+  for tool in cargo wrk taskset sqlite3 psql; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (run scripts/setup.sh dev)"
+  done
+  [ -x "$PY" ] || die "$PY not found (run scripts/setup.sh dev)"
+  "$PY" -c 'import flask, matplotlib' 2>/dev/null || die "Flask or matplotlib missing in .venv (run scripts/setup.sh dev)"
+  [ "$(nproc)" -ge 2 ] || echo "bench/run.sh: warning: fewer than 2 CPUs, server and wrk share one" >&2
+
+  local bins=() pkgs=()
+  if [[ ",$targets," == *,ceiling,* ]]; then pkgs+=(-p ceiling); bins+=(--bin ceiling); fi
+  if [[ ",$targets," =~ ,(sqlite|sqlite-1m|postgres), ]]; then
+    pkgs+=(-p hello-birthday); bins+=(--bin hello-birthday)
+  fi
+  if [ ${#bins[@]} -gt 0 ]; then
+    printf '==> cargo build (%s): %s\n' "$profile" "${bins[*]}"
+    (cd "$ROOT" && cargo build "${cargo_profile[@]}" "${pkgs[@]}" "${bins[@]}")
+  fi
+
+  printf '==> running the benchmark\n'
+  exec "$PY" "$ROOT/bench/bench.py" --bin-dir "$ROOT/target/$profile" --profile "$profile" \
+    ${pass[@]+"${pass[@]}"}
+}
+
+main "$@"
