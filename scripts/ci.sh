@@ -16,6 +16,7 @@ STAGES=(
   "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings"
   "shellcheck|scripts/lint-shell.sh"
   "test|cargo test --workspace --locked"
+  "bench-smoke|bench/run.sh --quick"
 )
 
 usage() {
