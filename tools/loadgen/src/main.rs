@@ -1,1 +1,912 @@
-fn main() {}
+//! Steady-rate load for the deploy tests.
+//!
+//! `loadgen` holds `--connections` keep-alive HTTP/1.1 connections to one
+//! loopback address and sends GET and PUT requests on them at a fixed total
+//! `--rate`, until `--duration` elapses, `--max-requests` have been sent, the
+//! `--stop-file` appears, or it receives SIGINT/SIGTERM. Every request counts:
+//! a non-2xx answer, a connection error, a timeout or a GET whose greeting does
+//! not match the last acknowledged write is a failure.
+//!
+//! Each connection owns its own users, so the order of writes per user is the
+//! order the connection sent them. After the load stops every user that got a
+//! 204 is read back, and its greeting must match the last acknowledged date of
+//! birth (or a later write whose outcome the client never learned): a missing
+//! or stale value is a lost write.
+//!
+//! Optional outputs: a per-request CSV (`--csv`, for the deploy timeline) and
+//! a JSON summary (`--summary`). The exit code is non-zero when failures
+//! exceed `--max-failures`, any write is lost, any GET answered a wrong value,
+//! or the achieved rate is below `--min-rate`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+mod calendar;
+
+use calendar::Date;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    version,
+    about = "Steady-rate GET/PUT load that counts every failure and verifies every acknowledged write"
+)]
+struct Args {
+    /// Base URL, loopback only: http://127.0.0.1:PORT (or localhost, [::1]).
+    #[arg(long)]
+    url: String,
+    /// Total requests per second across all connections.
+    #[arg(long, default_value_t = 300.0)]
+    rate: f64,
+    /// Concurrent keep-alive connections (one worker each).
+    #[arg(long, default_value_t = 24)]
+    connections: usize,
+    /// Upper bound on the load phase, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Upper bound on the number of load requests.
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Share of PUTs among the load requests (the rest are GETs).
+    #[arg(long, default_value_t = 0.3)]
+    put_ratio: f64,
+    /// Users owned by each connection.
+    #[arg(long, default_value_t = 20)]
+    users_per_connection: usize,
+    /// Deadline for one request, connection set-up included, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Response header that names the server that answered (added by HAProxy).
+    #[arg(long, default_value = "x-served-by")]
+    server_header: String,
+    /// Stop the load as soon as this file exists.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// Create this file once every connection has had a successful answer.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Write one CSV row per load request here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Failures (non-2xx, connection errors, timeouts) tolerated before the exit code turns non-zero.
+    #[arg(long, default_value_t = 0)]
+    max_failures: u64,
+    /// Fail when the achieved request rate is below this.
+    #[arg(long, default_value_t = 0.0)]
+    min_rate: f64,
+    /// Skip reading every acknowledged write back at the end.
+    #[arg(long)]
+    no_verify: bool,
+    /// Seed for the pseudo-random choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Why a request counts as failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Failure {
+    /// The server answered with a status outside 2xx.
+    Status,
+    /// The TCP connection could not be opened.
+    Connect,
+    /// The connection broke while the request was in flight.
+    Io,
+    /// No complete answer within `--timeout-ms`.
+    Timeout,
+    /// A 200 whose greeting does not match any value this client wrote.
+    Mismatch,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Status => "status",
+            Failure::Connect => "connect",
+            Failure::Io => "io",
+            Failure::Timeout => "timeout",
+            Failure::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// One load request, as written to the CSV.
+struct Record {
+    start_unix: f64,
+    latency: Duration,
+    method: &'static str,
+    status: u16,
+    server: Arc<str>,
+    failure: Option<Failure>,
+}
+
+/// The answer to one request, or why there was none.
+struct Outcome {
+    status: u16,
+    server: Arc<str>,
+    body: Bytes,
+    failure: Option<Failure>,
+}
+
+/// What this client knows about one user's stored date of birth.
+#[derive(Default)]
+struct UserState {
+    /// The value of the last PUT answered 2xx.
+    confirmed: Option<Date>,
+    /// Values of later PUTs whose outcome is unknown (error or non-2xx): the
+    /// server may or may not have stored them.
+    uncertain: Vec<Date>,
+}
+
+impl UserState {
+    fn candidates(&self) -> impl Iterator<Item = &Date> {
+        self.confirmed.iter().chain(self.uncertain.iter())
+    }
+}
+
+/// Counters shared by all workers, for progress lines and the ready file.
+#[derive(Default)]
+struct Shared {
+    issued: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    workers_live: AtomicUsize,
+}
+
+struct Target {
+    addr: SocketAddr,
+    host_header: String,
+}
+
+struct Worker {
+    id: usize,
+    target: Arc<Target>,
+    args: Arc<Args>,
+    prefix: String,
+    users: Vec<UserState>,
+    next_put: usize,
+    conn: Option<SendRequest<Full<Bytes>>>,
+    rng: u64,
+    records: Vec<Record>,
+    reconnects: u64,
+    unknown_server: Arc<str>,
+}
+
+struct WorkerResult {
+    records: Vec<Record>,
+    reconnects: u64,
+    verify: VerifyResult,
+}
+
+#[derive(Default)]
+struct VerifyResult {
+    users_checked: u64,
+    verified: u64,
+    lost: u64,
+    errors: u64,
+    examples: Vec<String>,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Usernames are letters only: numbers are written in base 26 with a..z.
+fn letters(mut n: usize) -> String {
+    let mut out = Vec::new();
+    loop {
+        out.push(b'a' + (n % 26) as u8);
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+impl Worker {
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: plenty for picking users and dates.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn rand_f64(&mut self) -> f64 {
+        (self.rand() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn username(&self, user: usize) -> String {
+        format!("{}w{}u{}", self.prefix, letters(self.id), letters(user))
+    }
+
+    /// A date of birth whose month and day differ from every value the user
+    /// may hold now, so that a lost update changes the greeting.
+    fn fresh_date(&mut self, user: usize) -> Date {
+        let lo = Date::new(1950, 1, 1).days();
+        let hi = Date::new(2005, 12, 31).days();
+        loop {
+            let day = lo + (self.rand() % (hi - lo + 1) as u64) as i64;
+            let date = Date::from_days(day);
+            if date.month == 2 && date.day == 29 {
+                continue;
+            }
+            let clash = self.users[user]
+                .candidates()
+                .any(|d| d.month == date.month && d.day == date.day);
+            if !clash {
+                return date;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
+        let stream = TcpStream::connect(self.target.addr)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Failure::Connect)?;
+        tokio::spawn(async move {
+            // The connection task ends when the peer or this client closes it;
+            // the request side sees the error.
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request on this worker's connection, opening a new one when
+    /// the previous was closed while idle (nothing was sent on it, so that is
+    /// not a failure).
+    async fn send(&mut self, method: Method, path: &str, body: Option<String>) -> Outcome {
+        let deadline = Duration::from_millis(self.args.timeout_ms);
+        let host = self.target.host_header.clone();
+        let header_name = self.args.server_header.clone();
+        let unknown = self.unknown_server.clone();
+        let fut = async {
+            if let Some(sender) = self.conn.as_mut()
+                && sender.ready().await.is_err()
+            {
+                self.conn = None;
+                self.reconnects += 1;
+            }
+            if self.conn.is_none() {
+                let sender = self.connect().await?;
+                self.conn = Some(sender);
+            }
+            let sender = self.conn.as_mut().expect("connected");
+            sender.ready().await.map_err(|_| Failure::Io)?;
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, host);
+            let body = match body {
+                Some(b) => {
+                    req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+                    Full::new(Bytes::from(b))
+                }
+                None => Full::new(Bytes::new()),
+            };
+            let req = req.body(body).expect("valid request");
+            let resp = sender.send_request(req).await.map_err(|_| Failure::Io)?;
+            let status = resp.status().as_u16();
+            let server: Arc<str> = resp
+                .headers()
+                .get(header_name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(Arc::from)
+                .unwrap_or(unknown);
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| Failure::Io)?
+                .to_bytes();
+            Ok::<_, Failure>((status, server, body))
+        };
+        match tokio::time::timeout(deadline, fut).await {
+            Ok(Ok((status, server, body))) => Outcome {
+                status,
+                server,
+                body,
+                failure: (!(200..300).contains(&status)).then_some(Failure::Status),
+            },
+            Ok(Err(f)) => {
+                self.conn = None;
+                Outcome {
+                    status: 0,
+                    server: self.unknown_server.clone(),
+                    body: Bytes::new(),
+                    failure: Some(f),
+                }
+            }
+            Err(_) => {
+                // The connection's state is unknown after a timeout: start afresh.
+                self.conn = None;
+                Outcome {
+                    status: 0,
+                    server: self.unknown_server.clone(),
+                    body: Bytes::new(),
+                    failure: Some(Failure::Timeout),
+                }
+            }
+        }
+    }
+
+    /// Does a 200 body carry the greeting of one of the values the user may hold?
+    fn greeting_matches(&self, user: usize, name: &str, body: &[u8], days: &[Date]) -> bool {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return false;
+        };
+        let Some(msg) = v.get("message").and_then(|m| m.as_str()) else {
+            return false;
+        };
+        self.users[user].candidates().any(|dob| {
+            days.iter()
+                .any(|today| calendar::greeting(name, *dob, *today) == msg)
+        })
+    }
+
+    async fn one_request(&mut self) {
+        let has_written = self.users.iter().any(|u| u.confirmed.is_some());
+        let do_put = !has_written || self.rand_f64() < self.args.put_ratio;
+        let start_unix = now_unix();
+        let start = Instant::now();
+        let today_before = calendar::today_utc();
+        let (method, failure, status, server) = if do_put {
+            let user = self.next_put;
+            self.next_put = (self.next_put + 1) % self.users.len();
+            let date = self.fresh_date(user);
+            let path = format!("/hello/{}", self.username(user));
+            let body = format!("{{\"dateOfBirth\":\"{date}\"}}");
+            let out = self.send(Method::PUT, &path, Some(body)).await;
+            let state = &mut self.users[user];
+            if out.failure.is_none() {
+                state.confirmed = Some(date);
+                state.uncertain.clear();
+            } else {
+                state.uncertain.push(date);
+            }
+            ("PUT", out.failure, out.status, out.server)
+        } else {
+            let n = self.users.len();
+            let mut user = (self.rand() % n as u64) as usize;
+            while self.users[user].confirmed.is_none() {
+                user = (user + 1) % n;
+            }
+            let name = self.username(user);
+            let out = self
+                .send(Method::GET, &format!("/hello/{name}"), None)
+                .await;
+            let mut failure = out.failure;
+            if failure.is_none() {
+                let days = [today_before, calendar::today_utc()];
+                if !self.greeting_matches(user, &name, &out.body, &days) {
+                    failure = Some(Failure::Mismatch);
+                    eprintln!(
+                        "loadgen: GET /hello/{name} answered {:?}, not the value last written",
+                        String::from_utf8_lossy(&out.body)
+                    );
+                }
+            }
+            ("GET", failure, out.status, out.server)
+        };
+        self.records.push(Record {
+            start_unix,
+            latency: start.elapsed(),
+            method,
+            status,
+            server,
+            failure,
+        });
+    }
+
+    /// Reads back every user this worker wrote. Retries a read that fails for
+    /// transport reasons: this phase checks data, not availability.
+    async fn verify(&mut self) -> VerifyResult {
+        let mut res = VerifyResult::default();
+        for user in 0..self.users.len() {
+            if self.users[user].candidates().next().is_none() {
+                continue;
+            }
+            res.users_checked += 1;
+            let name = self.username(user);
+            let path = format!("/hello/{name}");
+            let mut answer = None;
+            for attempt in 0..5 {
+                let today = calendar::today_utc();
+                let out = self.send(Method::GET, &path, None).await;
+                if out.status == 200 || out.status == 404 {
+                    answer = Some((out, today));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+            let Some((out, today)) = answer else {
+                res.errors += 1;
+                continue;
+            };
+            let state = &self.users[user];
+            let ok = match out.status {
+                200 => {
+                    self.greeting_matches(user, &name, &out.body, &[today, calendar::today_utc()])
+                }
+                // Only a user none of whose writes was acknowledged may be absent.
+                _ => state.confirmed.is_none(),
+            };
+            if ok {
+                res.verified += 1;
+            } else {
+                res.lost += 1;
+                if res.examples.len() < 5 {
+                    res.examples.push(format!(
+                        "{name}: expected one of [{}], got {} {}",
+                        state
+                            .candidates()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        out.status,
+                        String::from_utf8_lossy(&out.body)
+                    ));
+                }
+            }
+        }
+        res
+    }
+}
+
+fn parse_target(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once("]:").ok_or("expected [::1]:PORT")?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = authority
+            .rsplit_once(':')
+            .ok_or("the URL needs an explicit port")?;
+        (h.to_string(), p)
+    };
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    let ip: IpAddr = if host == "localhost" {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse()
+            .map_err(|_| format!("host {host:?} is not an IP address"))?
+    };
+    // Load goes to this machine only.
+    if !ip.is_loopback() {
+        return Err(format!(
+            "{ip} is not a loopback address: loadgen only targets 127.0.0.0/8 and ::1"
+        ));
+    }
+    Ok(Target {
+        addr: SocketAddr::new(ip, port),
+        host_header: authority.to_string(),
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn write_csv(path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
+    let mut out = String::with_capacity(records.len() * 64 + 64);
+    out.push_str("start_unix_s,latency_ms,method,status,server,error,kind\n");
+    for r in records {
+        let _ = writeln!(
+            out,
+            "{:.6},{:.3},{},{},{},{},{}",
+            r.start_unix,
+            r.latency.as_secs_f64() * 1000.0,
+            r.method,
+            r.status,
+            r.server.replace(',', ";"),
+            u8::from(r.failure.is_some()),
+            r.failure.map(Failure::as_str).unwrap_or("")
+        );
+    }
+    std::fs::write(path, out)
+}
+
+async fn wait_for_stop(args: Arc<Args>, stop: watch::Sender<bool>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(args.duration));
+    tokio::pin!(deadline);
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = tokio::signal::ctrl_c() => { eprintln!("loadgen: SIGINT, stopping the load"); break }
+            _ = term.recv() => { eprintln!("loadgen: SIGTERM, stopping the load"); break }
+            _ = poll.tick() => {
+                if args.stop_file.as_ref().is_some_and(|p| p.exists()) {
+                    eprintln!("loadgen: stop file present, stopping the load");
+                    break;
+                }
+                if stop.is_closed() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = stop.send(true);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let target = match parse_target(&args.url) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.rate <= 0.0
+        || args.connections == 0
+        || args.users_per_connection == 0
+        || args.duration <= 0.0
+    {
+        eprintln!(
+            "loadgen: --rate, --connections, --users-per-connection and --duration must be positive"
+        );
+        std::process::exit(2);
+    }
+    let args = Arc::new(args);
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1
+    });
+    // A per-run prefix keeps users of different runs apart.
+    let prefix: String = {
+        let mut x = seed;
+        (0..6)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (b'a' + ((x >> 33) % 26) as u8) as char
+            })
+            .collect()
+    };
+    eprintln!(
+        "loadgen: {} req/s over {} connections to {} for at most {}s{} (users {}*)",
+        args.rate,
+        args.connections,
+        target.addr,
+        args.duration,
+        args.max_requests
+            .map(|m| format!(" or {m} requests"))
+            .unwrap_or_default(),
+        prefix
+    );
+
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let period = Duration::from_secs_f64(args.connections as f64 / args.rate);
+    let t0 = tokio::time::Instant::now();
+    let started_unix = now_unix();
+    let unknown_server: Arc<str> = Arc::from("-");
+
+    let mut handles = Vec::new();
+    for id in 0..args.connections {
+        let mut worker = Worker {
+            id,
+            target: target.clone(),
+            args: args.clone(),
+            prefix: prefix.clone(),
+            users: (0..args.users_per_connection)
+                .map(|_| UserState::default())
+                .collect(),
+            next_put: 0,
+            conn: None,
+            rng: seed ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
+            records: Vec::new(),
+            reconnects: 0,
+            unknown_server: unknown_server.clone(),
+        };
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        let args = args.clone();
+        // Spread the workers' ticks evenly over one period.
+        let offset = period.mul_f64(id as f64 / args.connections as f64);
+        handles.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(t0 + offset, period);
+            // A slow answer delays this connection's next request; Burst
+            // catches up afterwards, so the average rate stays the target.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut live = false;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                if *stop.borrow() {
+                    break;
+                }
+                if let Some(max) = args.max_requests
+                    && shared.issued.fetch_add(1, Ordering::Relaxed) >= max
+                {
+                    break;
+                }
+                worker.one_request().await;
+                let failed = worker.records.last().is_some_and(|r| r.failure.is_some());
+                shared.completed.fetch_add(1, Ordering::Relaxed);
+                if failed {
+                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                } else if !live {
+                    live = true;
+                    shared.workers_live.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let verify = if args.no_verify {
+                VerifyResult::default()
+            } else {
+                worker.verify().await
+            };
+            WorkerResult {
+                records: worker.records,
+                reconnects: worker.reconnects,
+                verify,
+            }
+        }));
+    }
+
+    // Progress once a second, the ready file, and the stop conditions.
+    let progress = {
+        let shared = shared.clone();
+        let args = args.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut ready_written = false;
+            let mut last_print = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                if !ready_written && shared.workers_live.load(Ordering::Relaxed) == args.connections
+                {
+                    ready_written = true;
+                    if let Some(p) = &args.ready_file {
+                        let _ = std::fs::write(p, "ready\n");
+                    }
+                    eprintln!("loadgen: all {} connections answered", args.connections);
+                }
+                if last_print.elapsed() >= Duration::from_secs(1) {
+                    last_print = Instant::now();
+                    eprintln!(
+                        "loadgen: t={:.0}s requests={} failures={}",
+                        t0.elapsed().as_secs_f64(),
+                        shared.completed.load(Ordering::Relaxed),
+                        shared.failed.load(Ordering::Relaxed)
+                    );
+                }
+            }
+        })
+    };
+    let stopper = tokio::spawn(wait_for_stop(args.clone(), stop_tx.clone()));
+
+    let mut records = Vec::new();
+    let mut reconnects = 0;
+    let mut verify = VerifyResult::default();
+    for h in handles {
+        let r = h.await.expect("worker panicked");
+        // Once one worker is done (stop, deadline or --max-requests), all are.
+        let _ = stop_tx.send(true);
+        records.extend(r.records);
+        reconnects += r.reconnects;
+        verify.users_checked += r.verify.users_checked;
+        verify.verified += r.verify.verified;
+        verify.lost += r.verify.lost;
+        verify.errors += r.verify.errors;
+        for e in r.verify.examples {
+            if verify.examples.len() < 10 {
+                verify.examples.push(e);
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = progress.await;
+    stopper.abort();
+
+    records.sort_by(|a, b| a.start_unix.total_cmp(&b.start_unix));
+    let requests = records.len() as u64;
+    let end_unix = records
+        .iter()
+        .map(|r| r.start_unix + r.latency.as_secs_f64())
+        .fold(started_unix, f64::max);
+    let load_seconds = records
+        .first()
+        .map(|f| end_unix - f.start_unix)
+        .unwrap_or(0.0)
+        .max(1e-9);
+    let rate = requests as f64 / load_seconds;
+
+    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut by_server: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut by_method: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut per_second: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(records.len());
+    let mut failures = 0u64;
+    let mut mismatches = 0u64;
+    let mut first_failure: Option<f64> = None;
+    let mut last_failure: Option<f64> = None;
+    let mut puts_acked = 0u64;
+    for r in &records {
+        *by_status.entry(r.status).or_default() += 1;
+        *by_method.entry(r.method).or_default() += 1;
+        let e = by_server.entry(r.server.to_string()).or_default();
+        e.0 += 1;
+        if let Some(f) = r.failure {
+            e.1 += 1;
+            *by_kind.entry(f.as_str()).or_default() += 1;
+            if f == Failure::Mismatch {
+                mismatches += 1;
+            } else {
+                failures += 1;
+            }
+            first_failure.get_or_insert(r.start_unix);
+            last_failure = Some(r.start_unix);
+        } else {
+            latencies.push(r.latency);
+            if r.method == "PUT" {
+                puts_acked += 1;
+            }
+        }
+        if let Some(f) = records.first() {
+            *per_second
+                .entry((r.start_unix - f.start_unix) as i64)
+                .or_default() += 1;
+        }
+    }
+    latencies.sort();
+    // The last second is usually partial: leave it out of the minimum.
+    let full_seconds = load_seconds.floor() as i64;
+    let min_per_second = (0..full_seconds)
+        .map(|s| per_second.get(&s).copied().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+
+    let summary = serde_json::json!({
+        "url": args.url,
+        "connections": args.connections,
+        "target_rate": args.rate,
+        "requests": requests,
+        "ok": requests - failures - mismatches,
+        "failures": failures,
+        "mismatches": mismatches,
+        "failures_by_kind": by_kind,
+        "by_status": by_status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        "by_method": by_method,
+        "by_server": by_server.iter().map(|(k, (n, f))| (k.clone(), serde_json::json!({"requests": n, "failures": f}))).collect::<BTreeMap<_, _>>(),
+        "first_failure_unix": first_failure,
+        "last_failure_unix": last_failure,
+        "started_unix": records.first().map(|r| r.start_unix),
+        "ended_unix": end_unix,
+        "duration_s": load_seconds,
+        "rate": rate,
+        "min_requests_in_a_second": min_per_second,
+        "latency_ms": {
+            "p50": percentile(&latencies, 50.0),
+            "p90": percentile(&latencies, 90.0),
+            "p99": percentile(&latencies, 99.0),
+            "max": percentile(&latencies, 100.0),
+        },
+        "reconnects": reconnects,
+        "puts_acked": puts_acked,
+        "verify": {
+            "enabled": !args.no_verify,
+            "users_checked": verify.users_checked,
+            "verified": verify.verified,
+            "lost": verify.lost,
+            "errors": verify.errors,
+            "examples": verify.examples,
+        },
+    });
+
+    if let Some(p) = &args.csv
+        && let Err(e) = write_csv(p, &records)
+    {
+        eprintln!("loadgen: cannot write {}: {e}", p.display());
+        std::process::exit(2);
+    }
+    if let Some(p) = &args.summary
+        && let Err(e) = std::fs::write(p, format!("{summary:#}\n"))
+    {
+        eprintln!("loadgen: cannot write {}: {e}", p.display());
+        std::process::exit(2);
+    }
+
+    println!(
+        "loadgen: {requests} requests in {load_seconds:.1}s ({rate:.0} req/s, lowest second {min_per_second}), \
+         {failures} failures {by_kind:?}, {mismatches} wrong values, p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0)
+    );
+    println!(
+        "loadgen: by server {:?}",
+        by_server
+            .iter()
+            .map(|(k, (n, _))| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+    );
+    if !args.no_verify {
+        println!(
+            "loadgen: {puts_acked} acknowledged PUTs over {} users: {} read back intact, {} lost, {} unreadable",
+            verify.users_checked, verify.verified, verify.lost, verify.errors
+        );
+        for e in &verify.examples {
+            println!("loadgen:   lost: {e}");
+        }
+    }
+
+    let mut problems = Vec::new();
+    if failures > args.max_failures {
+        problems.push(format!(
+            "{failures} failed requests (allowed {})",
+            args.max_failures
+        ));
+    }
+    if mismatches > 0 {
+        problems.push(format!(
+            "{mismatches} GETs answered a value that was not written"
+        ));
+    }
+    if verify.lost > 0 || verify.errors > 0 {
+        problems.push(format!(
+            "{} lost writes, {} unreadable users",
+            verify.lost, verify.errors
+        ));
+    }
+    if rate < args.min_rate {
+        problems.push(format!(
+            "achieved {rate:.0} req/s, below --min-rate {}",
+            args.min_rate
+        ));
+    }
+    if problems.is_empty() {
+        println!("loadgen: PASS");
+    } else {
+        println!("loadgen: FAIL: {}", problems.join("; "));
+        std::process::exit(1);
+    }
+}
