@@ -1,0 +1,374 @@
+"""Shared fixtures for the hardening tests: a throwaway service, a throwaway
+PostgreSQL server, and small HTTP helpers.
+
+Everything binds to 127.0.0.1 on free ports, lives in a temporary directory
+and is torn down by the caller's cleanup, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("HELLO_BIN", ROOT / "target" / "debug" / "hello-birthday"))
+CI = os.environ.get("CI") == "true"
+
+# Variables the service reads: never inherit them from the caller's shell, so
+# a developer's exported PORT cannot change what a test exercises.
+SERVICE_VARS = (
+    "PORT", "METRICS_PORT", "BIND_ADDR", "DATABASE_URL", "DB_POOL_SIZE",
+    "DB_TIMEOUT_MS", "LOG_FORMAT", "LOG_LEVEL", "DRAIN_SECONDS",
+    "SHUTDOWN_TIMEOUT_SECONDS", "REQUEST_TIMEOUT_SECONDS",
+    "MAX_CONCURRENT_REQUESTS", "KEEPALIVE_SECONDS",
+    "HEADER_READ_TIMEOUT_SECONDS", "RELEASE", "RUST_LOG",
+)
+
+
+def require(condition: bool, what: str) -> None:
+    """A missing prerequisite fails under CI=true and skips (loudly) elsewhere."""
+    if condition:
+        return
+    if CI:
+        raise AssertionError(f"missing prerequisite (CI=true): {what}")
+    raise unittest.SkipTest(f"missing prerequisite: {what}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit(want: int) -> int:
+    """Raise the soft fd limit (inherited by children) towards `want`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polled conditions may raise while not ready
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+
+
+def letters(n: int, width: int = 8) -> str:
+    """A username made of ASCII letters only (the API forbids digits)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for _ in range(width):
+        out.append(alphabet[n % 26])
+        n //= 26
+    return "".join(reversed(out))
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes
+    elapsed: float
+
+    def header(self, name: str):
+        return self.headers.get(name.lower())
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def request(port: int, method: str, path: str, body=None, headers=None,
+            timeout: float = 10.0, conn: http.client.HTTPConnection | None = None) -> Response:
+    """One HTTP request. With `conn` the caller's keep-alive connection is used."""
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    hdrs = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    start = time.monotonic()
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data,
+                        time.monotonic() - start)
+    finally:
+        if own:
+            conn.close()
+
+
+def put_dob(port: int, username: str, dob: str, **kw) -> Response:
+    return request(port, "PUT", f"/hello/{username}", body={"dateOfBirth": dob}, **kw)
+
+
+def assert_problem(tc: unittest.TestCase, resp: Response, statuses, retry_after: bool = False):
+    """An error answer is RFC 9457 problem+json with the documented members."""
+    tc.assertIn(resp.status, statuses, f"unexpected status {resp.status}: {resp.body[:300]!r}")
+    ctype = resp.header("content-type") or ""
+    tc.assertTrue(ctype.startswith("application/problem+json"),
+                  f"status {resp.status} has content-type {ctype!r}")
+    doc = resp.json()
+    for member in ("type", "title", "status"):
+        tc.assertIn(member, doc, f"problem body lacks {member}: {doc}")
+    tc.assertEqual(doc["status"], resp.status)
+    if retry_after:
+        ra = resp.header("retry-after")
+        tc.assertIsNotNone(ra, f"{resp.status} without Retry-After")
+        tc.assertTrue(ra.strip().isdigit(), f"Retry-After is not delta-seconds: {ra!r}")
+
+
+@dataclass
+class Service:
+    """The real binary on free ports, logging to a file in `workdir`."""
+
+    workdir: Path
+    database_url: str
+    env: dict = field(default_factory=dict)
+    port: int = 0
+    metrics_port: int = 0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    starts: int = 0
+
+    def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
+        require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
+        # A fresh port per start: a killed instance's port may linger in TIME_WAIT.
+        self.port, self.metrics_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+        env.update({
+            "PORT": str(self.port),
+            "METRICS_PORT": str(self.metrics_port),
+            "BIND_ADDR": "127.0.0.1",
+            "DATABASE_URL": self.database_url,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            "DRAIN_SECONDS": "0",
+            "SHUTDOWN_TIMEOUT_SECONDS": "3",
+        })
+        env.update(self.env)
+        self.starts += 1
+        self.log_path = self.workdir / f"service-{self.starts}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
+        log.close()
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.logs()[-2000:]}")
+            path = "/readyz" if expect_ready else "/healthz"
+            return request(self.port, "GET", path, timeout=1).status == 200
+
+        wait_until(up, ready_timeout, what=f"service on :{self.port} to answer")
+        return self
+
+    def logs(self) -> str:
+        text = ""
+        for i in range(1, self.starts + 1):
+            p = self.workdir / f"service-{i}.log"
+            if p.exists():
+                text += p.read_text(errors="replace")
+        return text
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it outlives its own shutdown deadline."""
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return None
+
+    def metrics(self) -> str:
+        return request(self.metrics_port, "GET", "/metrics").body.decode()
+
+
+def pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, run as the `postgres` user
+    (the server refuses to run as root)."""
+
+    def __init__(self, workdir: Path):
+        for tool in ("initdb", "pg_ctl"):
+            require(pg_bin(tool) is not None, f"PostgreSQL server binary {tool}")
+        require(shutil.which("runuser") is not None, "runuser (util-linux)")
+        self.initdb, self.pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-", dir=workdir))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.started = False
+        shutil.chown(self.dir, "postgres", "postgres")
+        os.chmod(workdir, 0o755)
+        self._as_pg(self.initdb, "-D", str(self.data), "-U", "hello", "--auth=trust",
+                    "--no-sync", "-E", "UTF8", "--no-instructions")
+
+    @property
+    def url(self) -> str:
+        return f"postgres://hello:pw@127.0.0.1:{self.port}/postgres"
+
+    def _as_pg(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=check,
+                              capture_output=True, text=True, cwd=self.dir, timeout=120)
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} "
+                "-c max_connections=100 -c shared_buffers=32MB")
+        self._as_pg(self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "server.log"),
+                    "-o", opts, "-w", "-t", "60", "start")
+        self.started = True
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.started:
+            self._as_pg(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop",
+                        check=False)
+            self.started = False
+
+    def psql(self, sql: str) -> str:
+        require(shutil.which("psql") is not None, "psql (postgresql-client)")
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "hello",
+                              "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                             check=True, capture_output=True, text=True, timeout=60)
+        return out.stdout
+
+
+class ServiceTestCase(unittest.TestCase):
+    """Gives each test a temp dir; cleanups registered later run first."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="hardening-"))
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+    def sqlite_service(self, name: str = "db.sqlite", **env) -> Service:
+        svc = Service(self.tmp, f"sqlite://{self.tmp / name}", env={k: str(v) for k, v in env.items()})
+        self.addCleanup(svc.stop)
+        return svc
+
+    def postgres(self) -> Postgres:
+        pg = Postgres(self.tmp)
+        self.addCleanup(pg.stop, "immediate")
+        pg.start()
+        return pg
+
+    def report(self, text: str) -> None:
+        """Figures the suite prints (and the CI log keeps)."""
+        print(f"    [{self.id().split('.')[-1]}] {text}", flush=True)
+
+
+class Writers:
+    """Sustained PUT load of unique users from `threads` keep-alive clients.
+
+    Records every acknowledged (204) username, the status counts, malformed
+    error answers, and connection failures; stops on `stop()`.
+    """
+
+    def __init__(self, port_fn, threads: int = 4, prefix: str = "", dob: str = "1990-01-02",
+                 timeout: float = 10.0):
+        self.port_fn = port_fn  # a callable: the port may change across restarts
+        self.prefix = prefix
+        self.dob = dob
+        self.timeout = timeout
+        self.acked: set[str] = set()
+        self.statuses: dict[int, int] = {}
+        self.bad_errors: list[str] = []
+        self.conn_errors = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._next = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _name(self) -> str:
+        with self._lock:
+            n = self._next
+            self._next += 1
+        return self.prefix + letters(n)
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            name = self._name()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port_fn(), timeout=self.timeout)
+                resp = request(0, "PUT", f"/hello/{name}", body={"dateOfBirth": self.dob}, conn=conn)
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                with self._lock:
+                    self.conn_errors += 1
+                time.sleep(0.01)  # back off a little while the server is away
+                continue
+            with self._lock:
+                self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
+                if resp.status == 204:
+                    self.acked.add(name)
+                else:
+                    ctype = resp.header("content-type") or ""
+                    ok = ctype.startswith("application/problem+json")
+                    if resp.status == 503:
+                        ok = ok and (resp.header("retry-after") or "").strip().isdigit()
+                    if not ok or resp.status not in (503, 507):
+                        self.bad_errors.append(f"{resp.status} {ctype} {resp.body[:200]!r}")
+            if resp.header("connection") == "close":
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> "Writers":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def count(self, status: int) -> int:
+        with self._lock:
+            return self.statuses.get(status, 0)
+
+    def acked_count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout + 5)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Hardening tests: overload, slow clients, database faults, crash consistency,
+# security properties and schemathesis against the real binary on both
+# backends. Every server they need (the service, PostgreSQL) is a throwaway
+# instance on 127.0.0.1 with free ports and a temp dir.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$ROOT/tests/hardening"
+
+usage() {
+  cat <<'USAGE'
+Usage: tests/hardening/run.sh [--no-build] [TEST ...]
+
+Builds target/debug/hello-birthday (unless --no-build), then runs the
+hardening tests in order and ends with `hardening: N passed, N failed, N skipped`.
+TEST is a module or test id, e.g. test_crash or test_overload.Shedding.
+
+Needs root (a tmpfs for the disk-full test; PostgreSQL runs as `postgres`),
+PostgreSQL server binaries, psql, runuser, systemd-analyze and the .venv
+(schemathesis). With CI=true a missing prerequisite fails; otherwise the
+affected test is skipped with a message.
+
+Environment:
+  HELLO_BIN                 binary to test (default target/debug/hello-birthday)
+  HARDENING_CRASH_CYCLES    kill -9 cycles (20)
+  HARDENING_ST_EXAMPLES     schemathesis examples per operation and phase (40)
+  HARDENING_MAX_EXPOSURE    ceiling for the systemd exposure score (3.0)
+USAGE
+}
+
+build=1
+args=()
+for a in "$@"; do
+  case "$a" in
+    -h|--help) usage; exit 0 ;;
+    --no-build) build=0 ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+say() { printf '==> %s\n' "$*"; }
+
+if [ "${CI:-}" = true ]; then
+  # A missing tool is a failure in CI, never a silent skip.
+  missing=()
+  for tool in python3 psql runuser systemd-analyze mount; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(initdb)
+  [ -x "$ROOT/.venv/bin/schemathesis" ] || missing+=(".venv/bin/schemathesis")
+  [ "$(id -u)" -eq 0 ] || missing+=("root")
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "hardening: missing prerequisites: ${missing[*]} (run scripts/setup.sh dev)" >&2
+    exit 1
+  fi
+fi
+
+if [ "$build" = 1 ] && [ -z "${HELLO_BIN:-}" ]; then
+  say "cargo build --bin hello-birthday (debug)"
+  (cd "$ROOT" && cargo build --locked --quiet --bin hello-birthday)
+fi
+
+say "hardening tests (${args[*]:-all})"
+cd "$HERE"
+# -u: unbuffered, so progress lines interleave correctly with child output.
+exec python3 -u runner.py "${args[@]}"

@@ -1,0 +1,43 @@
+"""Runs the hardening tests in a fixed order (cheap and fast first) and ends
+with one summary line: `hardening: N passed, N failed, N skipped`.
+
+Usage: python3 runner.py [MODULE_OR_TEST_ID ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import unittest
+
+MODULES = ["test_security", "test_overload", "test_faults", "test_crash", "test_schemathesis",
+           "test_systemd"]
+
+
+class TimedResult(unittest.TextTestResult):
+    def startTest(self, test):
+        self._t0 = time.monotonic()
+        super().startTest(test)
+
+    def stopTest(self, test):
+        self.stream.write(f"    ({time.monotonic() - self._t0:.1f}s)\n")
+        self.stream.flush()
+        super().stopTest(test)
+
+
+def main(argv: list[str]) -> int:
+    names = argv or MODULES
+    suite = unittest.defaultTestLoader.loadTestsFromNames(names)
+    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=TimedResult)
+    t0 = time.monotonic()
+    result = runner.run(suite)
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    skipped = len(result.skipped)
+    passed = result.testsRun - failed - skipped
+    print(f"hardening tests took {time.monotonic() - t0:.0f}s")
+    print(f"hardening: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    return 0 if failed == 0 and result.testsRun > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

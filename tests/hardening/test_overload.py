@@ -1,0 +1,176 @@
+"""Overload and slow clients: a slowloris crowd must not starve normal
+requests, and past MAX_CONCURRENT_REQUESTS the service sheds at once with
+503 + Retry-After instead of queueing, then recovers immediately."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+import unittest
+
+from harness import ServiceTestCase, assert_problem, put_dob, raise_fd_limit, request, wait_until
+
+SLOW_CLIENTS = 1000
+HEADER_TIMEOUT = 2
+# Latency target for normal requests while the crowd is connected (debug build).
+P99_TARGET = 0.5
+SLOW_BODY = b'{"dateOfBirth": "1990-01-02"}'
+SENT = 5  # bytes of SLOW_BODY sent up front
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.setblocking(True)
+    return s
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    """True once the server has closed (or reset) the connection."""
+    s.settimeout(0.001)
+    try:
+        data = s.recv(4096)
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+    # Either EOF or a final answer (e.g. 408) followed by a close.
+    return data == b"" or data.startswith(b"HTTP/1.1 408") or data.startswith(b"HTTP/1.1 4")
+
+
+class SlowClients(ServiceTestCase):
+    def test_slowloris_does_not_starve_normal_requests(self):
+        limit = raise_fd_limit(4 * SLOW_CLIENTS + 256)
+        self.assertGreater(limit, 2 * SLOW_CLIENTS + 64, "fd limit too low for this test")
+        svc = self.sqlite_service(HEADER_READ_TIMEOUT_SECONDS=HEADER_TIMEOUT).start()
+        self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
+
+        idle, partial = [], []
+        self.addCleanup(lambda: [s.close() for s in idle + partial])
+        t0 = time.monotonic()
+        for i in range(SLOW_CLIENTS):
+            s = connect(svc.port)
+            if i % 2:
+                # Half a request: a line of headers and then silence.
+                s.sendall(b"GET /hello/Alice HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                partial.append(s)
+            else:
+                idle.append(s)
+        opened = time.monotonic() - t0
+
+        # Normal traffic while all of them are held open.
+        latencies = []
+        for i in range(200):
+            path = "/hello/Alice" if i % 2 else "/healthz"
+            resp = request(svc.port, "GET", path, timeout=5)
+            self.assertEqual(resp.status, 200, path)
+            latencies.append(resp.elapsed)
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        self.report(f"{len(idle)} idle + {len(partial)} half-sent connections (opened in {opened:.2f}s); "
+                    f"200 normal requests p50={p50 * 1000:.1f}ms p99={p99 * 1000:.1f}ms max={latencies[-1] * 1000:.1f}ms")
+        self.assertLess(p99, P99_TARGET)
+
+        # The header-read timeout frees the half-sent ones; a client holding a
+        # slot forever is the attack.
+        deadline = HEADER_TIMEOUT + 5
+        t0 = time.monotonic()
+        wait_until(lambda: all(closed_by_peer(s) for s in partial), deadline,
+                   interval=0.2, what="half-sent connections to be closed by the server")
+        self.report(f"half-sent connections closed {time.monotonic() - t0:.1f}s after the crowd stopped "
+                    f"(header-read timeout {HEADER_TIMEOUT}s)")
+        wait_until(lambda: all(closed_by_peer(s) for s in idle), deadline,
+                   interval=0.2, what="idle connections (no byte sent) to be closed by the server")
+        self.assertEqual(request(svc.port, "GET", "/hello/Alice").status, 200)
+
+
+class Shedding(ServiceTestCase):
+    LIMIT = 8
+
+    def hold_slow_puts(self, port: int, n: int) -> list[socket.socket]:
+        """PUTs whose headers arrive but whose body trickles: each holds a slot."""
+        socks = []
+        for i in range(n):
+            s = connect(port)
+            s.sendall(b"PUT /hello/Slow%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                      % (bytes([97 + i % 26]), len(SLOW_BODY)) + SLOW_BODY[:SENT])
+            socks.append(s)
+        return socks
+
+    def test_sheds_with_503_and_recovers(self):
+        svc = self.sqlite_service(MAX_CONCURRENT_REQUESTS=self.LIMIT,
+                                  REQUEST_TIMEOUT_SECONDS=30).start()
+        self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
+
+        slow = self.hold_slow_puts(svc.port, self.LIMIT + 4)
+        self.addCleanup(lambda: [s.close() for s in slow])
+
+        def shedding():
+            return request(svc.port, "GET", "/hello/Alice", timeout=5).status == 503
+
+        wait_until(shedding, 5, what="the concurrency limit to be reached")
+        shed = []
+        for _ in range(50):
+            resp = request(svc.port, "GET", "/hello/Alice", timeout=5)
+            assert_problem(self, resp, (503,), retry_after=True)
+            shed.append(resp.elapsed)
+        shed.sort()
+        self.report(f"{self.LIMIT + 4} slow PUTs held; 50/50 extra requests shed with 503, "
+                    f"median {statistics.median(shed) * 1000:.1f}ms, max {shed[-1] * 1000:.1f}ms")
+        self.assertLess(shed[-1], 0.5, "shedding must be fast, not queued")
+
+        # Parallel bursts while full: 503 or nothing else, never 500.
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def burst():
+            for _ in range(10):
+                st = request(svc.port, "PUT", "/hello/Bob", body={"dateOfBirth": "1990-01-02"}).status
+                with lock:
+                    statuses.append(st)
+
+        threads = [threading.Thread(target=burst) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(set(statuses), {503}, f"while full: {sorted(set(statuses))}")
+
+        # Finish the slow requests: capacity comes back at once.
+        for s in slow:
+            s.sendall(SLOW_BODY[SENT:])
+        t0 = time.monotonic()
+        wait_until(lambda: request(svc.port, "GET", "/hello/Alice").status == 200, 2,
+                   interval=0.01, what="recovery after the slow requests completed")
+        self.report(f"recovered {1000 * (time.monotonic() - t0):.0f}ms after the slow requests completed")
+        for s in slow:
+            s.settimeout(5)
+            head = s.recv(4096)
+            self.assertRegex(head, rb"^HTTP/1.1 (204|503)", "a held request must not end in 500")
+        for _ in range(20):
+            self.assertEqual(request(svc.port, "GET", "/hello/Alice").status, 200)
+        m = svc.metrics()
+        shed_lines = [line for line in m.splitlines() if line.startswith("http_requests_shed_total")]
+        self.assertTrue(shed_lines, "http_requests_shed_total missing from /metrics")
+        self.assertGreaterEqual(float(shed_lines[0].split()[-1]), 50 + len(statuses))
+        self.assertNotRegex(m, r'http_requests_total\{[^}]*status="500"')
+
+    def test_request_timeout_answers_503_not_500(self):
+        svc = self.sqlite_service(REQUEST_TIMEOUT_SECONDS=1).start()
+        (s,) = self.hold_slow_puts(svc.port, 1)
+        self.addCleanup(s.close)
+        s.settimeout(10)
+        t0 = time.monotonic()
+        head = s.recv(4096)
+        waited = time.monotonic() - t0
+        status_line = head.split(b"\r\n")[0]
+        self.report(f"a body that never completes is answered after {waited:.1f}s: {status_line!r}")
+        self.assertRegex(head, rb"^HTTP/1.1 (408|503) ")
+        self.assertLess(waited, 5)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,119 @@
+"""Security properties seen from outside: response headers suited to a JSON
+API, no CORS unless configured, secrets never printed, and no dates of birth
+in the logs (they are personal data)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import unittest
+
+from harness import BIN, Service, ServiceTestCase, put_dob, request, require
+
+SECRET = "SECRETPASS"
+SECRET_URL = f"postgres://user:{SECRET}@127.0.0.1:1/db"
+
+# Distinctive dates: none of them can appear in a log line by accident.
+DATES = ["1911-11-11", "1937-03-17", "1964-08-29", "2001-02-28", "1988-12-31"]
+
+
+class SecurityHeaders(ServiceTestCase):
+    def setUp(self):
+        super().setUp()
+        self.svc = self.sqlite_service().start()
+
+    def responses(self):
+        p = self.svc.port
+        return {
+            "PUT 204": put_dob(p, "Alice", "1990-01-02"),
+            "GET 200": request(p, "GET", "/hello/Alice"),
+            "GET 404": request(p, "GET", "/hello/Nobody"),
+            "GET 400": request(p, "GET", "/hello/not-a-name1"),
+            "PUT 400": request(p, "PUT", "/hello/Alice", body=b"{", headers={"Content-Type": "application/json"}),
+            "PUT 415": request(p, "PUT", "/hello/Alice", body=b"x", headers={"Content-Type": "text/plain"}),
+            "POST 405": request(p, "POST", "/hello/Alice"),
+            "route 404": request(p, "GET", "/nothing/here"),
+            "healthz": request(p, "GET", "/healthz"),
+            "readyz": request(p, "GET", "/readyz"),
+        }
+
+    def test_headers_on_every_response(self):
+        for name, resp in self.responses().items():
+            with self.subTest(name):
+                self.assertEqual(resp.header("x-content-type-options"), "nosniff", name)
+                self.assertIn("no-store", resp.header("cache-control") or "", name)
+                server = resp.header("server")
+                # A banner with a version tells an attacker which CVEs to try.
+                self.assertFalse(server and re.search(r"\d", server), f"{name}: Server: {server}")
+                self.assertIsNone(resp.header("x-powered-by"), name)
+
+    def test_no_cors_by_default(self):
+        p = self.svc.port
+        origin = {"Origin": "https://evil.example"}
+        preflight = request(p, "OPTIONS", "/hello/Alice", headers={
+            **origin, "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "content-type"})
+        self.assertNotIn(preflight.status, (200, 204), "a CORS preflight must not succeed")
+        for resp in (preflight, request(p, "GET", "/healthz", headers=origin),
+                     request(p, "GET", "/hello/Alice", headers=origin)):
+            cors = [h for h in resp.headers if h.startswith("access-control-")]
+            self.assertEqual(cors, [], f"CORS headers present: {cors}")
+
+
+class Secrets(ServiceTestCase):
+    def test_password_not_in_help_or_version(self):
+        require(BIN.exists(), f"service binary {BIN}")
+        for args in (["--help"], ["--version"]):
+            out = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=30,
+                                 env={"DATABASE_URL": SECRET_URL, "PATH": "/usr/bin:/bin"})
+            with self.subTest(args=args):
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertNotIn(SECRET, out.stdout + out.stderr)
+        out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=30)
+        self.assertIn("DATABASE_URL", out.stdout, "--help should name the variable")
+
+    def test_password_not_in_logs_bodies_or_metrics(self):
+        # Port 1 refuses connections: every database path fails and reports it.
+        svc = Service(self.tmp, SECRET_URL, env={"LOG_LEVEL": "debug", "DB_TIMEOUT_MS": "300"})
+        self.addCleanup(svc.stop)
+        svc.start(expect_ready=False)
+        bodies = []
+        for method, path, body in (("GET", "/readyz", None), ("GET", "/hello/Alice", None),
+                                   ("PUT", "/hello/Alice", {"dateOfBirth": "1990-01-02"}),
+                                   ("DELETE", "/hello/Alice", None)):
+            resp = request(svc.port, method, path, body=body)
+            self.assertEqual(resp.status, 503, f"{method} {path} with the database down")
+            bodies.append(resp.body.decode(errors="replace"))
+        bodies.append(svc.metrics())
+        svc.stop()
+        logs = svc.logs()
+        self.assertGreater(len(logs), 0, "no log output captured")
+        for where, text in (("logs", logs), ("responses and metrics", "\n".join(bodies))):
+            with self.subTest(where):
+                self.assertNotIn(SECRET, text)
+        self.report(f"{len(logs.splitlines())} log lines and {len(bodies)} bodies free of the password")
+
+
+class PersonalData(ServiceTestCase):
+    def test_no_date_of_birth_in_logs(self):
+        svc = self.sqlite_service(LOG_LEVEL="debug").start()
+        p = svc.port
+        for i, dob in enumerate(DATES):
+            user = "Person" + "abcdefghij"[i]
+            self.assertEqual(put_dob(p, user, dob).status, 204)
+            self.assertEqual(request(p, "GET", f"/hello/{user}").status, 200)
+        # Rejected dates are personal data too (and show what a parser error logs).
+        self.assertEqual(put_dob(p, "Someone", "1922-02-30").status, 400)
+        self.assertEqual(put_dob(p, "Someone", "2999-01-02").status, 400)
+        svc.stop()
+        logs = svc.logs()
+        self.assertGreater(len(logs.splitlines()), len(DATES), "expected a log line per request")
+        for dob in DATES + ["1922-02-30", "2999-01-02"]:
+            with self.subTest(dob):
+                self.assertNotIn(dob, logs)
+                self.assertNotIn(dob.replace("-", ""), logs)
+        self.report(f"{len(logs.splitlines())} log lines at debug level, no date of birth")
+
+
+if __name__ == "__main__":
+    unittest.main()
