@@ -239,43 +239,53 @@ store_get() {
   fi
 }
 
-# store_rm DEST NAME: no error when it is already gone.
+# store_rm DEST NAME...: delete; no error for names already gone. On S3 one
+# DeleteObjects call per 1000 names.
 store_rm() {
-  if is_s3 "$1"; then
-    s3_split "$1"
-    aws_cli s3 rm --only-show-errors "s3://$S3_BUCKET/$S3_PREFIX$2"
+  local dest=$1; shift
+  [ $# -gt 0 ] || return 0
+  if is_s3 "$dest"; then
+    s3_split "$dest"
+    local batch
+    while [ $# -gt 0 ]; do
+      batch=$(printf '%s\n' "${@:1:1000}" | jq -R --arg p "$S3_PREFIX" -s \
+        '{Objects: [split("\n")[] | select(length > 0) | {Key: ($p + .)}], Quiet: true}')
+      aws_cli s3api delete-objects --bucket "$S3_BUCKET" --delete "$batch" --output json \
+        | jq -e '(.Errors // []) | length == 0' >/dev/null || die "S3 delete failed in $dest"
+      shift $(( $# < 1000 ? $# : 1000 ))
+    done
   else
-    rm -f -- "${1:?}/$2"
+    local n
+    for n in "$@"; do rm -f -- "${dest:?}/$n"; done
   fi
 }
 
-# prune DEST KEEP: delete all but the KEEP newest backups (manifest first, so
-# a backup is never half deleted yet complete-looking), then leftovers of
+# prune DEST KEEP: delete all but the KEEP newest backups (manifests first,
+# so a backup is never half deleted yet complete-looking), then leftovers of
 # failed runs older than the oldest backup kept.
 prune() {
-  local dest=$1 keep=$2 ids=() names=() n i id oldest name
-  mapfile -t ids < <(store_ids "$dest")
-  n=${#ids[@]}
-  if [ "$n" -gt "$keep" ]; then
-    for (( i = 0; i < n - keep; i++ )); do
-      id=${ids[$i]}
-      say "retention: deleting $id (keeping the $keep newest of $n)"
-      store_rm "$dest" "$id.manifest.json"
-      store_rm "$dest" "$id.pgdump"
-      store_rm "$dest" "$id.sqlite3"
-    done
-  fi
-  [ "$n" -gt 0 ] || return 0
-  oldest=${ids[$(( n > keep ? n - keep : 0 ))]}
+  local dest=$1 keep=$2 names=() ids=() old=() data=() n i name id oldest
   mapfile -t names < <(store_names "$dest")
+  mapfile -t ids < <(printf '%s\n' "${names[@]}" \
+    | sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort)
+  n=${#ids[@]}
+  [ "$n" -gt 0 ] || return 0
+  for (( i = 0; i < n - keep; i++ )); do old+=("${ids[$i]}"); done
+  oldest=${ids[$(( n > keep ? n - keep : 0 ))]}
   for name in "${names[@]}"; do
-    id=${name#.}; id=${id%%.partial}; id=${id%.manifest.json}; id=${id%.pgdump}; id=${id%.sqlite3}
-    [[ "$id" == "$HB_NAME_PREFIX"* ]] || continue
-    if [[ "$id" < "$oldest" ]]; then
-      say "retention: deleting leftover $name"
-      store_rm "$dest" "$name"
-    fi
+    id=${name#.}; id=${id%.partial}; id=${id%.ok}; id=${id%.partial}
+    id=${id%.manifest.json}; id=${id%.pgdump}; id=${id%.sqlite3}
+    [[ "$id" == "$HB_NAME_PREFIX"* && "$name" != *.manifest.json ]] || continue
+    if [[ "$id" < "$oldest" ]]; then data+=("$name"); fi
   done
+  if [ ${#old[@]} -gt 0 ]; then
+    say "retention: deleting ${old[*]} (keeping the $keep newest of $n)"
+    store_rm "$dest" "${old[@]/%/.manifest.json}"
+  fi
+  if [ ${#data[@]} -gt 0 ]; then
+    say "retention: deleting data files ${data[*]}"
+    store_rm "$dest" "${data[@]}"
+  fi
 }
 
 # --------------------------------------------------------------- backup
