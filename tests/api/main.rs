@@ -1,0 +1,8 @@
+//! Black-box HTTP tests of the real server. Every contract test runs on both
+//! backends: SQLite always, PostgreSQL on a throwaway cluster.
+
+mod contract;
+mod lifecycle;
+mod openapi;
+mod outage;
+mod support;
