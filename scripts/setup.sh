@@ -52,6 +52,8 @@ DEV_PACKAGES=(
   "file:file"
   "readelf:binutils"
   "update-ca-certificates:ca-certificates"
+  "socat:socat"
+  "systemd-analyze:systemd"
 )
 
 CARGO_DENY_VERSION=0.20.2
