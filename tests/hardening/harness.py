@@ -7,6 +7,7 @@ and is torn down by the caller's cleanup, even when a test fails.
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -61,6 +62,10 @@ def raise_fd_limit(want: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+class Fatal(Exception):
+    """Raised by a polled condition that can never become true: stop polling."""
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout
@@ -70,6 +75,8 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
             value = predicate()
             if value:
                 return value
+        except Fatal as exc:
+            raise AssertionError(f"while waiting for {what}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - polled conditions may raise while not ready
             last_exc = exc
         time.sleep(interval)
@@ -180,7 +187,7 @@ class Service:
 
         def up():
             if self.proc.poll() is not None:
-                raise AssertionError(f"service exited with {self.proc.returncode}:\n{self.logs()[-2000:]}")
+                raise Fatal(f"service exited with {self.proc.returncode}:\n{self.logs()[-2000:]}")
             path = "/readyz" if expect_ready else "/healthz"
             return request(self.port, "GET", path, timeout=1).status == 200
 
@@ -226,7 +233,23 @@ def pg_bin(name: str) -> str | None:
 
 class Postgres:
     """A throwaway PostgreSQL cluster on 127.0.0.1, run as the `postgres` user
-    (the server refuses to run as root)."""
+    (the server refuses to run as root). initdb runs once per test process;
+    each instance starts from a copy of that template cluster."""
+
+    _template: Path | None = None
+
+    @classmethod
+    def template(cls, initdb: str) -> Path:
+        if cls._template is None:
+            root = Path(tempfile.mkdtemp(prefix="pg-template-"))
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+            shutil.chown(root, "postgres", "postgres")
+            data = root / "data"
+            subprocess.run(["runuser", "-u", "postgres", "--", initdb, "-D", str(data), "-U", "hello",
+                            "--auth=trust", "--no-sync", "-E", "UTF8", "--no-instructions"],
+                           check=True, capture_output=True, text=True, timeout=120, cwd=root)
+            cls._template = data
+        return cls._template
 
     def __init__(self, workdir: Path):
         for tool in ("initdb", "pg_ctl"):
@@ -239,8 +262,7 @@ class Postgres:
         self.started = False
         shutil.chown(self.dir, "postgres", "postgres")
         os.chmod(workdir, 0o755)
-        self._as_pg(self.initdb, "-D", str(self.data), "-U", "hello", "--auth=trust",
-                    "--no-sync", "-E", "UTF8", "--no-instructions")
+        subprocess.run(["cp", "-a", str(self.template(self.initdb)), str(self.data)], check=True)
 
     @property
     def url(self) -> str:

@@ -16,6 +16,9 @@ from harness import (ServiceTestCase, Service, Writers, assert_problem, put_dob,
                      require, wait_until)
 
 
+OUTAGE_SECONDS = 3
+
+
 def readyz(port: int) -> int:
     return request(port, "GET", "/readyz", timeout=3).status
 
@@ -41,6 +44,10 @@ class PostgresOutage(ServiceTestCase):
         get = request(svc.port, "GET", "/hello/During")
         assert_problem(self, get, (503,), retry_after=True)
         self.assertEqual(request(svc.port, "GET", "/healthz").status, 200, "liveness needs no database")
+        # Keep the database away for a while under load, not just an instant.
+        wait_until(lambda: time.monotonic() - down_at >= OUTAGE_SECONDS, OUTAGE_SECONDS + 1,
+                   what="the outage to last")
+        self.assertEqual(readyz(svc.port), 503)
         outage = time.monotonic() - down_at
 
         acked_before = load.count(204)
@@ -77,7 +84,7 @@ class PostgresOutage(ServiceTestCase):
         svc.start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
 
-        hold = 6
+        hold = 3
         locker = subprocess.Popen(
             ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "hello", "-d", "postgres", "-Xq",
              "-c", f"BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({hold}); COMMIT;"],
@@ -126,22 +133,17 @@ class SqliteDiskFull(ServiceTestCase):
         return str(mnt)
 
     def fill(self, mnt: str) -> str:
-        """Fill the file system to the last byte."""
+        """Fill the file system to the last byte (unbuffered: every write is
+        one syscall, so ENOSPC shows up here and not at close)."""
         filler = os.path.join(mnt, "filler")
-        with open(filler, "wb") as f:
-            chunk = b"\0" * 65536
-            try:
-                while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
-            try:
-                while True:
-                    f.write(b"\0")
-                    f.flush()
-            except OSError:
-                pass
+        with open(filler, "wb", buffering=0) as f:
+            for size in (1 << 16, 1 << 12, 1):
+                chunk = b"\0" * size
+                try:
+                    while True:
+                        f.write(chunk)
+                except OSError:
+                    pass
         return filler
 
     def test_disk_full(self):

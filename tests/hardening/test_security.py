@@ -72,11 +72,25 @@ class Secrets(ServiceTestCase):
         out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=30)
         self.assertIn("DATABASE_URL", out.stdout, "--help should name the variable")
 
+    def test_password_not_in_startup_failure(self):
+        # Port 1 refuses connections: the service cannot start and says why.
+        require(BIN.exists(), f"service binary {BIN}")
+        out = subprocess.run([str(BIN)], capture_output=True, text=True, timeout=60,
+                             env={"DATABASE_URL": SECRET_URL, "PORT": "0", "METRICS_PORT": "0",
+                                  "BIND_ADDR": "127.0.0.1", "LOG_LEVEL": "debug",
+                                  "DB_TIMEOUT_MS": "300", "PATH": "/usr/bin:/bin"})
+        self.assertNotEqual(out.returncode, 0, "started without its database")
+        self.assertIn("127.0.0.1:1", out.stdout + out.stderr, "the error should name the server")
+        self.assertNotIn(SECRET, out.stdout + out.stderr)
+
     def test_password_not_in_logs_bodies_or_metrics(self):
-        # Port 1 refuses connections: every database path fails and reports it.
-        svc = Service(self.tmp, SECRET_URL, env={"LOG_LEVEL": "debug", "DB_TIMEOUT_MS": "300"})
+        pg = self.postgres()  # trust authentication: any password is accepted
+        url = pg.url.replace(":pw@", f":{SECRET}@")
+        svc = Service(self.tmp, url, env={"LOG_LEVEL": "debug", "DB_TIMEOUT_MS": "300"})
         self.addCleanup(svc.stop)
-        svc.start(expect_ready=False)
+        svc.start()
+        self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
+        pg.stop("immediate")  # every database path now fails and reports it
         bodies = []
         for method, path, body in (("GET", "/readyz", None), ("GET", "/hello/Alice", None),
                                    ("PUT", "/hello/Alice", {"dateOfBirth": "1990-01-02"}),
@@ -87,7 +101,7 @@ class Secrets(ServiceTestCase):
         bodies.append(svc.metrics())
         svc.stop()
         logs = svc.logs()
-        self.assertGreater(len(logs), 0, "no log output captured")
+        self.assertRegex(logs, r"(?i)error|warn", "expected the database errors to be logged")
         for where, text in (("logs", logs), ("responses and metrics", "\n".join(bodies))):
             with self.subTest(where):
                 self.assertNotIn(SECRET, text)
