@@ -49,6 +49,7 @@ DEV_PACKAGES=(
   "taskset:util-linux"
   "pgrep:procps"
   "psql:postgresql-client"
+  "openssl:openssl"
   "file:file"
   "readelf:binutils"
   "update-ca-certificates:ca-certificates"

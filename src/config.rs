@@ -105,6 +105,10 @@ pub struct Config {
     )]
     pub database_url: DatabaseUrl,
 
+    /// PEM bundle of extra CA certificates for PostgreSQL TLS (the RDS CA bundle).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<std::path::PathBuf>,
+
     /// PostgreSQL connections per instance.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,

@@ -49,9 +49,11 @@ impl Store {
                 .with_context(|| format!("opening SQLite database {}", path.display()))?;
             Ok(Self::Sqlite(store))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let store = postgres::PgStore::connect(url, config.db_pool_size, config.db_timeout())
-                .await
-                .with_context(|| format!("connecting to {}", config.database_url))?;
+            let ca = config.database_ca_file.as_deref();
+            let store =
+                postgres::PgStore::connect(url, ca, config.db_pool_size, config.db_timeout())
+                    .await
+                    .with_context(|| format!("connecting to {}", config.database_url))?;
             Ok(Self::Postgres(store))
         } else {
             anyhow::bail!(

@@ -11,12 +11,39 @@ use crate::domain::{DateOfBirth, Username};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use std::future::Future;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 /// Any constant shared by every instance: the advisory lock that serialises
 /// migrations when several instances start at once.
 const MIGRATION_LOCK: i64 = 0x6865_6c6c_6f62_6461; // "hellobda"
+
+/// TLS as `sslmode` in the URL asks (`prefer` by default, `require` in
+/// production, where RDS has `rds.force_ssl`). Certificates are verified
+/// against the public roots plus the PEM bundle in `ca_file`: RDS server
+/// certificates chain to Amazon's RDS CA, which is not a public root.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use anyhow::Context;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading DATABASE_CA_FILE {}", path.display()))?;
+        for cert in certs {
+            roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -51,11 +78,16 @@ fn classify_pool(err: PoolError) -> StoreError {
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, size: usize, timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        size: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let pg_config: tokio_postgres::Config = url.parse()?;
         let manager = Manager::from_config(
             pg_config,
-            NoTls,
+            tls_connector(ca_file)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

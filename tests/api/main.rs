@@ -6,3 +6,4 @@ mod lifecycle;
 mod openapi;
 mod outage;
 mod support;
+mod tls;

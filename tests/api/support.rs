@@ -238,6 +238,13 @@ fn run(mut c: Command, what: &str) {
 
 impl PgCluster {
     pub fn start() -> Self {
+        let cluster = Self::init();
+        cluster.start_server();
+        cluster
+    }
+
+    /// A cluster initialised but not started.
+    pub fn init() -> Self {
         let base = tempfile::Builder::new()
             .prefix("hb-pg-")
             .tempdir()
@@ -269,19 +276,31 @@ impl PgCluster {
         ]);
         initdb.args(["--no-sync", "--locale=C"]);
         run(initdb, "initdb");
-        let cluster = Self {
+        Self {
             dir: base,
             port: free_port(),
-        };
-        cluster.start_server();
-        cluster
+        }
+    }
+
+    /// Hands a file to the server's user (as root, the server runs as `postgres`).
+    pub fn give(&self, path: &std::path::Path) {
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.args(["postgres:postgres", path.to_str().unwrap()]);
+            run(c, "chown");
+        }
     }
 
     pub fn start_server(&self) {
+        self.start_server_with("");
+    }
+
+    /// Starts the server with extra `-c name=value` options.
+    pub fn start_server_with(&self, extra: &str) {
         let mut c = pg_command("pg_ctl");
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+             -c max_connections=200 {extra}",
             self.port,
             self.dir.display()
         );
