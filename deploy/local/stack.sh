@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# The local stack: a production-like staging environment on loopback.
+# PostgreSQL + N instances of hello-birthday + HAProxy + Prometheus, every
+# one on a random free 127.0.0.1 port, everything under one state dir.
+set -euo pipefail
+
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: deploy/local/stack.sh COMMAND [--state-dir DIR] [options]
+
+Commands:
+  up        Start PostgreSQL (initdb into the state dir), N instances, HAProxy
+            and Prometheus. A no-op when the stack in DIR is already up.
+              --instances N     number of instances (default 3)
+              --binary PATH     service binary (default target/debug/hello-birthday)
+              --release LABEL   release label of the first release (default dev)
+              --no-prometheus   do not start Prometheus
+  down      Stop everything and delete the state dir (--keep: keep it).
+  status    Show every instance's release, readiness and HAProxy state.
+  env       Print stack.env (ports and URLs, KEY=VALUE).
+  start SLOT     Start SLOT again with the release recorded for it (after a crash).
+  haproxy CMD... Send a command to HAProxy's runtime API (e.g. "show stat").
+
+Options:
+  --state-dir DIR   default: $STACK_STATE_DIR or .state/local in the repository
+
+State dir files (see deploy/local/README.md): stack.env, instances
+("slot port metrics_port pid release" per line), releases/, logs/.
+USAGE
+}
+
+step() { printf '==> %s\n' "$*"; }
+
+pg_bin() {
+  local d
+  if command -v initdb >/dev/null 2>&1; then dirname "$(command -v initdb)"; return; fi
+  d=$(find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n1)
+  [ -n "$d" ] || lib_die "PostgreSQL server binaries (initdb) not found: scripts/setup.sh dev"
+  dirname "$d"
+}
+
+# PostgreSQL refuses to run as root: run its binaries as the postgres user then.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+require_tools() {
+  local t missing=()
+  for t in haproxy socat curl jq python3 setsid flock psql pg_isready; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  [ ${#missing[@]} -eq 0 ] || lib_die "missing tools: ${missing[*]} (scripts/setup.sh dev)"
+}
+
+stack_up_already() {
+  [ -f "$STATE/stack.env" ] || return 1
+  local HAPROXY_PID=""
+  # shellcheck disable=SC1091
+  . "$STATE/stack.env"
+  pid_is "$HAPROXY_PID" haproxy
+}
+
+start_postgres() {
+  local port=$1 bindir
+  bindir=$(pg_bin)
+  mkdir -p "$STATE/pg"
+  printf 'hello\n' >"$STATE/pg/pwfile"
+  if [ "$(id -u)" -eq 0 ]; then
+    # The postgres user must reach its data dir through the state dir.
+    chmod a+x "$STATE"
+    chown -R postgres: "$STATE/pg"
+    as_pg test -r "$STATE/pg/pwfile" \
+      || lib_die "the postgres user cannot reach $STATE: every parent directory needs o+x"
+  fi
+  step "PostgreSQL: initdb + start on 127.0.0.1:$port"
+  as_pg "$bindir/initdb" -D "$STATE/pg/data" -U hello --pwfile="$STATE/pg/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >"$STATE/pg/initdb.log" 2>&1 \
+    || { cat "$STATE/pg/initdb.log" >&2; lib_die "initdb failed"; }
+  as_pg "$bindir/pg_ctl" -D "$STATE/pg/data" -l "$STATE/pg/postgres.log" -w -t 30 \
+    -o "-p $port -k $STATE/pg -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=32MB" \
+    start >/dev/null 9>&- || { tail -n 20 "$STATE/pg/postgres.log" >&2; lib_die "PostgreSQL did not start"; }
+  PGPASSWORD=hello psql -q -h 127.0.0.1 -p "$port" -U hello -d postgres \
+    -c "CREATE DATABASE hello_birthday" >/dev/null
+}
+
+render_haproxy() {
+  local servers="" slot port
+  while read -r slot port _; do
+    servers+="    server $slot 127.0.0.1:$port"$'\n'
+  done < <(instances "$STATE")
+  mkdir -p "$STATE/haproxy"
+  python3 - "$LOCAL_DIR/haproxy.cfg.tmpl" "$STATE/haproxy/haproxy.cfg" <<PY
+import sys
+text = open(sys.argv[1]).read()
+for k, v in {"@STATE@": "$STATE", "@HAPROXY_PORT@": "$HAPROXY_PORT",
+             "@HAPROXY_STATS_PORT@": "$HAPROXY_STATS_PORT", "@SERVERS@": """${servers%$'\n'}"""}.items():
+    text = text.replace(k, v)
+open(sys.argv[2], "w").write(text)
+PY
+  haproxy -c -q -f "$STATE/haproxy/haproxy.cfg" || lib_die "generated HAProxy config is invalid"
+}
+
+# Prometheus config: the monitoring generator (with the alert rules) when it
+# is in the tree, else a minimal scrape config of the instances.
+render_prometheus() {
+  local targets=() slot mport out="$STATE/prometheus/prometheus.yml"
+  while read -r slot _ mport _; do targets+=("127.0.0.1:$mport"); done < <(instances "$STATE")
+  mkdir -p "$STATE/prometheus"
+  local gen="$REPO_ROOT/monitoring/prometheus/render-local-config.sh"
+  if [ -x "$gen" ]; then
+    "$gen" --out "$out" --rules-dir "$REPO_ROOT/monitoring/prometheus/rules" "${targets[@]}"
+  else
+    {
+      echo "# Minimal scrape config (monitoring/prometheus/render-local-config.sh not present)."
+      echo "global: {scrape_interval: 2s, evaluation_interval: 2s}"
+      echo "scrape_configs:"
+      echo "  - job_name: hello-birthday"
+      echo "    static_configs:"
+      echo "      - targets: [$(printf '"%s", ' "${targets[@]}" | sed 's/, $//')]"
+    } >"$out"
+  fi
+}
+
+cmd_up() {
+  local n=3 binary="$REPO_ROOT/target/debug/hello-birthday" label=dev prom=1
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --instances) n=$2; shift 2 ;;
+      --binary) binary=$2; shift 2 ;;
+      --release) label=$2; shift 2 ;;
+      --no-prometheus) prom=0; shift ;;
+      *) lib_die "unknown option for up: $1" ;;
+    esac
+  done
+  [[ $n =~ ^[1-9][0-9]?$ ]] || lib_die "--instances must be 1..99"
+  [ -x "$binary" ] || lib_die "no service binary at $binary (cargo build --bin hello-birthday)"
+  require_tools
+  [ "$prom" = 0 ] || command -v prometheus >/dev/null || lib_die "prometheus not installed (scripts/setup.sh dev)"
+
+  if stack_up_already; then
+    step "stack in $STATE is already up"
+    cmd_status
+    return 0
+  fi
+  if [ -e "$STATE/stack.env" ]; then
+    step "removing the stale state of an earlier stack in $STATE"
+    cmd_down
+  fi
+  mkdir -p "$STATE/logs" "$STATE/releases"
+  exec 9>"$STATE/lock"
+  flock -w 30 9 || lib_die "another command holds $STATE/lock"
+  STATE=$(cd "$STATE" && pwd)
+
+  local ports i=0
+  read -r -a ports <<<"$(free_ports $(( 2 * n + 4 )))"
+  PG_PORT=${ports[0]}; HAPROXY_PORT=${ports[1]}; HAPROXY_STATS_PORT=${ports[2]}; PROMETHEUS_PORT=${ports[3]}
+  DATABASE_URL="postgres://hello:hello@127.0.0.1:$PG_PORT/hello_birthday"
+  {
+    echo "# slot port metrics_port pid release"
+    for ((i = 1; i <= n; i++)); do
+      echo "s$i ${ports[$((2 + 2 * i))]} ${ports[$((3 + 2 * i))]} 0 $label"
+    done
+  } >"$STATE/instances"
+  write_env() {
+    cat >"$STATE/stack.env" <<ENV
+STATE_DIR=$STATE
+INSTANCES=$n
+PG_PORT=$PG_PORT
+PG_DATA=$STATE/pg/data
+DATABASE_URL=$DATABASE_URL
+HAPROXY_PORT=$HAPROXY_PORT
+HAPROXY_URL=http://127.0.0.1:$HAPROXY_PORT
+HAPROXY_STATS_PORT=$HAPROXY_STATS_PORT
+HAPROXY_SOCKET=$STATE/haproxy/admin.sock
+HAPROXY_PID=${HAPROXY_PID:-}
+PROMETHEUS_PORT=$([ "$prom" = 1 ] && echo "$PROMETHEUS_PORT")
+PROMETHEUS_URL=$([ "$prom" = 1 ] && echo "http://127.0.0.1:$PROMETHEUS_PORT")
+PROMETHEUS_PID=${PROMETHEUS_PID:-}
+ENV
+  }
+  write_env
+
+  start_postgres "$PG_PORT"
+
+  step "release $label: $binary"
+  install_release "$STATE" "$label" "$binary"
+
+  local slot pid
+  for ((i = 1; i <= n; i++)); do
+    slot="s$i"
+    step "instance $slot: 127.0.0.1:$(instance_field "$STATE" "$slot" port) (metrics :$(instance_field "$STATE" "$slot" metrics_port))"
+    pid=$(start_instance "$STATE" "$slot" "$label" 60) || lib_die "instance $slot did not start (see $STATE/logs/$slot.log)"
+    set_instance "$STATE" "$slot" "$pid" "$label"
+  done
+
+  step "HAProxy on 127.0.0.1:$HAPROXY_PORT (stats :$HAPROXY_STATS_PORT)"
+  render_haproxy
+  HAPROXY_PID=$(spawn "$STATE/logs/haproxy.log" haproxy -db -f "$STATE/haproxy/haproxy.cfg")
+  write_env
+  wait_until 10 test -S "$STATE/haproxy/admin.sock" || lib_die "HAProxy did not start (see $STATE/logs/haproxy.log)"
+  for ((i = 1; i <= n; i++)); do
+    wait_until 10 haproxy_status_is "$STATE" "s$i" UP || lib_die "HAProxy does not see s$i UP"
+  done
+
+  if [ "$prom" = 1 ]; then
+    step "Prometheus on 127.0.0.1:$PROMETHEUS_PORT"
+    render_prometheus
+    PROMETHEUS_PID=$(spawn "$STATE/logs/prometheus.log" prometheus \
+      --config.file="$STATE/prometheus/prometheus.yml" \
+      --storage.tsdb.path="$STATE/prometheus/data" \
+      --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle)
+    write_env
+    wait_until 30 curl -fs -o /dev/null "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" \
+      || lib_die "Prometheus did not become ready (see $STATE/logs/prometheus.log)"
+  fi
+  step "stack up: http://127.0.0.1:$HAPROXY_PORT (state: $STATE)"
+  cmd_status
+}
+
+cmd_down() {
+  local keep=0
+  [ "${1:-}" = --keep ] && keep=1
+  if [ ! -f "$STATE/stack.env" ]; then
+    step "no stack in $STATE"
+    [ "$keep" = 1 ] || rm -rf "$STATE"
+    return 0
+  fi
+  local HAPROXY_PID="" PROMETHEUS_PID="" PG_DATA=""
+  # shellcheck disable=SC1091
+  . "$STATE/stack.env"
+  step "stopping the stack in $STATE"
+  local slot port pid
+  if [ -f "$STATE/instances" ]; then
+    while read -r slot port _ pid _; do
+      # Stop them together: each one drains for DRAIN_SECONDS.
+      if instance_alive "$pid" "$port"; then lib_log "instance $slot (pid $pid)"; kill -TERM "$pid" 2>/dev/null || true; fi
+    done < <(instances "$STATE")
+    while read -r slot port _ pid _; do
+      if instance_alive "$pid" "$port"; then stop_instance "$pid"; fi
+    done < <(instances "$STATE")
+  fi
+  if pid_is "$PROMETHEUS_PID" prometheus; then lib_log "prometheus (pid $PROMETHEUS_PID)"; stop_pid "$PROMETHEUS_PID" 10; fi
+  if pid_is "$HAPROXY_PID" haproxy; then lib_log "haproxy (pid $HAPROXY_PID)"; stop_pid "$HAPROXY_PID" 5; fi
+  if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+    lib_log "postgresql"
+    as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+  fi
+  if [ "$keep" = 1 ]; then
+    rm -f "$STATE/stack.env.stopped"; mv "$STATE/stack.env" "$STATE/stack.env.stopped"
+    step "stopped; state kept in $STATE"
+  else
+    rm -rf "$STATE"
+    step "stopped; $STATE removed"
+  fi
+}
+
+cmd_status() {
+  load_stack_env "$STATE"
+  printf 'stack %s\n' "$STATE"
+  printf '  haproxy     %s (pid %s, %s)   stats http://127.0.0.1:%s/\n' "$HAPROXY_URL" "$HAPROXY_PID" \
+    "$(pid_is "$HAPROXY_PID" haproxy && echo up || echo DOWN)" "$HAPROXY_STATS_PORT"
+  printf '  postgresql  127.0.0.1:%s (%s)\n' "$PG_PORT" \
+    "$(pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null && echo up || echo DOWN)"
+  if [ -n "${PROMETHEUS_URL:-}" ]; then
+    printf '  prometheus  %s (pid %s, %s)\n' "$PROMETHEUS_URL" "$PROMETHEUS_PID" \
+      "$(pid_is "$PROMETHEUS_PID" prometheus && echo up || echo DOWN)"
+  fi
+  printf '  %-4s %-6s %-7s %-8s %-8s %-14s %-9s %s\n' slot port metrics pid process release readyz haproxy
+  local slot port mport pid rel running ready hstat
+  local stat
+  stat=$(haproxy_cmd "$STATE" "show stat" 2>/dev/null || true)
+  while read -r slot port mport pid rel; do
+    running=$(instance_alive "$pid" "$port" && echo alive || echo dead)
+    ready=$(http_code "http://127.0.0.1:$port/readyz")
+    [ "$ready" != 000 ] || ready=-
+    rel=$(instance_release "$port"); rel=${rel:-?}
+    hstat=$(awk -F, -v s="$slot" '$1 == "be" && $2 == s { print $18 }' <<<"$stat")
+    printf '  %-4s %-6s %-7s %-8s %-8s %-14s %-9s %s\n' "$slot" "$port" "$mport" "$pid" "$running" "$rel" "$ready" "${hstat:-?}"
+  done < <(instances "$STATE")
+}
+
+cmd_start() {
+  local slot=${1:-} rel pid
+  [ -n "$slot" ] || lib_die "usage: stack.sh start SLOT"
+  load_stack_env "$STATE"
+  exec 9>"$STATE/lock"
+  flock -w 60 9 || lib_die "another command holds $STATE/lock"
+  pid=$(instance_field "$STATE" "$slot" pid)
+  [ -n "$pid" ] || lib_die "no slot $slot"
+  if instance_alive "$pid" "$(instance_field "$STATE" "$slot" port)"; then step "$slot already running (pid $pid)"; return 0; fi
+  rel=$(instance_field "$STATE" "$slot" release)
+  step "starting $slot on release $rel"
+  pid=$(start_instance "$STATE" "$slot" "$rel" 60) || lib_die "$slot did not become ready"
+  set_instance "$STATE" "$slot" "$pid" "$rel"
+  wait_until 10 haproxy_status_is "$STATE" "$slot" UP || lib_die "HAProxy does not see $slot UP"
+  step "$slot up (pid $pid), HAProxy: UP"
+}
+
+main() {
+  local cmd=${1:-}
+  [ -n "$cmd" ] || { usage >&2; exit 2; }
+  shift
+  case $cmd in -h|--help|help) usage; exit 0 ;; esac
+  STATE=$(default_state_dir)
+  local args=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --state-dir) STATE=$2; shift 2 ;;
+      -h|--help) usage; exit 0 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  case $cmd in
+    up) cmd_up "${args[@]}" ;;
+    down) cmd_down "${args[@]}" ;;
+    status) cmd_status ;;
+    env) load_stack_env "$STATE"; cat "$STATE/stack.env" ;;
+    start) cmd_start "${args[@]}" ;;
+    haproxy) load_stack_env "$STATE"; haproxy_cmd "$STATE" "${args[*]}" ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

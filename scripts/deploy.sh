@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Rolling deployment of hello-birthday, the same flow for every target:
+# locate the artifact, verify its SHA-256, plan, roll out (the target rolls
+# back by itself when a new instance does not become ready), smoke test, and
+# roll the whole fleet back when the smoke test fails. Targets live in
+# deploy/TARGET/target.sh and implement only the platform steps; the
+# contract is in deploy/README.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+usage() {
+  cat <<'USAGE'
+Usage: scripts/deploy.sh --target local|aws (--release PATH | --version V) [options] [target options]
+
+  --target T         where to deploy: local (deploy/local, the loopback stack) or aws
+  --release PATH     release binary to deploy; its checksum file PATH.sha256
+                     (sha256sum format) is verified when present
+  --write-checksum   create PATH.sha256 when it is missing (a binary built here)
+  --version V        release label (default: sha-<first 12 hex digits of the
+                     binary's SHA-256>); without --release the target looks
+                     the release up by this label
+  --env E            staging (default) or production
+  --dry-run          print the plan and the commands, change nothing
+  --no-smoke         skip the smoke test after the roll-out
+  -h, --help         this help
+
+Target options (passed to target_args):
+  local: --state-dir DIR  --ready-timeout SECS (30)  --drain-timeout SECS (10)
+         --events FILE (append timeline events: unix_s,slot,event,release)
+  aws:   see deploy/aws/target.sh
+
+Environment:
+  DEPLOY_SMOKE   smoke test command, called with the target URL
+                 (default scripts/smoke.sh; the tests set a failing one to
+                 exercise the fleet rollback)
+
+Examples:
+  scripts/deploy.sh --target local --release target/release/hello-birthday --write-checksum --version v2
+  scripts/deploy.sh --target local --version v1      # back to an installed release
+  scripts/deploy.sh --target aws --env staging --version 1.4.0 --dry-run
+USAGE
+}
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'deploy.sh: error: %s\n' "$*" >&2; exit 1; }
+# Prints the command; runs it unless this is a dry run.
+run() {
+  printf '    $ %s\n' "$*"
+  [ "${DRY_RUN:-0}" = 1 ] || "$@"
+}
+
+TARGET="" ARTIFACT="" ARTIFACT_SHA256="" VERSION="" ENV_NAME=staging DRY_RUN=0
+WRITE_CHECKSUM=0 SMOKE=1
+TARGET_ARGS=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --target) TARGET=${2:?--target needs a value}; shift 2 ;;
+    --release) ARTIFACT=${2:?--release needs a path}; shift 2 ;;
+    --version) VERSION=${2:?--version needs a value}; shift 2 ;;
+    --env) ENV_NAME=${2:?--env needs a value}; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --write-checksum) WRITE_CHECKSUM=1; shift ;;
+    --no-smoke) SMOKE=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) TARGET_ARGS+=("$1"); shift ;;
+  esac
+done
+
+[ -n "$TARGET" ] || { usage >&2; die "--target is required"; }
+if ! [[ $TARGET =~ ^[a-z0-9-]+$ ]] || [ ! -f "$ROOT/deploy/$TARGET/target.sh" ]; then
+  die "unknown target '$TARGET' (no deploy/$TARGET/target.sh)"
+fi
+case $ENV_NAME in staging|production) ;; *) die "--env must be staging or production" ;; esac
+[ -n "$ARTIFACT" ] || [ -n "$VERSION" ] || die "give --release PATH or --version V"
+
+START=$(date +%s)
+step "deploy to $TARGET ($ENV_NAME)$([ "$DRY_RUN" = 1 ] && echo ', dry run')"
+
+if [ -n "$ARTIFACT" ]; then
+  [ -f "$ARTIFACT" ] || die "release artifact $ARTIFACT does not exist"
+  ARTIFACT=$(cd "$(dirname "$ARTIFACT")" && pwd)/$(basename "$ARTIFACT")
+  step "artifact $ARTIFACT"
+  ARTIFACT_SHA256=$(sha256sum "$ARTIFACT" | cut -d' ' -f1)
+  if [ -f "$ARTIFACT.sha256" ]; then
+    want=$(awk 'NR == 1 { print $1 }' "$ARTIFACT.sha256")
+    [ "$want" = "$ARTIFACT_SHA256" ] \
+      || die "checksum mismatch for $ARTIFACT: $ARTIFACT_SHA256, but $ARTIFACT.sha256 says $want"
+    echo "    sha256 $ARTIFACT_SHA256 matches $(basename "$ARTIFACT").sha256"
+  elif [ "$WRITE_CHECKSUM" = 1 ]; then
+    if [ "$DRY_RUN" = 1 ]; then
+      echo "    sha256 $ARTIFACT_SHA256 (dry run: $(basename "$ARTIFACT").sha256 not written)"
+    else
+      printf '%s  %s\n' "$ARTIFACT_SHA256" "$(basename "$ARTIFACT")" >"$ARTIFACT.sha256"
+      echo "    sha256 $ARTIFACT_SHA256 written to $(basename "$ARTIFACT").sha256"
+    fi
+  else
+    die "no checksum file $ARTIFACT.sha256 (publish one with the artifact, or pass --write-checksum for a binary built here)"
+  fi
+  [ -n "$VERSION" ] || VERSION="sha-${ARTIFACT_SHA256:0:12}"
+fi
+[[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "bad release label '$VERSION' (letters, digits, . _ -)"
+step "release $VERSION"
+
+export ROOT TARGET ENV_NAME ARTIFACT ARTIFACT_SHA256 VERSION DRY_RUN
+# shellcheck source=deploy/local/target.sh
+. "$ROOT/deploy/$TARGET/target.sh"
+for fn in target_args target_plan target_deploy target_url target_rollback; do
+  declare -F "$fn" >/dev/null || die "deploy/$TARGET/target.sh does not define $fn"
+done
+
+target_args "${TARGET_ARGS[@]}"
+
+step "plan"
+target_plan
+
+step "roll out"
+if ! target_deploy; then
+  die "roll-out of $VERSION to $TARGET failed after $(( $(date +%s) - START ))s (see above; the target restored what it had changed)"
+fi
+
+if [ "$DRY_RUN" = 1 ]; then
+  step "dry run: nothing changed"
+  exit 0
+fi
+
+if [ "$SMOKE" = 1 ]; then
+  url=$(target_url)
+  step "smoke test against $url"
+  if ! ${DEPLOY_SMOKE:-"$ROOT/scripts/smoke.sh"} "$url"; then
+    step "smoke test failed: rolling the fleet back"
+    target_rollback || die "smoke test failed AND the rollback failed: the fleet needs attention"
+    die "smoke test failed on $VERSION; rolled back"
+  fi
+fi
+
+step "deployed $VERSION to $TARGET ($ENV_NAME) in $(( $(date +%s) - START ))s"
