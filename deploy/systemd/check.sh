@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Checks the systemd packaging without a running systemd: installs it into a
+# throwaway root with install-host.sh, then
+#   systemd-analyze verify              the unit parses and its command exists
+#   systemd-analyze security --offline  exposure level at most 2.0 ("OK")
+#   TimeoutStopSec > DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS of the env template
+#   the env file is 0600 and survives a re-run; a re-run changes nothing
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+case ${1:-} in -h|--help) usage; exit 0 ;; "") ;; *) usage >&2; exit 2 ;; esac
+
+command -v systemd-analyze >/dev/null || { echo "systemd-analyze not installed (scripts/setup.sh dev)" >&2; exit 1; }
+UNIT=hello-birthday.service
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+PASSED=0
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+ok() { PASSED=$((PASSED + 1)); printf '  ok  %s\n' "$*"; }
+
+echo "==> install-host.sh --root $TMP/root"
+# verify resolves the unit's dependencies (sysinit.target, ...) in the root.
+mkdir -p "$TMP/root/usr/lib/systemd"
+cp -r /usr/lib/systemd/system "$TMP/root/usr/lib/systemd/"
+printf '#!/bin/sh\necho hello-birthday test binary\n' >"$TMP/hello-birthday"
+chmod +x "$TMP/hello-birthday"
+"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/first.log"
+sed 's/^/  | /' "$TMP/first.log"
+for f in etc/systemd/system/$UNIT etc/hello-birthday/env usr/local/bin/hello-birthday; do
+  [ -f "$TMP/root/$f" ] || fail "/$f not installed"
+done
+ok "unit, env file and binary installed"
+
+echo "==> systemd-analyze verify"
+if ! out=$(systemd-analyze --root="$TMP/root" verify "/etc/systemd/system/$UNIT" 2>&1) || [ -n "$out" ]; then
+  printf '%s\n' "$out" >&2
+  fail "systemd-analyze verify reported problems"
+fi
+ok "systemd-analyze verify: clean"
+
+echo "==> systemd-analyze security --offline"
+out=$(systemd-analyze security --offline=yes --threshold=20 "$TMP/root/etc/systemd/system/$UNIT" 2>&1) \
+  || { printf '%s\n' "$out" | grep -E '✗|Overall' >&2; fail "exposure level above 2.0"; }
+ok "$(printf '%s\n' "$out" | grep -o 'Overall exposure level.*')"
+
+echo "==> stop timeout"
+DRAIN_SECONDS="" SHUTDOWN_TIMEOUT_SECONDS=""
+eval "$(grep -E '^(DRAIN_SECONDS|SHUTDOWN_TIMEOUT_SECONDS)=[0-9]+$' "$HERE/hello-birthday.env")"
+stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)s\{0,1\}$/\1/p' "$HERE/$UNIT")
+if [ -z "$stop" ] || [ -z "$DRAIN_SECONDS" ] || [ -z "$SHUTDOWN_TIMEOUT_SECONDS" ]; then
+  fail "cannot read TimeoutStopSec, DRAIN_SECONDS or SHUTDOWN_TIMEOUT_SECONDS"
+fi
+[ "$stop" -gt $((DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS)) ] \
+  || fail "TimeoutStopSec=$stop does not exceed DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS = $((DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS))"
+ok "TimeoutStopSec=${stop}s > drain ${DRAIN_SECONDS}s + shutdown ${SHUTDOWN_TIMEOUT_SECONDS}s"
+
+echo "==> hardening and restart policy"
+for d in User=hello-birthday NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes PrivateTmp=yes \
+  Restart=on-failure EnvironmentFile=/etc/hello-birthday/env KillSignal=SIGTERM; do
+  grep -qx "$d" "$HERE/$UNIT" || fail "$UNIT lacks $d"
+done
+ok "runs as hello-birthday with NoNewPrivileges, ProtectSystem=strict, ProtectHome, PrivateTmp, Restart=on-failure"
+
+echo "==> env file and idempotency"
+[ "$(stat -c %a "$TMP/root/etc/hello-birthday/env")" = 600 ] || fail "env file is not mode 0600"
+ok "env file mode 0600"
+echo "DATABASE_URL=postgres://edited-by-operator" >>"$TMP/root/etc/hello-birthday/env"
+chmod 0644 "$TMP/root/etc/hello-birthday/env"
+before=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)
+"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/second.log"
+after=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)
+[ "$before" = "$after" ] || fail "a second run changed files: $(diff <(echo "$before") <(echo "$after") || true)"
+grep -q "edited-by-operator" "$TMP/root/etc/hello-birthday/env" || fail "a re-run overwrote the env file"
+[ "$(stat -c %a "$TMP/root/etc/hello-birthday/env")" = 600 ] || fail "a re-run did not restore mode 0600"
+grep -q "unchanged" "$TMP/second.log" || fail "a re-run did not report unchanged files"
+ok "second run: no file changed, operator's env kept, mode back to 0600"
+
+echo "systemd checks: $PASSED passed, 0 failed"
