@@ -17,6 +17,7 @@ STAGES=(
   "shellcheck|scripts/lint-shell.sh"
   "test|cargo test --workspace --locked"
   "bench-smoke|bench/run.sh --quick"
+  "monitoring|monitoring/check.sh"
 )
 
 usage() {

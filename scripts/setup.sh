@@ -55,6 +55,7 @@ DEV_PACKAGES=(
   "update-ca-certificates:ca-certificates"
   "socat:socat"
   "systemd-analyze:systemd"
+  "prometheus-blackbox-exporter:prometheus-blackbox-exporter"
 )
 
 CARGO_DENY_VERSION=0.20.2
