@@ -215,29 +215,39 @@ def cmd_window(a):
     recs = [json.loads(line) for line in open(a.load)]
     rows = read_rows(a.db_rows)
     acked = [r for r in recs if r["status"] == 204]
-    before = [r for r in acked if r["t_end"] < a.failover_at]
     missing = [r["user"] for r in acked if rows.get(r["user"]) != r["dob"]]
     failed = [r for r in recs if r["status"] != 204]
-    after_ok = [r for r in acked if r["t_start"] > a.failover_at]
+    early = [r for r in failed if r["t_end"] < a.failover_at]
+    # Started once the old primary was gone: only the new one can have
+    # acknowledged these.
+    on_new = [r for r in acked if r["t_start"] > a.down_at]
     out = {
         "requests": len(recs),
         "acknowledged": len(acked),
-        "acknowledged_before_failover": len(before),
-        "acknowledged_after_failover": len(after_ok),
+        "acknowledged_before_failover": sum(r["t_end"] < a.failover_at for r in acked),
+        "acknowledged_by_new_primary": len(on_new),
         "acknowledged_missing": len(missing),
         "failed_requests": len(failed),
+        "failed_before_failover": len(early),
         "failed_statuses": sorted({str(r["status"]) for r in failed}),
         "error_window_seconds": 0.0,
-        "recovery_seconds": None,
+        "first_failure_after_stop_seconds": None,
+        "last_failure_after_stop_seconds": None,
+        "first_write_on_new_primary_seconds": None,
     }
     if failed:
-        out["error_window_seconds"] = round(max(r["t_end"] for r in failed) - min(r["t_start"] for r in failed), 3)
-    if after_ok:
-        out["recovery_seconds"] = round(min(r["t_end"] for r in after_ok) - a.failover_at, 3)
+        first, last = min(r["t_start"] for r in failed), max(r["t_end"] for r in failed)
+        out["error_window_seconds"] = round(last - first, 3)
+        out["first_failure_after_stop_seconds"] = round(first - a.failover_at, 3)
+        out["last_failure_after_stop_seconds"] = round(last - a.failover_at, 3)
+    if on_new:
+        out["first_write_on_new_primary_seconds"] = round(min(r["t_end"] for r in on_new) - a.failover_at, 3)
     print(json.dumps(out))
     if missing:
         sys.exit("window: %d acknowledged PUTs are missing, first: %s" % (len(missing), missing[:5]))
-    if not before or not after_ok:
+    if early:
+        sys.exit("window: %d PUTs failed before the primary was stopped, first: %r" % (len(early), early[0]))
+    if not out["acknowledged_before_failover"] or not on_new:
         sys.exit("window: need acknowledged writes both before and after the failover")
 
 
@@ -274,7 +284,8 @@ def main():
     s = sub.add_parser("window", help="failover figures from load records")
     s.add_argument("--load", required=True)
     s.add_argument("--db-rows", required=True)
-    s.add_argument("--failover-at", type=float, required=True, help="when the primary was stopped")
+    s.add_argument("--failover-at", type=float, required=True, help="when stopping the primary began")
+    s.add_argument("--down-at", type=float, required=True, help="when the primary was gone")
 
     a = p.parse_args()
     {"seed": cmd_seed, "load": cmd_load, "verify": cmd_verify, "window": cmd_window}[a.cmd](a)

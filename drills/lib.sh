@@ -54,6 +54,9 @@ drill_workdir() {
   chmod 755 "$WORK"
   DRILL_PIDS=()
   DRILL_CLUSTERS=()
+  # Turn signals into an exit, so the caller's EXIT trap cleans up.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -86,7 +89,7 @@ pg_create() {
     || { cat "$dir/initdb.log" >&2; fail "initdb $name"; }
   pg_conf "$name" "listen_addresses = '127.0.0.1'" "port = $port" \
     "unix_socket_directories = '$dir/sock'" "fsync = on" "max_connections = 50"
-  printf -v "PG_PORT_$name" '%s' "$port"
+  pg_set_port "$name" "$port"
 }
 
 # pg_conf NAME LINE...: append settings to the cluster's postgresql.conf.
@@ -114,6 +117,7 @@ pg_psql() {
   psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/$name/sock" -p "$(pg_port "$name")" -U postgres "$@"
 }
 pg_port() { local v="PG_PORT_$1"; printf '%s\n' "${!v}"; }
+pg_set_port() { printf -v "PG_PORT_$1" '%s' "$2"; }
 
 # pg_app_db NAME USER PASSWORD DB: an application role owning its database.
 pg_app_db() {
@@ -173,6 +177,8 @@ service_stop() {
 }
 
 svc_url() { local v="SVC_URL_$1"; printf '%s\n' "${!v}"; }
+svc_metrics() { local v="SVC_METRICS_$1"; printf '%s\n' "${!v}"; }
+svc_pid() { local v="SVC_PID_$1"; printf '%s\n' "${!v}"; }
 
 # drill_cleanup: stop what the drill started, even after a failure.
 drill_cleanup() {

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""A loopback TCP forwarder whose target can be switched: the failover
+drill's stand-in for the database DNS name that RDS Multi-AZ flips to the
+promoted standby. The service connects to the proxy; the drill writes the
+new "host:port" into the target file; the proxy closes every connection to
+the old target (as a failed host would) and sends new ones to the new one.
+
+  tcpproxy.py --listen-port P --target-file F
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+
+
+async def main(a):
+    def read_target():
+        host, port = open(a.target_file).read().strip().rsplit(":", 1)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit("refusing a non-loopback target: %s" % host)
+        return host, int(port)
+
+    state = {"target": read_target(), "mtime": os.stat(a.target_file).st_mtime_ns}
+    live = set()
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(creader, cwriter):
+        host, port = state["target"]
+        try:
+            sreader, swriter = await asyncio.open_connection(host, port)
+        except OSError:
+            cwriter.close()
+            return
+        pair = (cwriter, swriter)
+        live.add(pair)
+        try:
+            await asyncio.gather(pipe(creader, swriter), pipe(sreader, cwriter))
+        finally:
+            live.discard(pair)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", a.listen_port)
+    print("tcpproxy listening on 127.0.0.1:%d -> %s:%d" % (a.listen_port, *state["target"]), flush=True)
+    async with server:
+        while True:
+            await asyncio.sleep(0.05)
+            mtime = os.stat(a.target_file).st_mtime_ns
+            if mtime != state["mtime"]:
+                state["mtime"], state["target"] = mtime, read_target()
+                for pair in list(live):
+                    for w in pair:
+                        w.close()
+                print("tcpproxy switched to %s:%d, closed %d connections" % (*state["target"], len(live)), flush=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--listen-port", type=int, required=True)
+    p.add_argument("--target-file", required=True)
+    try:
+        asyncio.run(main(p.parse_args()))
+    except KeyboardInterrupt:
+        pass
