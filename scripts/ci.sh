@@ -18,6 +18,8 @@ STAGES=(
   "test|cargo test --workspace --locked"
   "bench-smoke|bench/run.sh --quick"
   "monitoring|monitoring/check.sh"
+  "deploy|deploy/local/tests/run.sh"
+  "systemd|deploy/systemd/check.sh"
 )
 
 usage() {
