@@ -15,7 +15,7 @@ REPO_ROOT=$(cd "$LOCAL_DIR/../.." && pwd)
 # Tunables of the instances (environment overrides).
 : "${INSTANCE_DRAIN_SECONDS:=1}"       # the service keeps serving this long after SIGTERM
 : "${INSTANCE_SHUTDOWN_SECONDS:=5}"    # then in-flight requests get this long
-: "${INSTANCE_POOL_SIZE:=4}"           # PostgreSQL connections per instance
+: "${INSTANCE_POOL_SIZE:=8}"           # PostgreSQL connections per instance
 
 lib_log() { printf '    %s\n' "$*"; }
 lib_die() { printf 'error: %s\n' "$*" >&2; exit 1; }

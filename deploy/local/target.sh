@@ -150,7 +150,10 @@ target_verify() {
   local want=$1 slot port pid rel got bad=0
   while read -r slot port _ pid rel; do
     got=$(instance_release "$port")
-    if ! instance_alive "$pid" "$port" || [ "$got" != "$want" ] || ! haproxy_status_is "$LOCAL_STATE" "$slot" UP; then
+    # A check that fails once (a busy instance) is not a failed deploy:
+    # allow HAProxy a few seconds to see the slot UP.
+    if ! instance_alive "$pid" "$port" || [ "$got" != "$want" ] \
+      || ! wait_until 10 haproxy_status_is "$LOCAL_STATE" "$slot" UP; then
       echo "    $slot: pid $pid $(instance_alive "$pid" "$port" && echo alive || echo dead), reports '${got:-?}', HAProxy $(haproxy_stat "$LOCAL_STATE" "$slot" status) (want $want, UP)" >&2
       bad=1
     else

@@ -132,7 +132,7 @@ assert_fleet() {
     instance_alive "$pid" "$port" || fail "$slot (pid $pid) is not running"
     got=$(instance_release "$port")
     [ "$got" = "$want" ] || fail "$slot reports release '$got', expected $want"
-    haproxy_status_is "$STATE" "$slot" UP || fail "HAProxy: $slot is $(haproxy_stat "$STATE" "$slot" status)"
+    wait_until 10 haproxy_status_is "$STATE" "$slot" UP || fail "HAProxy: $slot is $(haproxy_stat "$STATE" "$slot" status)"
   done < <(instances "$STATE")
   check "every instance alive, on release $want, UP in HAProxy"
 }
