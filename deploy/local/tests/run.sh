@@ -171,9 +171,25 @@ for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
 
   smoke)
-    say "smoke: scripts/smoke.sh against HAProxy"
+    say "smoke: scripts/smoke.sh against HAProxy (PostgreSQL)"
     "$ROOT/scripts/smoke.sh" "$(stack_url)"
-    RESULTS+=("smoke: pass")
+    say "smoke: scripts/smoke.sh against one instance on SQLite"
+    mkdir -p "$WORK/sqlite"
+    sq_pid=$(spawn "$WORK/sqlite/log" env PORT=0 METRICS_PORT=0 BIND_ADDR=127.0.0.1 \
+      DATABASE_URL="sqlite://$WORK/sqlite/smoke.db" DRAIN_SECONDS=0 RELEASE=smoke "$BINARY")
+    sq_addr() { grep -o 'listening addr=127.0.0.1:[0-9]*' "$WORK/sqlite/log" | head -n1 | cut -d= -f2; }
+    sq_listening() { [ -n "$(sq_addr)" ]; }
+    wait_until 15 sq_listening || { cat "$WORK/sqlite/log" >&2; fail "SQLite instance did not start"; }
+    sq_url="http://$(sq_addr)"
+    "$ROOT/scripts/smoke.sh" "$sq_url"
+    # The smoke test must also fail when it should: nothing listening, and a
+    # server that is not hello-birthday (the instance's metrics listener).
+    sq_metrics=$(grep -o 'metrics_addr=127.0.0.1:[0-9]*' "$WORK/sqlite/log" | head -n1 | cut -d= -f2)
+    if "$ROOT/scripts/smoke.sh" "http://127.0.0.1:$(free_ports 1)" >/dev/null 2>&1; then fail "smoke.sh passed with nothing listening"; fi
+    if "$ROOT/scripts/smoke.sh" "http://$sq_metrics" >/dev/null 2>&1; then fail "smoke.sh passed against a metrics endpoint"; fi
+    check "smoke.sh fails with nothing listening and against a server that is not the API"
+    stop_pid "$sq_pid" 10
+    RESULTS+=("smoke: pass through HAProxy on PostgreSQL and on a single SQLite instance; fails when it should")
     ;;
 
   zero-downtime)
