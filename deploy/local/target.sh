@@ -11,6 +11,8 @@ LOCAL_STATE=$(default_state_dir)
 LOCAL_READY_TIMEOUT=30   # a new instance must pass /readyz within this
 LOCAL_DRAIN_TIMEOUT=10   # in-flight requests of a drained server must end within this
 LOCAL_ROLLBACK_FILE=""
+LOCAL_REPORT=""          # --report DIR: load + per-request CSV + timeline chart of this deploy
+REPORT_LG_PID=""
 
 target_args() {
   while [ $# -gt 0 ]; do
@@ -19,6 +21,7 @@ target_args() {
       --ready-timeout) LOCAL_READY_TIMEOUT=${2:?}; shift 2 ;;
       --drain-timeout) LOCAL_DRAIN_TIMEOUT=${2:?}; shift 2 ;;
       --events) EVENTS_FILE=${2:?}; shift 2 ;;
+      --report) LOCAL_REPORT=${2:?}; shift 2 ;;
       *) die "unknown option for --target local: $1" ;;
     esac
   done
@@ -108,9 +111,54 @@ roll_slot() {
     $((ms / 1000)) $((ms % 1000))
 }
 
+# --report DIR: steady load from tools/loadgen through HAProxy for the whole
+# roll-out (its users are deleted afterwards), then DIR/requests.csv,
+# DIR/events.csv, DIR/summary.json and DIR/timeline.png.
+report_start() {
+  local lg="$ROOT/target/debug/loadgen"
+  mkdir -p "$LOCAL_REPORT"
+  LOCAL_REPORT=$(cd "$LOCAL_REPORT" && pwd)
+  rm -f "$LOCAL_REPORT"/{requests.csv,events.csv,summary.json,timeline.png,loadgen.log,ready}
+  EVENTS_FILE="$LOCAL_REPORT/events.csv"
+  [ -x "$lg" ] || (cd "$ROOT" && cargo build -q -p loadgen) || { echo "cannot build tools/loadgen" >&2; return 1; }
+  step "report: ${REPORT_RATE:-200} req/s through $(target_url) during the deploy, into $LOCAL_REPORT"
+  "$lg" --url "$(target_url)" --rate "${REPORT_RATE:-200}" --connections "${REPORT_CONNECTIONS:-16}" \
+    --duration 900 --max-failures 1000000000 --cleanup --ready-file "$LOCAL_REPORT/ready" \
+    --csv "$LOCAL_REPORT/requests.csv" --summary "$LOCAL_REPORT/summary.json" \
+    >"$LOCAL_REPORT/loadgen.log" 2>&1 9>&- &
+  REPORT_LG_PID=$!
+  wait_until 15 test -e "$LOCAL_REPORT/ready" || { echo "report: the load did not start" >&2; return 1; }
+  rm -f "$LOCAL_REPORT/ready"
+  sleep 1   # a baseline before the first drain
+}
+
+report_finish() {
+  sleep 1
+  kill -INT "$REPORT_LG_PID" 2>/dev/null || true
+  wait "$REPORT_LG_PID" || true
+  REPORT_LG_PID=""
+  grep -E '^loadgen: [0-9]+ requests|lost' "$LOCAL_REPORT/loadgen.log" | sed 's/^/    /'
+  local py="$ROOT/.venv/bin/python"
+  [ -x "$py" ] || py=python3
+  if "$py" "$ROOT/deploy/local/timeline.py" --requests "$LOCAL_REPORT/requests.csv" --events "$EVENTS_FILE" \
+    --title "Deploy of $VERSION" --out "$LOCAL_REPORT/timeline.png" | sed 's/^/    /'; then
+    :
+  else
+    echo "    report: no chart (matplotlib missing? scripts/setup.sh dev)" >&2
+  fi
+}
+
+target_deploy() {
+  local rc=0
+  if [ -n "$LOCAL_REPORT" ] && [ "$DRY_RUN" = 0 ]; then report_start || return 1; fi
+  roll_all || rc=$?
+  if [ -n "$REPORT_LG_PID" ]; then report_finish; fi
+  return "$rc"
+}
+
 # Deploys VERSION to every slot; on a slot that fails, puts its previous
 # release back and stops.
-target_deploy() {
+roll_all() {
   exec 9>"$LOCAL_STATE/lock"
   flock -w 60 9 || { echo "another deploy holds $LOCAL_STATE/lock" >&2; return 1; }
   if [ -n "$ARTIFACT" ]; then

@@ -93,6 +93,10 @@ struct Args {
     /// Skip reading every acknowledged write back at the end.
     #[arg(long)]
     no_verify: bool,
+    /// Delete every user this run wrote once the load (and verification) is
+    /// over, so a long-lived environment keeps no synthetic users.
+    #[arg(long)]
+    cleanup: bool,
     /// Seed for the pseudo-random choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -191,6 +195,7 @@ struct WorkerResult {
     records: Vec<Record>,
     reconnects: u64,
     verify: VerifyResult,
+    cleanup_left: u64,
 }
 
 #[derive(Default)]
@@ -477,6 +482,29 @@ impl Worker {
         }
         res
     }
+
+    /// Deletes every user this worker may have written; returns how many
+    /// could not be deleted (204 and 404 both mean gone).
+    async fn cleanup(&mut self) -> u64 {
+        let mut left = 0;
+        for user in 0..self.users.len() {
+            if self.users[user].candidates().next().is_none() {
+                continue;
+            }
+            let path = format!("/hello/{}", self.username(user));
+            let mut gone = false;
+            for attempt in 0..3 {
+                let out = self.send(Method::DELETE, &path, None).await;
+                if out.status == 204 || out.status == 404 {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+            left += u64::from(!gone);
+        }
+        left
+    }
 }
 
 fn parse_target(url: &str) -> Result<Target, String> {
@@ -679,10 +707,16 @@ async fn main() {
             } else {
                 worker.verify().await
             };
+            let cleanup_left = if args.cleanup {
+                worker.cleanup().await
+            } else {
+                0
+            };
             WorkerResult {
                 records: worker.records,
                 reconnects: worker.reconnects,
                 verify,
+                cleanup_left,
             }
         }));
     }
@@ -725,6 +759,7 @@ async fn main() {
 
     let mut records = Vec::new();
     let mut reconnects = 0;
+    let mut cleanup_left = 0;
     let mut verify = VerifyResult::default();
     for h in handles {
         let r = h.await.expect("worker panicked");
@@ -732,6 +767,7 @@ async fn main() {
         let _ = stop_tx.send(true);
         records.extend(r.records);
         reconnects += r.reconnects;
+        cleanup_left += r.cleanup_left;
         verify.users_checked += r.verify.users_checked;
         verify.verified += r.verify.verified;
         verify.lost += r.verify.lost;
@@ -831,6 +867,7 @@ async fn main() {
             "max": percentile(&latencies, 100.0),
         },
         "reconnects": reconnects,
+        "cleanup": {"enabled": args.cleanup, "left": cleanup_left},
         "puts_acked": puts_acked,
         "verify": {
             "enabled": !args.no_verify,
@@ -902,6 +939,12 @@ async fn main() {
             "achieved {rate:.0} req/s, below --min-rate {}",
             args.min_rate
         ));
+    }
+    if args.cleanup {
+        println!("loadgen: cleanup: {cleanup_left} users could not be deleted");
+        if cleanup_left > 0 {
+            problems.push(format!("{cleanup_left} users left behind"));
+        }
     }
     if problems.is_empty() {
         println!("loadgen: PASS");
