@@ -268,17 +268,21 @@ cmd_status() {
     printf '  prometheus  %s (pid %s, %s)\n' "$PROMETHEUS_URL" "$PROMETHEUS_PID" \
       "$(pid_is "$PROMETHEUS_PID" prometheus && echo up || echo DOWN)"
   fi
-  printf '  %-4s %-6s %-7s %-8s %-8s %-14s %-9s %s\n' slot port metrics pid process release readyz haproxy
-  local slot port mport pid rel running ready hstat
+  printf '  %-4s %-6s %-7s %-8s %-8s %-14s %-22s %-7s %s\n' slot port metrics pid process release version readyz haproxy
+  local slot port mport pid rel running ready hstat health version
   local stat
   stat=$(haproxy_cmd "$STATE" "show stat" 2>/dev/null || true)
   while read -r slot port mport pid rel; do
     running=$(instance_alive "$pid" "$port" && echo alive || echo dead)
     ready=$(http_code "http://127.0.0.1:$port/readyz")
     [ "$ready" != 000 ] || ready=-
-    rel=$(instance_release "$port"); rel=${rel:-?}
+    # What the process itself reports (/healthz), not what the list says.
+    health=$(curl -fsS -m 2 "http://127.0.0.1:$port/healthz" 2>/dev/null || true)
+    rel=$(jq -r '.release // "?"' <<<"${health:-{\}}" 2>/dev/null || echo '?')
+    version=$(jq -r '"\(.version // "?") (\(.revision // "?"))"' <<<"${health:-{\}}" 2>/dev/null || echo '?')
     hstat=$(awk -F, -v s="$slot" '$1 == "be" && $2 == s { print $18 }' <<<"$stat")
-    printf '  %-4s %-6s %-7s %-8s %-8s %-14s %-9s %s\n' "$slot" "$port" "$mport" "$pid" "$running" "$rel" "$ready" "${hstat:-?}"
+    printf '  %-4s %-6s %-7s %-8s %-8s %-14s %-22s %-7s %s\n' "$slot" "$port" "$mport" "$pid" "$running" "$rel" \
+      "$version" "$ready" "${hstat:-?}"
   done < <(instances "$STATE")
 }
 
