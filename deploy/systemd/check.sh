@@ -77,4 +77,20 @@ grep -q "edited-by-operator" "$TMP/root/etc/hello-birthday/env" || fail "a re-ru
 grep -q "unchanged" "$TMP/second.log" || fail "a re-run did not report unchanged files"
 ok "second run: no file changed, operator's env kept, mode back to 0600"
 
+echo "==> operating systems"
+# Amazon Linux 2023 is what the EC2 instances run; an unknown OS is refused.
+mkdir -p "$TMP/al2023/etc" "$TMP/other/etc"
+printf 'NAME="Amazon Linux"\nID="amzn"\nID_LIKE="fedora"\nVERSION_ID="2023"\nPRETTY_NAME="Amazon Linux 2023"\n' \
+  >"$TMP/al2023/etc/os-release"
+"$HERE/install-host.sh" --root "$TMP/al2023" >"$TMP/al.log" || { cat "$TMP/al.log" >&2; fail "install-host.sh failed on Amazon Linux 2023"; }
+grep -q "Amazon Linux 2023" "$TMP/al.log" || fail "Amazon Linux 2023 not recognised"
+printf 'ID=plan9\n' >"$TMP/other/etc/os-release"
+if "$HERE/install-host.sh" --root "$TMP/other" >/dev/null 2>&1; then fail "install-host.sh accepted an unsupported OS"; fi
+ok "Amazon Linux 2023 and Debian accepted, an unknown OS refused"
+
+echo "==> scripts/setup.sh host"
+"$HERE/../../scripts/setup.sh" host --root "$TMP/via-setup" >/dev/null || fail "scripts/setup.sh host failed"
+[ -f "$TMP/via-setup/etc/systemd/system/$UNIT" ] || fail "scripts/setup.sh host did not install the unit"
+ok "scripts/setup.sh host runs install-host.sh"
+
 echo "systemd checks: $PASSED passed, 0 failed"
