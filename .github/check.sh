@@ -20,7 +20,7 @@ Without arguments runs, in order:
                per-environment concurrency, OIDC only, one artifact, no drift
                from scripts/ci.sh
   deny         cargo deny check licenses bans sources (deny.toml); advisories
-               too when a RustSec database is already on this machine
+               too, offline, when a RustSec database is already on this machine
   release      scripts/release.sh: static binary, SHA-256, SBOM, empty-chroot run
   image        deploy/container/build.sh: FROM scratch image, size and content
 Also:
@@ -48,14 +48,16 @@ cargo_deny_present() {
 step_deny() {
   cargo_deny_present
   cargo deny --version
-  cargo deny --locked check licenses bans sources
+  # Duplicate versions are warnings (deny.toml says why); their inclusion
+  # trees would drown the output.
+  cargo deny --locked check --hide-inclusion-graph --show-stats licenses bans sources
   # The advisory database is a git clone of github.com/RustSec/advisory-db,
   # which this machine cannot reach. An existing clone is used as it is;
   # without one, the check is named as not done here, never passed silently.
   local db="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
-  if compgen -G "$db/*" >/dev/null; then
-    echo "advisories: using the local database in $db (not updated: --disable-fetch)"
-    cargo deny --locked check --disable-fetch advisories
+  if compgen -G "$db/advisory-db-*/.git" >/dev/null; then
+    echo "advisories: using the local database in $db as it is (--offline: not updated)"
+    cargo deny --locked --offline check --show-stats advisories
   else
     echo "advisories: NOT checked here (no RustSec database in $db, github.com unreachable);"
     echo "            the hosted ci.yml job 'cargo deny advisories' checks them on every push"
@@ -64,7 +66,7 @@ step_deny() {
 
 step_advisories() {
   cargo_deny_present
-  cargo deny --locked check advisories
+  cargo deny --locked check --show-stats advisories
 }
 
 step_release() {

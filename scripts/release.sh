@@ -110,11 +110,17 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BUILT="$TARGET_DIR/$TARGET/release/$BIN"
 if [ "$SKIP_BUILD" = 1 ]; then
   step "reusing $BUILT (--skip-build)"
-  [ -x "$BUILT" ] || die "$BUILT does not exist: build without --skip-build first"
+  if [ ! -x "$BUILT" ] || [ ! -s "$BUILT.revision" ]; then
+    die "$BUILT (and its .revision) missing: build without --skip-build first"
+  fi
+  # The revision it was built from, which HEAD may have moved past since.
+  REVISION=$(cat "$BUILT.revision")
+  RELEASE=${LABEL:-$VERSION-$REVISION}
 else
   step "cargo build --release --locked --target $TARGET (static, revision $REVISION)"
   start=$(date +%s)
   build "$TARGET_DIR"
+  echo "$REVISION" > "$BUILT.revision"
   step "built in $(( $(date +%s) - start ))s"
 fi
 
@@ -157,6 +163,7 @@ echo "  size: $BYTES bytes < $MAX_BINARY_BYTES"
 
 step "running it in an empty chroot"
 jail=$(mktemp -d)
+chmod 0755 "$jail"   # mktemp's 0700 would keep the unprivileged user out of /
 second=""
 cleanup() { rm -rf "$jail" ${second:+"$second"}; }
 trap cleanup EXIT

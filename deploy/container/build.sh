@@ -139,7 +139,7 @@ chroot_serve_check "$rootfs" /usr/local/bin/hello-birthday "$(jq -r .User <<<"$c
 if [ -n "$SAVE" ]; then
   step "saving $TAG as an OCI archive to $SAVE"
   rm -f "$SAVE"
-  podman save --format oci-archive -o "$SAVE" "$TAG"
+  podman save --quiet --format oci-archive -o "$SAVE" "$TAG"
   echo "  $(stat -c %s "$SAVE") bytes"
 fi
 

@@ -231,8 +231,7 @@ def main() -> int:
     args.output.write_text(json.dumps(bom, indent=2, sort_keys=False) + "\n")
     print(
         f"  SBOM: {len(runtime)} crates linked in, {len(build_only)} build-only, "
-        f"{len(native)} native (sqlite {sqlite or 'not bundled'}, glibc {glibc})",
-        file=sys.stderr,
+        f"{len(native)} native (sqlite {sqlite or 'not bundled'}, glibc {glibc})"
     )
     return 0
 
