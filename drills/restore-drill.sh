@@ -112,6 +112,7 @@ cat "$WORK/load.log"
 m_rows=$(jq -r .row_count "$manifest")
 m_sum=$(jq -r .checksum "$manifest")
 m_schema=$(jq -r .schema_version "$manifest")
+m_bytes=$(jq -r .bytes "$manifest")
 [ "$m_rows" -ge "$users" ] || fail "manifest counts $m_rows rows, fewer than the $users seeded"
 
 # 4. Restore into a fresh database.
@@ -191,7 +192,7 @@ log "PASS restore drill ($backend): $users seeded + $acked_load load users ackno
 if [ -n "${DRILL_RESULTS:-}" ]; then
   jq -cn --arg backend "$backend" --argjson seeded "$users" --argjson acked_load "$acked_load" \
     --argjson rows "$m_rows" --argjson backup_s "$backup_seconds" --argjson restore_s "$restore_seconds" \
-    --argjson bytes "$(jq .bytes "$manifest")" \
+    --argjson bytes "$m_bytes" \
     '{drill: "restore", backend: $backend, seeded: $seeded, load_acked_before_backup: $acked_load,
       manifest_rows: $rows, backup_bytes: $bytes, backup_seconds: $backup_s, restore_seconds: $restore_s,
       corrupt_refused: true, nonempty_refused: true, retention_ok: true}' >>"$DRILL_RESULTS"
