@@ -20,6 +20,7 @@ STAGES=(
   "monitoring|monitoring/check.sh"
   "deploy|deploy/local/tests/run.sh"
   "systemd|deploy/systemd/check.sh"
+  "drills|drills/run.sh"
 )
 
 usage() {
