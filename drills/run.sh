@@ -13,6 +13,7 @@ DRILLS=(
   "s3|drills/s3-drill.sh"
   "failover|drills/failover-drill.sh"
   "timing|drills/restore-timing.sh --rows 100000"
+  "units|drills/check-units.sh"
 )
 
 usage() {
@@ -25,6 +26,7 @@ Runs every drill (or only the NAMEs given), then prints the figures:
   s3                backup.sh/restore.sh against s3:// on a local moto server
   failover          synchronous standby promoted under write load
   timing            backup and restore time for 100,000 users per backend
+  units             the scheduled-backup systemd units verify (offline)
 
 Environment: DRILL_RESULTS (JSON lines of figures; default
 target/drills/results.jsonl), HELLO_BIRTHDAY_BIN (default: build
