@@ -44,8 +44,16 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-# A positive pid of a live process (kill -0 0 would address our own group).
-pid_alive() { [[ ${1:-} =~ ^[1-9][0-9]*$ ]] && kill -0 "$1" 2>/dev/null; }
+# A positive pid (kill -0 0 would address our own group) of a process that
+# has not exited: instances are orphans, and an exited one stays a zombie
+# until init reaps it, which can take a second.
+pid_alive() {
+  [[ ${1:-} =~ ^[1-9][0-9]*$ ]] && kill -0 "$1" 2>/dev/null || return 1
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
 
 # pid_max is small (32768 here): a recorded pid may have been reused by an
 # unrelated process, so check the process is what we started before
@@ -78,15 +86,17 @@ spawn() {
   rm -f "$pidfile"
 }
 
+pid_gone() { ! pid_alive "$1"; }
+
 # Sends TERM, waits up to TIMEOUT seconds for the exit, then KILLs.
 stop_pid() {
   local pid=$1 timeout=${2:-10}
   pid_alive "$pid" || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_until "$timeout" eval "! kill -0 $pid 2>/dev/null"; then
+  if ! wait_until "$timeout" pid_gone "$pid"; then
     lib_log "pid $pid still running after ${timeout}s: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    wait_until 5 eval "! kill -0 $pid 2>/dev/null" || true
+    wait_until 5 pid_gone "$pid" || true
   fi
 }
 

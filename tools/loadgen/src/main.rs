@@ -675,9 +675,11 @@ async fn main() {
         let offset = period.mul_f64(id as f64 / args.connections as f64);
         handles.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval_at(t0 + offset, period);
-            // A slow answer delays this connection's next request; Burst
-            // catches up afterwards, so the average rate stays the target.
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            // A connection still waiting for an answer skips its missed
+            // ticks instead of bursting afterwards: a stall shows as a dip
+            // in the achieved rate (which --min-rate checks), never as a
+            // catch-up burst that no real client would send.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut live = false;
             loop {
                 tokio::select! {
