@@ -96,6 +96,63 @@ class SlowClients(ServiceTestCase):
         self.assertEqual(request(svc.port, "GET", "/hello/Alice").status, 200)
 
 
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return whatever the server answers before closing or
+    going quiet (enough to read a status line)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the server may close while we are still sending
+        out = b""
+        try:
+            while b"\r\n\r\n" not in out:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+class Limits(ServiceTestCase):
+    """Every input is bounded: body size, header size and header count."""
+
+    def setUp(self):
+        super().setUp()
+        self.svc = self.sqlite_service().start()
+
+    def test_body_over_4k_is_413_and_stores_nothing(self):
+        p = self.svc.port
+        big = b'{"dateOfBirth": "1990-01-02", "pad": "' + b"x" * 5000 + b'"}'
+        assert_problem(self, request(p, "PUT", "/hello/Big", body=big,
+                                     headers={"Content-Type": "application/json"}), (413,))
+        # Chunked, so no Content-Length announces the size up front.
+        chunks = b"".join(b"%x\r\n%s\r\n" % (1000, b" " * 1000) for _ in range(6)) + b"0\r\n\r\n"
+        head = raw_exchange(p, b"PUT /hello/Big HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+        self.assertRegex(head, rb"^HTTP/1.1 413 ")
+        # A huge announced length is refused before any byte of it is read.
+        t0 = time.monotonic()
+        head = raw_exchange(p, b"PUT /hello/Big HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: 1000000000\r\n\r\n")
+        self.assertRegex(head, rb"^HTTP/1.1 413 ")
+        self.assertLess(time.monotonic() - t0, 2)
+        self.assertEqual(request(p, "GET", "/hello/Big").status, 404, "a rejected PUT stored something")
+
+    def test_header_size_and_count_are_bounded(self):
+        p = self.svc.port
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        huge = b"X-Big: " + b"a" * (128 * 1024) + b"\r\n"
+        for name, extra in (("200 headers", many), ("128 KiB header", huge)):
+            with self.subTest(name):
+                head = raw_exchange(p, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+                # hyper answers this itself, before the application: no body.
+                self.assertRegex(head, rb"^HTTP/1.1 431 ", f"{name}: {head[:80]!r}")
+        self.assertEqual(request(p, "GET", "/healthz").status, 200)
+
+
 class Shedding(ServiceTestCase):
     LIMIT = 8
 

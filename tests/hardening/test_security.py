@@ -128,6 +128,21 @@ class PersonalData(ServiceTestCase):
                 self.assertNotIn(dob.replace("-", ""), logs)
         self.report(f"{len(logs.splitlines())} log lines at debug level, no date of birth")
 
+    def test_production_logs_name_routes_not_users(self):
+        # At the production level a request line carries the route template,
+        # so neither usernames nor dates reach the log pipeline.
+        svc = self.sqlite_service(LOG_LEVEL="info").start()
+        p = svc.port
+        self.assertEqual(put_dob(p, "Zebulonqx", "1911-11-11").status, 204)
+        self.assertEqual(request(p, "GET", "/hello/Zebulonqx").status, 200)
+        self.assertEqual(request(p, "DELETE", "/hello/Zebulonqx").status, 204)
+        self.assertEqual(request(p, "GET", "/hello/Zebulonqx").status, 404)
+        svc.stop()
+        logs = svc.logs()
+        self.assertIn("/hello/{username}", logs, "expected request lines with the route template")
+        self.assertNotIn("Zebulonqx", logs)
+        self.assertNotIn("1911-11-11", logs)
+
 
 if __name__ == "__main__":
     unittest.main()
