@@ -16,6 +16,7 @@ STAGES=(
   "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings"
   "shellcheck|scripts/lint-shell.sh"
   "test|cargo test --workspace --locked"
+  "hardening|tests/hardening/run.sh"
   "bench-smoke|bench/run.sh --quick"
   "monitoring|monitoring/check.sh"
   "deploy|deploy/local/tests/run.sh"
