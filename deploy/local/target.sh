@@ -26,6 +26,7 @@ target_args() {
     esac
   done
   [[ $LOCAL_READY_TIMEOUT =~ ^[0-9]+$ && $LOCAL_DRAIN_TIMEOUT =~ ^[0-9]+$ ]] || die "timeouts are whole seconds"
+  [ "$ENV_NAME" = staging ] || die "the local stack is a staging environment (--env staging)"
   [ -f "$LOCAL_STATE/stack.env" ] || die "no local stack in $LOCAL_STATE (deploy/local/stack.sh up --state-dir $LOCAL_STATE)"
   LOCAL_STATE=$(cd "$LOCAL_STATE" && pwd)
   LOCAL_ROLLBACK_FILE="$LOCAL_STATE/rollback"
