@@ -73,6 +73,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+NICE = 0  # set from --nice; applied in every child before it drops privileges
+
+
+def _set_nice() -> None:
+    if NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+
+
 def _die_with_parent() -> None:
     # If the harness itself is killed, its servers must not outlive it.
     try:
@@ -150,7 +158,8 @@ class Server:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(["taskset", "-c", self.cpu, *self.argv], env=env,
                                      cwd=self.cwd, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stdin=subprocess.DEVNULL,
+                                     preexec_fn=lambda: (_set_nice(), _die_with_parent()))
         logf.close()
         RUNNING.append(self)
         deadline = t0 + deadline_s
@@ -238,7 +247,7 @@ class Postgres:
         self.proc = subprocess.Popen(
             ["taskset", "-c", self.cpu, str(self.bindir / "postgres"), "-D", str(self.data),
              "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"],
-            preexec_fn=lambda: (self._as_postgres(), _die_with_parent()), stdout=logf,
+            preexec_fn=lambda: (_set_nice(), self._as_postgres(), _die_with_parent()), stdout=logf,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir)
         logf.close()
         deadline = time.monotonic() + 60
@@ -332,7 +341,8 @@ def run_wrk(args, port: int, method: str, users: int, seconds: int) -> dict:
     env = dict(os.environ, BENCH_USERS=str(users), BENCH_LUA_DIR=str(HERE / "wrk"))
     cmd = ["taskset", "-c", args.load_cpu, "wrk", "-t1", f"-c{args.connections}",
            f"-d{seconds}s", "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}"]
-    out = run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60,
+              preexec_fn=_set_nice).stdout
     for line in out.splitlines():
         if line.startswith("BENCH_RESULT "):
             return json.loads(line[len("BENCH_RESULT "):])
@@ -459,7 +469,7 @@ def make_targets(args, workdir: Path, pg: Postgres | None) -> list[Target]:
                    "LOG_FORMAT": "json", "LOG_LEVEL": args.log_level,
                    "DRAIN_SECONDS": "0", "SHUTDOWN_TIMEOUT_SECONDS": "10",
                    "RELEASE": "bench"}
-            t.server = Server(name, [service], env, port, workdir / f"{name}.log",
+            t.server = Server(name, [service], env, port, workdir / f"service-{name}.log",
                               args.server_cpu)
             if name == "postgres":
                 t.db_cpu = pg
@@ -607,8 +617,9 @@ def markdown(results: dict) -> str:
         f"{m['kernel']}, {m['os']}; disk {m['disk']['device']} ({m['disk']['fstype']}), "
         f"4 KiB write+fsync median {m['disk']['fsync_4k']['median_us']} us, p99 "
         f"{m['disk']['fsync_4k']['p99_us']} us; load average at start "
-        f"{' '.join(m['loadavg_at_start'])}. Server on CPU {c['server_cpu']}, wrk on CPU "
-        f"{c['load_cpu']}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}.",
+        f"{' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}. "
+        f"Server on CPU {c['server_cpu']}, wrk on CPU {c['load_cpu']}"
+        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}.",
         "",
         "| phase | users | req/s | p50 ms | p99 ms | max ms | errors | server CPU us/req "
         "| req/s vs ceiling | CPU vs ceiling | peak RSS MiB | start to ready ms |",
@@ -670,6 +681,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="results directory (bench/results; quick: a temp dir)")
     p.add_argument("--log-level", default="info", help="service LOG_LEVEL (info)")
     p.add_argument("--ready-deadline", type=float, default=60.0)
+    p.add_argument("--nice", type=int, default=0,
+                   help="niceness of servers, PostgreSQL and wrk (0; negative needs root)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     a = p.parse_args(argv)
@@ -688,7 +701,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    global NICE
     args = parse_args(argv)
+    NICE = args.nice
     for tool in ("wrk", "taskset", "sqlite3") + (("psql",) if "postgres" in args.targets else ()):
         if not shutil.which(tool):
             raise BenchError(f"{tool} not found (scripts/setup.sh dev installs it)")
@@ -706,7 +721,7 @@ def main(argv: list[str]) -> int:
                           "warmup_s": args.warmup, "connections": args.connections,
                           "users": args.users, "scale_users": args.scale_users,
                           "server_cpu": args.server_cpu, "load_cpu": args.load_cpu,
-                          "targets": args.targets, "wrk_threads": 1},
+                          "targets": args.targets, "wrk_threads": 1, "nice": args.nice},
                "failures": []}
     pg: Postgres | None = None
     targets: list[Target] = []

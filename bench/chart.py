@@ -39,7 +39,7 @@ def render(results: dict, out: Path) -> None:
     phases = {(p["target"], p["method"]): p for p in results["phases"]}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
     metrics = [("rps", "requests per second (higher is better)", "{:,.0f}"),
-               ("p99_ms", "p99 latency, ms (lower is better)", "{:.3g}")]
+               ("p99_ms", "p99 latency, ms (lower is better)", None)]
     for row, method in enumerate(("GET", "PUT")):
         present = [t for t in ORDER if (t, method) in phases]
         for col, (key, title, fmt) in enumerate(metrics):
@@ -51,7 +51,9 @@ def render(results: dict, out: Path) -> None:
                 runs = [r[key] for r in phase["runs"]]
                 ax.scatter([x] * len(runs), runs, color="black", s=10, zorder=3)
                 errors = phase.get("errors_total", 0)
-                note = fmt.format(value) + (f"\n{errors} errors" if errors else "")
+                shown = fmt.format(value) if fmt else (f"{value:,.0f}" if value >= 100
+                                                       else f"{value:.3g}")
+                note = shown + (f"\n{errors} errors" if errors else "")
                 ax.annotate(note, (x, value), textcoords="offset points", xytext=(0, 4),
                             ha="center", fontsize=8)
             ax.set_xticks(range(len(present)))
@@ -65,7 +67,8 @@ def render(results: dict, out: Path) -> None:
         f"hello-birthday benchmark {results['timestamp']} ({results['mode']}): server on 1 core, "
         f"wrk on another, {c['connections']} connections, median of {c['runs']} run(s) "
         f"x {c['duration_s']} s\n{m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, "
-        f"kernel {m['kernel']}, 4 KiB fsync median {m['disk']['fsync_4k']['median_us']} us",
+        f"kernel {m['kernel']}, 4 KiB fsync median {m['disk']['fsync_4k']['median_us']} us, "
+        f"load average at start {' '.join(m['loadavg_at_start'])}",
         fontsize=10)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -36,6 +36,9 @@ bench/results/latest.png, and the latest table into bench/README.md.
   --load-cpu C         CPU list for wrk (1)
   --out DIR            results directory (bench/results)
   --log-level L        service LOG_LEVEL (info)
+  --nice N             niceness of the servers, PostgreSQL and wrk (0); a
+                       negative value (root only) shields the figures from
+                       other work on a shared machine
   --keep               keep the temp work directory (logs, databases)
   --no-readme          do not rewrite the table in bench/README.md
   -h, --help           this help
