@@ -310,7 +310,7 @@ $(pg_stats_sql)
 COMMIT;
 SQL
   )
-  [ -f "$ok" ] || die "pg_dump failed"
+  [ -f "$ok" ] || die "no dump: the database could not be read or pg_dump failed (see above)"
   rm -f -- "$ok"
   [ "${#out[@]}" -eq 5 ] || die "unexpected psql output: ${out[*]}"
   SNAPSHOT_AT=${out[0]}
