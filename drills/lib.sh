@@ -120,11 +120,15 @@ pg_port() { local v="PG_PORT_$1"; printf '%s\n' "${!v}"; }
 pg_set_port() { printf -v "PG_PORT_$1" '%s' "$2"; }
 
 # pg_app_db NAME USER PASSWORD DB: an application role owning its database.
+# The values travel on stdin, not in psql's argv (visible in ps).
 pg_app_db() {
-  pg_psql "$1" -d postgres -v u="$2" -v p="$3" -v d="$4" <<'SQL'
+  {
+    printf "\\set u '%s'\n\\set p '%s'\n\\set d '%s'\n" "${2//\'/\'\'}" "${3//\'/\'\'}" "${4//\'/\'\'}"
+    cat <<'SQL'
 CREATE ROLE :"u" LOGIN PASSWORD :'p';
 CREATE DATABASE :"d" OWNER :"u";
 SQL
+  } | pg_psql "$1" -d postgres
 }
 
 # ------------------------------------------------------------------- service
