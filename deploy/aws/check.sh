@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Every check of the AWS deployment, as run by scripts/ci.sh (stage "aws"):
+#   1. cfn-lint on every template: no error, no warning, no informational finding
+#   2. checkov on every template: no failed check (skips are inline, with a reason)
+#   3. property tests of the templates and parameter files (test_templates.py)
+#   4. the instance-side script (test_host.py)
+#   5. the deploy target: scripts/deploy.sh --target aws against moto on
+#      127.0.0.1, plus scripted CloudFormation outcomes (test_target.py)
+#   6. the architecture diagram still renders from its code
+# Usage: deploy/aws/check.sh [--fast]   (--fast: skip 5, the slow one)
+set -euo pipefail
+
+AWS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$AWS_DIR/../.." && pwd)
+VENV=$ROOT/.venv/bin
+FAST=0
+
+case "${1:-}" in
+  -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --fast) FAST=1 ;;
+  "") ;;
+  *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
+esac
+
+step() { printf '\n--> %s\n' "$*"; }
+die() { printf 'check.sh: %s\n' "$*" >&2; exit 1; }
+
+# Missing tools are failures, never skips (scripts/setup.sh dev installs them).
+for tool in "$VENV/cfn-lint" "$VENV/checkov" "$VENV/python" "$VENV/aws"; do
+  [ -x "$tool" ] || die "$tool missing: run scripts/setup.sh dev"
+done
+for tool in jq dot; do
+  command -v "$tool" >/dev/null || die "$tool missing: run scripts/setup.sh dev"
+done
+"$VENV/python" -c 'import yaml, boto3, moto, diagrams' 2>/dev/null \
+  || die "python packages missing (PyYAML, moto, diagrams): run scripts/setup.sh dev"
+
+cd "$ROOT"
+mapfile -t templates < <(find deploy/aws/templates -name '*.yaml' | sort)
+[ "${#templates[@]}" -gt 0 ] || die "no templates under deploy/aws/templates"
+
+step "cfn-lint ${#templates[@]} templates (regions of the parameter files)"
+mapfile -t regions < <(jq -r '.region, (.drRegion // empty) | select(. != "")' deploy/aws/parameters/*.json | sort -u)
+# Exit status is a bit mask of errors, warnings and informational findings;
+# any of them fails the check.
+"$VENV/cfn-lint" --regions "${regions[@]}" --format parseable -- "${templates[@]}"
+echo "cfn-lint: 0 findings in ${templates[*]##*/}"
+
+step "checkov"
+"$VENV/checkov" --directory deploy/aws/templates --framework cloudformation \
+  --skip-download --compact --quiet --output cli
+
+step "property tests of the templates"
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates)
+
+step "instance-side script"
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_host)
+
+if [ "$FAST" = 1 ]; then
+  step "deploy target: skipped (--fast)"
+else
+  step "deploy target against moto on 127.0.0.1, and scripted outcomes"
+  (cd deploy/aws/tests && "$VENV/python" -m unittest -v test_target)
+fi
+
+step "architecture diagram renders"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+"$VENV/python" deploy/aws/diagram.py --out "$out/architecture"
+[ -s "$out/architecture.png" ] || die "diagram not rendered"
+echo "rendered $(stat -c %s "$out/architecture.png") bytes"
+
+echo
+echo "aws checks passed"

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""A scripted stand-in for the `aws` command, for the outcomes an emulator
+cannot produce: a stack that CloudFormation rolls back.
+
+Every call is appended to $FAKE_AWS_LOG (one JSON list per line). Stacks whose
+name ends with $FAKE_AWS_FAIL_SUFFIX fail their update wait and are then
+reported as UPDATE_ROLLBACK_COMPLETE, with the failure events CloudFormation
+gives for an instance that never signalled. Any call not scripted here exits
+2, so an unexpected call fails the test.
+"""
+
+import json
+import os
+import sys
+
+ARNS = "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:fast-5xx,arn:aws:cloudwatch:eu-west-1:111122223333:alarm:fast-latency"
+OUTPUTS = {
+    "ArtifactsBucketName": "fake-artifacts",
+    "RollbackTriggerAlarmArns": ARNS,
+    "ServiceUrl": "https://hello.fake.example",
+    "VaultArn": "arn:aws:backup:eu-central-1:111122223333:backup-vault:fake-dr",
+}
+PARAMETERS = {"AppVersion": "0.9.0", "ArtifactSha256": "a" * 64, "HostBundleSha256": "b" * 64}
+
+
+def opt(args, name):
+    return args[args.index(name) + 1] if name in args else None
+
+
+def main(argv):
+    with open(os.environ["FAKE_AWS_LOG"], "a") as log:
+        log.write(json.dumps(argv) + "\n")
+    state_path = os.environ["FAKE_AWS_LOG"] + ".state"
+    state = json.load(open(state_path)) if os.path.exists(state_path) else {}
+    args = list(argv)
+    if args[:1] == ["--region"]:
+        args = args[2:]
+    stack = opt(args, "--stack-name") or ""
+    fail = os.environ.get("FAKE_AWS_FAIL_SUFFIX", "\0")
+    cmd = args[:2]
+    if cmd == ["cloudformation", "describe-stacks"]:
+        query = opt(args, "--query") or ""
+        if query == "Stacks[0]":
+            print(json.dumps({
+                "StackName": stack,
+                "StackStatus": state.get(stack, "UPDATE_COMPLETE"),
+                "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in PARAMETERS.items()],
+            }))
+        elif "Outputs" in query:
+            print(next(v for k, v in OUTPUTS.items() if f"'{k}'" in query))
+        else:
+            return 2
+    elif cmd == ["cloudformation", "create-change-set"]:
+        print(f"arn:aws:cloudformation:eu-west-1:111122223333:changeSet/{opt(args, '--change-set-name')}/1")
+    elif cmd == ["cloudformation", "describe-change-set"]:
+        print(json.dumps({"Status": "CREATE_COMPLETE", "Changes": [{"ResourceChange": {
+            "Action": "Modify", "LogicalResourceId": "LaunchTemplate", "ResourceType": "AWS::EC2::LaunchTemplate",
+            "Replacement": "False"}}]}))
+    elif cmd == ["cloudformation", "execute-change-set"]:
+        pass
+    elif cmd == ["cloudformation", "wait"]:
+        if stack.endswith(fail):
+            state[stack] = "UPDATE_ROLLBACK_COMPLETE"
+            json.dump(state, open(state_path, "w"))
+            print("Waiter StackUpdateComplete failed: Waiter encountered a terminal failure state", file=sys.stderr)
+            return 255
+    elif cmd == ["cloudformation", "describe-stack-events"]:
+        print("AutoScalingGroup\tUPDATE_FAILED\tReceived 0 SUCCESS signal(s) out of 1. "
+              "Unable to satisfy 100% MinSuccessfulInstancesPercent requirement")
+    elif cmd == ["s3", "cp"]:
+        if args[-1] == "-":
+            return 1  # nothing published yet
+    else:
+        print(f"fake aws: unscripted call {argv}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,203 @@
+"""moto's AWS emulator with two gaps of its CloudFormation engine filled.
+
+1. moto (5.x) accepts create-change-set / execute-change-set, but executing a
+   change set neither resolves Fn::ImportValue nor publishes the stack's
+   outputs and exports, so a chain of stacks wired by exports cannot be
+   exercised through change sets. Here execute-change-set does what moto's
+   own create_stack / update_stack do (build the stack from the template with
+   the account's exports, register its exports, refresh outputs).
+2. moto does not evaluate Fn::Cidr; it is computed here as CloudFormation
+   documents it (COUNT subnets of CIDR_BITS host bits each, in order).
+3. moto splits the short form `!GetAtt A.B.C` at every dot; CloudFormation
+   splits at the first one (resource A, attribute B.C).
+4. moto's RDS instance lacks the MasterUserSecret.SecretArn attribute; it
+   is answered with a secret created as RDS does for ManageMasterUserPassword.
+5. moto's RDS parameter group has no physical id, so !Ref returned the
+   object instead of its name.
+6. moto's load balancer lacks the LoadBalancerFullName and
+   CanonicalHostedZoneID attributes, its target group TargetGroupFullName:
+   the full names are derived from the ARNs as AWS defines them, the zone is
+   a fixed stand-in.
+7. moto's CloudFormation engine has no AWS::CloudWatch::Alarm or
+   CompositeAlarm. They are accepted as records with the return values AWS
+   documents (Ref: the alarm name; Arn), nothing is created in CloudWatch.
+
+Everything else is stock moto.
+
+Usage: python moto_server.py -H 127.0.0.1 -p PORT
+"""
+
+import ipaddress
+import sys
+
+from moto.cloudformation import models as cfn
+from moto.cloudformation import parsing
+from moto.cloudformation import utils as cfn_utils
+from moto.core.common_models import CloudFormationModel
+from moto.elbv2 import models as elbv2
+from moto.rds import models as rds
+from moto.server import main
+
+_clean_json = parsing.clean_json
+
+
+def clean_json(resource_json, resources_map):
+    if isinstance(resource_json, dict) and "Fn::Cidr" in resource_json:
+        block, count, bits = (clean_json(v, resources_map) for v in resource_json["Fn::Cidr"])
+        network = ipaddress.ip_network(block)
+        prefix = network.max_prefixlen - int(bits)
+        return [str(n) for n in list(network.subnets(new_prefix=prefix))[: int(count)]]
+    return _clean_json(resource_json, resources_map)
+
+
+parsing.clean_json = clean_json
+
+_yaml_tag_constructor = cfn_utils.yaml_tag_constructor
+
+
+def yaml_tag_constructor(loader, tag, node):
+    if tag == "!GetAtt" and isinstance(node.value, str):
+        return {"Fn::GetAtt": node.value.split(".", 1)}
+    return _yaml_tag_constructor(loader, tag, node)
+
+
+cfn.yaml_tag_constructor = yaml_tag_constructor
+
+_db_get_cfn_attribute = rds.DBInstance.get_cfn_attribute
+
+
+def db_get_cfn_attribute(self, attribute_name):
+    if attribute_name == "MasterUserSecret.SecretArn":
+        if not hasattr(self, "master_user_secret"):
+            # What RDS does for ManageMasterUserPassword, which moto's
+            # CloudFormation path does not pass on.
+            self.master_user_secret = rds.MasterUserSecret(self, None)
+        return self.master_user_secret.secret.arn
+    return _db_get_cfn_attribute(self, attribute_name)
+
+
+_db_has_cfn_attr = rds.DBInstance.has_cfn_attr.__func__
+
+
+def db_has_cfn_attr(cls, attr):
+    return attr == "MasterUserSecret.SecretArn" or _db_has_cfn_attr(cls, attr)
+
+
+rds.DBInstance.get_cfn_attribute = db_get_cfn_attribute
+rds.DBInstance.has_cfn_attr = classmethod(db_has_cfn_attr)
+rds.DBParameterGroup.physical_resource_id = property(lambda self: self.name)
+
+_lb_get_cfn_attribute = elbv2.FakeLoadBalancer.get_cfn_attribute
+
+
+def lb_get_cfn_attribute(self, attribute_name):
+    if attribute_name == "LoadBalancerFullName":
+        return self.arn.split(":loadbalancer/", 1)[1]
+    if attribute_name == "CanonicalHostedZoneID":
+        return "ZMOTOALBZONE"
+    return _lb_get_cfn_attribute(self, attribute_name)
+
+
+def tg_get_cfn_attribute(self, attribute_name):
+    if attribute_name == "TargetGroupFullName":
+        return self.arn.split(":", 5)[5]
+    if attribute_name == "TargetGroupArn":
+        return self.arn
+    raise NotImplementedError(attribute_name)
+
+
+elbv2.FakeLoadBalancer.get_cfn_attribute = lb_get_cfn_attribute
+elbv2.FakeTargetGroup.get_cfn_attribute = tg_get_cfn_attribute
+elbv2.FakeTargetGroup.has_cfn_attr = classmethod(lambda cls, attr: attr in ("TargetGroupFullName", "TargetGroupArn"))
+
+
+def execute_change_set(self, change_set_name, stack_name=None):
+    change_set = self.describe_change_set(change_set_name)
+    placeholder = self.stacks[change_set.stack_id]
+    if change_set.change_set_type == "CREATE":
+        stack = cfn.Stack(
+            stack_id=placeholder.stack_id,
+            name=placeholder.name,
+            template=change_set.template,
+            parameters=change_set.parameters,
+            account_id=self.account_id,
+            region_name=self.region_name,
+            notification_arns=change_set.notification_arns,
+            tags=change_set.tags,
+            role_arn=change_set.role_arn,
+            cross_stack_resources=self.exports,
+        )
+        stack.events = placeholder.events
+        self.stacks[stack.stack_id] = stack
+        self._validate_export_uniqueness(stack)
+        stack._add_stack_event("CREATE_IN_PROGRESS", resource_status_reason="User Initiated")
+        stack.create_resources()
+    else:
+        stack = placeholder
+        for export in stack.exports:
+            self.exports.pop(export.name, None)
+        stack.cross_stack_resources = self.exports
+        stack.resource_map.cross_stack_resources = self.exports
+        stack.update(
+            change_set.template,
+            role_arn=change_set.role_arn,
+            parameters=change_set.parameters,
+            tags=change_set.tags,
+        )
+    for export in stack.exports:
+        self.exports[export.name] = export
+    change_set.execution_status = "EXECUTE_COMPLETE"
+    stack.status = f"{change_set.change_set_type}_COMPLETE"
+
+
+cfn.CloudFormationBackend.execute_change_set = execute_change_set
+
+
+class AlarmRecord(CloudFormationModel):
+    # moto files models by the service named in their module path.
+    __module__ = "moto.cloudwatch.records"
+
+    def __init__(self, name, region_name, account_id):
+        self.name = name
+        self.arn = f"arn:aws:cloudwatch:{region_name}:{account_id}:alarm:{name}"
+
+    @property
+    def physical_resource_id(self):
+        return self.name
+
+    @classmethod
+    def has_cfn_attr(cls, attr):
+        return attr == "Arn"
+
+    def get_cfn_attribute(self, attribute_name):
+        if attribute_name == "Arn":
+            return self.arn
+        raise NotImplementedError(attribute_name)
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        name = cloudformation_json["Properties"].get("AlarmName", resource_name)
+        return cls(name, region_name, account_id)
+
+    @classmethod
+    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        return None
+
+
+_resource_class_from_type = parsing.resource_class_from_type
+
+
+def resource_class_from_type(resource_type):
+    if resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
+        return AlarmRecord
+    return _resource_class_from_type(resource_type)
+
+
+parsing.resource_class_from_type = resource_class_from_type
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,450 @@
+"""Properties of the CloudFormation templates that zero-downtime deploys,
+durability and isolation depend on, checked against both environments'
+parameter files. cfn-lint checks the syntax and checkov the generic
+hardening; these check the decisions specific to this service.
+
+Run: .venv/bin/python -m unittest discover -s deploy/aws/tests -p 'test_templates.py'
+"""
+
+import re
+import unittest
+
+from cfn import (
+    ENVIRONMENTS,
+    ROOT,
+    STACK_ORDER,
+    TEMPLATES,
+    is_ref,
+    load_parameters,
+    load_template,
+    param_value,
+    resources,
+    walk,
+)
+
+TPL = {name: load_template(name) for name in STACK_ORDER + ("dr-vault",)}
+PARAMS = {env: load_parameters(env) for env in ENVIRONMENTS}
+HOST_SCRIPT = (ROOT / "deploy/aws/host/hello-birthday-aws.sh").read_text()
+TARGET_SH = (ROOT / "deploy/aws/target.sh").read_text()
+
+# Service defaults (README configuration table) the infrastructure is sized against.
+SERVICE_KEEPALIVE_SECONDS = 75
+SERVICE_PORT = 5000
+METRICS_PORT = 9464
+
+
+def value(stack, env, name):
+    return param_value(TPL[stack], PARAMS[env], stack, name)
+
+
+def iso_minutes(duration):
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?", duration)
+    assert m, duration
+    return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+
+
+def one(template, rtype):
+    found = resources(template, rtype)
+    assert len(found) == 1, f"expected one {rtype}, found {list(found)}"
+    return next(iter(found.values()))
+
+
+class Structure(unittest.TestCase):
+    def test_templates_fit_in_a_template_body(self):
+        # create-change-set --template-body takes at most 51,200 bytes.
+        for path in TEMPLATES.glob("*.yaml"):
+            self.assertLess(path.stat().st_size, 51_200, path.name)
+
+    def test_parameter_files_name_only_real_parameters_and_fill_the_required_ones(self):
+        supplied_by_target = {"StackPrefix", "Environment", "AppVersion", "ArtifactSha256", "HostBundleSha256",
+                              "DrBackupVaultArn"}
+        for env, params in PARAMS.items():
+            self.assertEqual(set(params["stacks"]), set(STACK_ORDER), env)
+            for stack in STACK_ORDER:
+                declared = TPL[stack]["Parameters"]
+                for key in params["stacks"][stack]:
+                    self.assertIn(key, declared, f"{env}: {stack} has no parameter {key}")
+                for key, spec in declared.items():
+                    if "Default" not in spec and key not in supplied_by_target:
+                        self.assertIn(key, params["stacks"][stack], f"{env}: {stack}.{key} has no value")
+
+    def test_parameter_values_respect_allowed_values(self):
+        for env, params in PARAMS.items():
+            for stack in STACK_ORDER:
+                for key, val in params["stacks"][stack].items():
+                    spec = TPL[stack]["Parameters"][key]
+                    if "AllowedValues" in spec:
+                        self.assertIn(str(val), [str(v) for v in spec["AllowedValues"]], f"{env} {stack}.{key}")
+                    if "AllowedPattern" in spec and "REPLACE_ME" not in str(val):
+                        self.assertRegex(str(val), spec["AllowedPattern"], f"{env} {stack}.{key}")
+
+    def test_imports_point_at_exports_of_stacks_deployed_earlier(self):
+        exports = {}
+        for stack in STACK_ORDER:
+            for key, out in TPL[stack].get("Outputs", {}).items():
+                if "Export" in out:
+                    self.assertEqual(out["Export"]["Name"], {"Fn::Sub": "${AWS::StackName}-" + key})
+                    exports[(stack, key)] = True
+        for position, stack in enumerate(STACK_ORDER):
+            for node in walk(TPL[stack]):
+                if isinstance(node, dict) and "Fn::ImportValue" in node:
+                    name = node["Fn::ImportValue"]["Fn::Sub"]
+                    m = re.fullmatch(r"\$\{StackPrefix\}-\$\{Environment\}-([a-z]+)-(\w+)", name)
+                    self.assertTrue(m, f"{stack}: import name {name}")
+                    source, output = m.groups()
+                    self.assertIn((source, output), exports, f"{stack} imports {source}.{output}")
+                    self.assertLess(STACK_ORDER.index(source), position, f"{stack} imports from later {source}")
+
+    def test_every_checkov_skip_is_explained(self):
+        for name, template in TPL.items():
+            for logical, res in template["Resources"].items():
+                for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", []):
+                    self.assertRegex(skip.get("id", ""), r"^CKV2?_AWS_\d+$", f"{name}.{logical}")
+                    self.assertGreater(len(skip.get("comment", "")), 20, f"{name}.{logical}: explain {skip.get('id')}")
+
+    def test_target_sh_deploys_in_the_same_order(self):
+        calls = re.findall(r"_deploy_stack (\w+) ", TARGET_SH)
+        first_calls = list(dict.fromkeys(c for c in calls if c in STACK_ORDER))
+        self.assertEqual(first_calls, list(STACK_ORDER))
+
+
+class ZeroDowntime(unittest.TestCase):
+    asg = one(TPL["app"], "AWS::AutoScaling::AutoScalingGroup")
+
+    def test_rolling_update_replaces_one_instance_at_a_time_without_losing_capacity(self):
+        rolling = self.asg["UpdatePolicy"]["AutoScalingRollingUpdate"]
+        self.assertEqual(rolling["MaxBatchSize"], 1)
+        self.assertTrue(is_ref(rolling["MinInstancesInService"], "DesiredCapacity"))
+        self.assertEqual(rolling["MinSuccessfulInstancesPercent"], 100)
+        self.assertIs(rolling["WaitOnResourceSignals"], True)
+        self.assertTrue(5 <= iso_minutes(rolling["PauseTime"]) <= 60)
+        self.assertLessEqual(
+            {"HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification", "ScheduledActions"},
+            set(rolling["SuspendProcesses"]),
+        )
+        self.assertNotIn("Launch", rolling["SuspendProcesses"])
+        self.assertNotIn("Terminate", rolling["SuspendProcesses"])
+
+    def test_creation_waits_for_a_signal_from_every_instance(self):
+        policy = self.asg["CreationPolicy"]
+        self.assertTrue(is_ref(policy["ResourceSignal"]["Count"], "DesiredCapacity"))
+        self.assertGreaterEqual(iso_minutes(policy["ResourceSignal"]["Timeout"]), 10)
+        self.assertEqual(policy["AutoScalingCreationPolicy"]["MinSuccessfulInstancesPercent"], 100)
+
+    def test_the_load_balancer_decides_instance_health(self):
+        props = self.asg["Properties"]
+        self.assertEqual(props["HealthCheckType"], "ELB")
+        self.assertGreaterEqual(props["HealthCheckGracePeriod"], 120)
+        self.assertEqual(props["TargetGroupARNs"], [{"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-edge-TargetGroupArn"}}])
+
+    def test_each_environment_has_room_for_the_extra_instance_of_a_rolling_update(self):
+        for env in ENVIRONMENTS:
+            lo, hi, want = (int(value("app", env, k)) for k in ("MinSize", "MaxSize", "DesiredCapacity"))
+            self.assertLessEqual(lo, want, env)
+            self.assertGreater(hi, want, f"{env}: MaxSize must exceed DesiredCapacity")
+        self.assertGreaterEqual(int(value("app", "production", "DesiredCapacity")), 2)
+        self.assertGreaterEqual(int(value("app", "production", "MinSize")), 2)
+
+    def test_user_data_verifies_the_release_and_signals_the_outcome(self):
+        lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")
+        script = lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
+        self.assertIn('echo "${ArtifactSha256}  $release/hello-birthday" | sha256sum --check --strict', script)
+        self.assertIn('echo "${HostBundleSha256}  $release/host.tar.gz" | sha256sum --check --strict', script)
+        self.assertIn("releases/${AppVersion}/hello-birthday", script)
+        self.assertRegex(script, r"cfn-signal --exit-code \"\$rc\" --stack \$\{AWS::StackName\} --resource AutoScalingGroup")
+        self.assertIn("trap report EXIT", script)
+        # rc becomes 0 only after the bootstrap (which waits for health) returned.
+        lines = script.strip().splitlines()
+        self.assertEqual(lines[-1], "rc=0")
+        self.assertIn("hello-birthday-aws.sh\" bootstrap", lines[-2])
+        self.assertIn("AutoScalingGroup", TPL["app"]["Resources"])
+
+    def test_bootstrap_succeeds_only_once_ready_and_healthy_in_the_target_group(self):
+        body = HOST_SCRIPT.split("bootstrap() {", 1)[1].split("\n}\n", 1)[0]
+        ready = body.index('poll "local /readyz"')
+        healthy = body.index("healthy_in_target_group")
+        self.assertLess(body.index("systemctl restart $UNIT"), ready)
+        self.assertLess(ready, healthy)
+        self.assertIn("/readyz", HOST_SCRIPT)
+        self.assertIn("describe-target-health", HOST_SCRIPT)
+
+    def test_health_check_and_drain_timings_fit_together(self):
+        tg = one(TPL["edge"], "AWS::ElasticLoadBalancingV2::TargetGroup")["Properties"]
+        self.assertEqual(tg["HealthCheckPath"], "/readyz")
+        self.assertTrue(is_ref(tg["Port"], "ServicePort"))
+        self.assertEqual(tg["Matcher"], {"HttpCode": "200"})
+        attrs = {a["Key"]: a["Value"] for a in tg["TargetGroupAttributes"]}
+        self.assertTrue(is_ref(attrs["deregistration_delay.timeout_seconds"], "DeregistrationDelaySeconds"))
+        for env in ENVIRONMENTS:
+            interval = int(value("edge", env, "HealthCheckIntervalSeconds"))
+            threshold = int(value("edge", env, "HealthCheckThreshold"))
+            dereg = int(value("edge", env, "DeregistrationDelaySeconds"))
+            idle = int(value("edge", env, "IdleTimeoutSeconds"))
+            drain = int(value("app", env, "DrainSeconds"))
+            shutdown = int(value("app", env, "ShutdownTimeoutSeconds"))
+            request = int(value("app", env, "RequestTimeoutSeconds"))
+            self.assertEqual(int(value("edge", env, "ServicePort")), SERVICE_PORT)
+            # Readiness turns 503 at SIGTERM: the ALB must have marked the
+            # target unhealthy before the listener closes.
+            self.assertLess(interval * threshold, drain, env)
+            # A deregistering target keeps its in-flight requests this long.
+            self.assertGreaterEqual(dereg, shutdown, env)
+            self.assertGreaterEqual(dereg, request, env)
+            self.assertLess(idle, SERVICE_KEEPALIVE_SECONDS, env)
+            self.assertLess(shutdown, drain + shutdown + 5)  # systemd stop timeout, below
+        self.assertIn("stop_timeout=$((CONF_DRAIN_SECONDS + CONF_SHUTDOWN_TIMEOUT_SECONDS + 5))", HOST_SCRIPT)
+        self.assertIn("TimeoutStopSec=$stop_timeout", HOST_SCRIPT)
+
+    def test_alb_listeners(self):
+        listeners = resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::Listener")
+        by_port = {l["Properties"]["Port"]: l["Properties"] for l in listeners.values()}
+        self.assertEqual(set(by_port), {80, 443})
+        self.assertEqual(by_port[443]["Protocol"], "HTTPS")
+        self.assertRegex(by_port[443]["SslPolicy"], r"^ELBSecurityPolicy-TLS13-1-2-")
+        self.assertEqual([a["Type"] for a in by_port[80]["DefaultActions"]], ["redirect"])
+        self.assertEqual(by_port[80]["DefaultActions"][0]["RedirectConfig"]["Protocol"], "HTTPS")
+
+    def test_alb_hardening_and_production_deletion_protection(self):
+        lb = one(TPL["edge"], "AWS::ElasticLoadBalancingV2::LoadBalancer")["Properties"]
+        attrs = {a["Key"]: a["Value"] for a in lb["LoadBalancerAttributes"]}
+        self.assertEqual(attrs["deletion_protection.enabled"], {"Fn::If": ["IsProduction", "true", "false"]})
+        self.assertEqual(TPL["edge"]["Conditions"]["IsProduction"], {"Fn::Equals": [{"Ref": "Environment"}, "production"]})
+        self.assertEqual(attrs["access_logs.s3.enabled"], "true")
+        self.assertEqual(attrs["routing.http.drop_invalid_header_fields.enabled"], "true")
+        self.assertTrue(is_ref(attrs["idle_timeout.timeout_seconds"], "IdleTimeoutSeconds"))
+
+    def test_metrics_are_never_reachable_through_the_load_balancer(self):
+        for tg in resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::TargetGroup").values():
+            self.assertTrue(is_ref(tg["Properties"]["Port"], "ServicePort"))
+        rules = resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::ListenerRule")
+        blocked = [r for r in rules.values() if r["Properties"]["Actions"][0]["Type"] == "fixed-response"]
+        self.assertTrue(any("/metrics" in c["PathPatternConfig"]["Values"]
+                            for r in blocked for c in r["Properties"]["Conditions"]))
+        egress = resources(TPL["network"], "AWS::EC2::SecurityGroupEgress")
+        lb_egress = [e["Properties"] for e in egress.values() if is_ref(e["Properties"]["GroupId"], "LoadBalancerSecurityGroup")]
+        self.assertEqual(len(lb_egress), 1)
+        self.assertTrue(is_ref(lb_egress[0]["FromPort"], "ServicePort"))
+        self.assertTrue(is_ref(lb_egress[0]["ToPort"], "ServicePort"))
+
+    def test_app_stack_deploys_carry_the_fast_burn_rollback_triggers(self):
+        out = TPL["monitoring"]["Outputs"]["RollbackTriggerAlarmArns"]["Value"]["Fn::Join"][1]
+        self.assertEqual(out, [{"Fn::GetAtt": ["ErrorBudgetBurn5m", "Arn"]}, {"Fn::GetAtt": ["LatencyBurn5m", "Arn"]}])
+        self.assertIn('_deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)"', TARGET_SH)
+
+
+class Durability(unittest.TestCase):
+    db = one(TPL["database"], "AWS::RDS::DBInstance")
+
+    def test_database_survives_deletion_and_replacement(self):
+        self.assertEqual(self.db["DeletionPolicy"], "Snapshot")
+        self.assertEqual(self.db["UpdateReplacePolicy"], "Snapshot")
+        props = self.db["Properties"]
+        self.assertIs(props["DeletionProtection"], True)
+        self.assertIs(props["DeleteAutomatedBackups"], False)
+
+    def test_database_is_encrypted_multi_az_and_backed_up(self):
+        props = self.db["Properties"]
+        self.assertIs(props["StorageEncrypted"], True)
+        self.assertIn("KmsKeyId", props)
+        self.assertIs(props["ManageMasterUserPassword"], True)
+        self.assertTrue(is_ref(props["MultiAZ"], "MultiAz"))
+        self.assertTrue(is_ref(props["BackupRetentionPeriod"], "BackupRetentionDays"))
+        self.assertIs(props["EnablePerformanceInsights"], True)
+        self.assertGreater(props["MonitoringInterval"], 0)
+        self.assertEqual(value("database", "production", "MultiAz"), "true")
+        self.assertGreaterEqual(int(value("database", "production", "BackupRetentionDays")), 14)
+        for env in ENVIRONMENTS:
+            self.assertGreaterEqual(int(value("database", env, "BackupRetentionDays")), 7)
+
+    def test_database_requires_tls(self):
+        pg = one(TPL["database"], "AWS::RDS::DBParameterGroup")["Properties"]
+        self.assertEqual(pg["Parameters"]["rds.force_ssl"], "1")
+        self.assertIn("sslmode=require", HOST_SCRIPT)
+        for env in ENVIRONMENTS:
+            # The family is derived from EngineVersion, so it must be a major version.
+            self.assertRegex(str(value("database", env, "EngineVersion")), r"^\d+$")
+
+    def test_snapshots_are_copied_to_another_region_in_production(self):
+        rule = one(TPL["database"], "AWS::Backup::BackupPlan")["Properties"]["BackupPlan"]["BackupPlanRule"][0]
+        copy = rule["CopyActions"]["Fn::If"]
+        self.assertEqual(copy[0], "HasDrVault")
+        self.assertTrue(is_ref(copy[1][0]["DestinationBackupVaultArn"], "DrBackupVaultArn"))
+        prod = PARAMS["production"]
+        self.assertTrue(prod["drRegion"])
+        self.assertNotEqual(prod["drRegion"], prod["region"])
+        self.assertIn("DrBackupVaultArn=$dr_vault", TARGET_SH)
+
+    def test_connection_budget_fits_the_database(self):
+        for env in ENVIRONMENTS:
+            max_conn = int(value("database", env, "MaxConnections"))
+            alarm = int(value("monitoring", env, "DatabaseConnectionsThreshold"))
+            pools = int(value("app", env, "MaxSize")) * int(value("app", env, "DbPoolSize"))
+            self.assertEqual(alarm, int(max_conn * 0.8), env)
+            self.assertLessEqual(pools, alarm, f"{env}: MaxSize x DbPoolSize must stay under the alarm")
+
+    def test_buckets_are_private_versioned_encrypted_and_kept(self):
+        buckets = resources(TPL["foundation"], "AWS::S3::Bucket")
+        self.assertEqual(set(buckets), {"LogsBucket", "ArtifactsBucket", "BackupsBucket"})
+        for name, bucket in buckets.items():
+            props = bucket["Properties"]
+            self.assertEqual(bucket["DeletionPolicy"], "Retain", name)
+            self.assertEqual(set(props["PublicAccessBlockConfiguration"].values()), {True}, name)
+            self.assertEqual(len(props["PublicAccessBlockConfiguration"]), 4, name)
+            self.assertEqual(props["VersioningConfiguration"], {"Status": "Enabled"}, name)
+            self.assertIn("BucketEncryption", props, name)
+        for name in ("ArtifactsBucket", "BackupsBucket"):
+            sse = buckets[name]["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+            self.assertEqual(sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"], "aws:kms", name)
+        rule = buckets["BackupsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"][0]
+        self.assertIn("Transitions", rule)
+        self.assertIn("ExpirationInDays", rule)
+        for policy in resources(TPL["foundation"], "AWS::S3::BucketPolicy").values():
+            deny = policy["Properties"]["PolicyDocument"]["Statement"][0]
+            self.assertEqual((deny["Effect"], deny["Condition"]), ("Deny", {"Bool": {"aws:SecureTransport": "false"}}))
+
+    def test_keys_rotate(self):
+        for stack in ("foundation", "dr-vault"):
+            for key in resources(TPL[stack], "AWS::KMS::Key").values():
+                self.assertIs(key["Properties"]["EnableKeyRotation"], True)
+
+
+class Isolation(unittest.TestCase):
+    net = TPL["network"]
+
+    def _ingress(self, group):
+        rules = []
+        sg = self.net["Resources"][group]["Properties"]
+        rules += sg.get("SecurityGroupIngress", [])
+        for r in resources(self.net, "AWS::EC2::SecurityGroupIngress").values():
+            if is_ref(r["Properties"]["GroupId"], group):
+                rules.append(r["Properties"])
+        return rules
+
+    def test_database_and_instances_are_not_publicly_reachable(self):
+        db = one(TPL["database"], "AWS::RDS::DBInstance")["Properties"]
+        self.assertIs(db["PubliclyAccessible"], False)
+        subnet_group = one(TPL["database"], "AWS::RDS::DBSubnetGroup")["Properties"]
+        self.assertIn("DataSubnetIds", str(subnet_group["SubnetIds"]))
+        lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+        self.assertIs(lt["NetworkInterfaces"][0]["AssociatePublicIpAddress"], False)
+        self.assertNotIn("KeyName", lt)
+        asg = one(TPL["app"], "AWS::AutoScaling::AutoScalingGroup")["Properties"]
+        self.assertIn("AppSubnetIds", str(asg["VPCZoneIdentifier"]))
+        for subnet in resources(self.net, "AWS::EC2::Subnet").values():
+            self.assertIsNot(subnet["Properties"].get("MapPublicIpOnLaunch"), True)
+
+    def test_only_public_subnets_route_to_the_internet_and_data_subnets_nowhere(self):
+        routes = resources(self.net, "AWS::EC2::Route").values()
+        for route in routes:
+            props = route["Properties"]
+            if "GatewayId" in props:
+                self.assertTrue(is_ref(props["RouteTableId"], "PublicRouteTable"))
+            self.assertFalse(is_ref(props["RouteTableId"], "DataRouteTable"))
+        assoc = {
+            a["Properties"]["SubnetId"]["Ref"]: a["Properties"]["RouteTableId"]["Ref"]
+            for a in resources(self.net, "AWS::EC2::SubnetRouteTableAssociation").values()
+        }
+        self.assertEqual({s for s, t in assoc.items() if t == "PublicRouteTable"}, {"PublicSubnetA", "PublicSubnetB"})
+        self.assertEqual({s for s, t in assoc.items() if t == "DataRouteTable"}, {"DataSubnetA", "DataSubnetB"})
+
+    def test_two_availability_zones(self):
+        for tier in ("Public", "App", "Data"):
+            azs = [self.net["Resources"][f"{tier}Subnet{x}"]["Properties"]["AvailabilityZone"] for x in "AB"]
+            self.assertEqual(azs, [{"Fn::Select": [0, {"Fn::GetAZs": ""}]}, {"Fn::Select": [1, {"Fn::GetAZs": ""}]}])
+        self.assertEqual(value("network", "production", "NatGatewayPerAz"), "true")
+
+    def test_security_groups_admit_only_what_they_must(self):
+        instance = self._ingress("InstanceSecurityGroup")
+        self.assertEqual(len(instance), 2)
+        sources = {r["SourceSecurityGroupId"]["Ref"]: r for r in instance}
+        self.assertEqual(set(sources), {"LoadBalancerSecurityGroup", "PrometheusSecurityGroup"})
+        self.assertTrue(is_ref(sources["LoadBalancerSecurityGroup"]["FromPort"], "ServicePort"))
+        self.assertTrue(is_ref(sources["PrometheusSecurityGroup"]["FromPort"], "MetricsPort"))
+        self.assertTrue(is_ref(sources["PrometheusSecurityGroup"]["ToPort"], "MetricsPort"))
+        self.assertEqual(self.net["Parameters"]["MetricsPort"]["Default"], METRICS_PORT)
+        database = self._ingress("DatabaseSecurityGroup")
+        self.assertEqual([(r["FromPort"], r["ToPort"], r["SourceSecurityGroupId"]) for r in database],
+                         [(5432, 5432, {"Ref": "InstanceSecurityGroup"})])
+        lb = self._ingress("LoadBalancerSecurityGroup")
+        self.assertEqual(sorted(r["FromPort"] for r in lb), [80, 443])
+        # Address-range ingress exists on the load balancer only.
+        for group in ("InstanceSecurityGroup", "DatabaseSecurityGroup", "PrometheusSecurityGroup"):
+            for r in self._ingress(group):
+                self.assertNotIn("CidrIp", r, group)
+
+    def test_instance_metadata_and_disks(self):
+        lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+        self.assertEqual(lt["MetadataOptions"]["HttpTokens"], "required")
+        self.assertEqual(lt["MetadataOptions"]["HttpPutResponseHopLimit"], 1)
+        for bdm in lt["BlockDeviceMappings"]:
+            self.assertIs(bdm["Ebs"]["Encrypted"], True)
+        self.assertEqual(TPL["app"]["Parameters"]["ImageId"]["Default"],
+                         "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+
+    def test_instance_role_is_least_privilege(self):
+        role = one(TPL["app"], "AWS::IAM::Role")["Properties"]
+        self.assertEqual(len(role["ManagedPolicyArns"]), 1)
+        self.assertIn("AmazonSSMManagedInstanceCore", str(role["ManagedPolicyArns"][0]))
+        for statement in role["Policies"][0]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            for action in actions:
+                self.assertNotIn("*", action, statement["Sid"])
+            if statement["Resource"] == "*":
+                # Only actions without resource-level permissions, and metrics only in our namespace.
+                self.assertIn(actions, [["cloudwatch:PutMetricData"], ["elasticloadbalancing:DescribeTargetHealth"]])
+                if actions == ["cloudwatch:PutMetricData"]:
+                    self.assertIn("cloudwatch:namespace", statement["Condition"]["StringEquals"])
+        read = next(s for s in role["Policies"][0]["PolicyDocument"]["Statement"] if s["Sid"] == "ReadThisRelease")
+        self.assertEqual(read["Resource"]["Fn::Sub"][0], "${Bucket}/releases/${AppVersion}/*")
+
+
+class Alarms(unittest.TestCase):
+    mon = TPL["monitoring"]
+
+    def test_thresholds_match_the_slos(self):
+        p = self.mon["Parameters"]
+        availability, latency, burn = 0.999, 0.99, 14.4
+        self.assertAlmostEqual(p["ErrorRatioPercentThreshold"]["Default"], round(100 * burn * (1 - availability), 4))
+        self.assertAlmostEqual(p["FastEnoughPercentThreshold"]["Default"], round(100 - 100 * burn * (1 - latency), 4))
+        self.assertEqual(p["LatencyObjectiveSeconds"]["Default"], 0.1)
+        for env in ENVIRONMENTS:
+            for key in ("ErrorRatioPercentThreshold", "FastEnoughPercentThreshold", "LatencyObjectiveSeconds"):
+                self.assertNotIn(key, PARAMS[env]["stacks"]["monitoring"], "SLO thresholds are not per environment")
+            self.assertEqual(int(value("monitoring", env, "MinHealthyHosts")), int(value("app", env, "DesiredCapacity")))
+
+    def test_slo_document_uses_the_same_numbers(self):
+        slo = ROOT / "docs" / "slo.md"
+        if not slo.exists():
+            self.skipTest("docs/slo.md not written yet")
+        text = slo.read_text()
+        for number in ("99.9", "14.4", "100 ms"):
+            self.assertIn(number, text)
+
+    def test_burn_alarms_use_both_windows_and_page_when_both_fire(self):
+        res = self.mon["Resources"]
+        for name, period in (("ErrorBudgetBurn5m", 300), ("ErrorBudgetBurn1h", 3600)):
+            periods = {m["MetricStat"]["Period"] for m in res[name]["Properties"]["Metrics"] if "MetricStat" in m}
+            self.assertEqual(periods, {period}, name)
+        for name, period in (("LatencyBurn5m", 300), ("LatencyBurn1h", 3600)):
+            self.assertEqual(res[name]["Properties"]["Period"], period, name)
+            self.assertEqual(res[name]["Properties"]["ExtendedStatistic"], {"Fn::Sub": "PR(:${LatencyObjectiveSeconds})"})
+        for page, fast, slow in (("ErrorBudgetBurnPage", "ErrorBudgetBurn5m", "ErrorBudgetBurn1h"),
+                                 ("LatencyBurnPage", "LatencyBurn5m", "LatencyBurn1h")):
+            rule = res[page]["Properties"]["AlarmRule"]["Fn::Sub"]
+            self.assertEqual(rule, f'ALARM("${{{fast}}}") AND ALARM("${{{slow}}}")')
+
+    def test_required_alarms_exist_and_notify(self):
+        alarms = resources(self.mon, "AWS::CloudWatch::Alarm")
+        metrics = {a["Properties"].get("MetricName") for a in alarms.values()}
+        self.assertLessEqual({"TargetResponseTime", "UnHealthyHostCount", "HealthyHostCount", "CPUUtilization",
+                              "FreeStorageSpace", "DatabaseConnections"}, metrics)
+        for name, alarm in list(alarms.items()) + list(resources(self.mon, "AWS::CloudWatch::CompositeAlarm").items()):
+            if name.endswith("1h"):
+                continue  # only feeds the composite page alarm
+            self.assertIn("AlarmActions", alarm["Properties"], name)
+        events = one(TPL["database"], "AWS::RDS::EventSubscription")["Properties"]
+        self.assertIn("failover", events["EventCategories"])
+
+
+if __name__ == "__main__":
+    unittest.main()
