@@ -22,6 +22,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -341,11 +342,18 @@ def run_wrk(args, port: int, method: str, users: int, seconds: int) -> dict:
     env = dict(os.environ, BENCH_USERS=str(users), BENCH_LUA_DIR=str(HERE / "wrk"))
     cmd = ["taskset", "-c", args.load_cpu, "wrk", "-t1", f"-c{args.connections}",
            f"-d{seconds}s", "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60,
               preexec_fn=_set_nice).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     for line in out.splitlines():
         if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
+            res = json.loads(line[len("BENCH_RESULT "):])
+            # wrk is the only child reaped meanwhile: its CPU shows when the
+            # load generator, not the server, is the limit.
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            res["wrk_cpu_pct"] = 100 * cpu / (res["duration_us"] / 1e6)
+            return res
     raise BenchError(f"wrk printed no result:\n{out}")
 
 
@@ -373,6 +381,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
         "warmup_errors": sum(warm["errors"].values()),
         "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / n if n else None,
         "rss_kib": proc_status_kib(server.pid, "VmRSS"),
+        "wrk_cpu_pct": res["wrk_cpu_pct"],
     }
     if db0 is not None and db1 is not None and n:
         out["db_cpu_us_per_req"] = (db1 - db0) * 1e6 / n
@@ -531,7 +540,8 @@ def summarise(results: dict, targets: list[Target]) -> None:
     for phase in results["phases"]:
         runs = phase["runs"]
         phase["median"] = {k: median([r[k] for r in runs]) for k in
-                           ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req")}
+                           ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req",
+                            "wrk_cpu_pct")}
         if any("db_cpu_us_per_req" in r for r in runs):
             phase["median"]["db_cpu_us_per_req"] = median(
                 [r.get("db_cpu_us_per_req") for r in runs])
@@ -622,8 +632,8 @@ def markdown(results: dict) -> str:
         f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}.",
         "",
         "| phase | users | req/s | p50 ms | p99 ms | max ms | errors | server CPU us/req "
-        "| req/s vs ceiling | CPU vs ceiling | peak RSS MiB | start to ready ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| req/s vs ceiling | CPU vs ceiling | peak RSS MiB | start to ready ms | wrk CPU % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in results["phases"]:
         med, srv = p["median"], results["servers"][p["target"]]
@@ -635,7 +645,7 @@ def markdown(results: dict) -> str:
             f"| {fmt(med['p50_ms'], 3)} | {fmt(med['p99_ms'], 3)} | {fmt(p['max_ms'], 2)} "
             f"| {p['errors_total']} | {cpu} | {fmt(p.get('vs_ceiling_rps'), 2)} "
             f"| {fmt(p.get('vs_ceiling_cpu'), 2)} | {fmt(srv['peak_rss_kib'] / 1024)} "
-            f"| {fmt(srv['ready_ms_median'])} |")
+            f"| {fmt(srv['ready_ms_median'])} | {fmt(med.get('wrk_cpu_pct'), 0)} |")
     if results["targets"]:
         lines += ["", "| target | measured | goal | met |", "|---|--:|--:|:-:|"]
         for t in results["targets"]:
