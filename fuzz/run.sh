@@ -50,9 +50,14 @@ export RUSTC_BOOTSTRAP=1
 cd "$HERE/.."
 
 say "cargo fuzz build (sanitizer=$sanitizer, debug assertions on)"
-for t in "${targets[@]}"; do
-  cargo fuzz build --sanitizer "$sanitizer" --debug-assertions "$t" >/dev/null
-done
+# One build for all targets (the library is compiled once, instrumented).
+if [ ${#targets[@]} -eq ${#TARGETS[@]} ]; then
+  cargo fuzz build --sanitizer "$sanitizer" --debug-assertions
+else
+  for t in "${targets[@]}"; do
+    cargo fuzz build --sanitizer "$sanitizer" --debug-assertions "$t"
+  done
+fi
 
 declare -A execs
 failed=()

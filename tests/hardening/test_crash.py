@@ -33,7 +33,6 @@ class KillNine(ServiceTestCase):
         acked: set[str] = set()
         statuses: dict[int, int] = {}
         conn_errors = 0
-        extra = 0
         for cycle in range(CYCLES):
             svc.start()
             # Everything acknowledged before the previous kill survived it.
