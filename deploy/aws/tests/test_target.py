@@ -71,8 +71,9 @@ def drive(function, *options, env, version="1.0.0", artifact=None, dry_run=False
 class EmulatorScenario(unittest.TestCase):
     """One environment's life through scripts/deploy.sh --target aws: first
     deploy, idempotent re-deploy, a release whose smoke test fails (rolled
-    back), a release deployed by label, a refused re-publication, a rollback
-    from a fresh process. The steps run in order (test_1..6)."""
+    back), a published release deployed by its label, a refused
+    re-publication, a rollback from a fresh process. The steps build on each
+    other and run in order (test_1..6)."""
 
     @classmethod
     def setUpClass(cls):
@@ -222,7 +223,6 @@ class EmulatorScenario(unittest.TestCase):
         self.assertEqual(proc.stdout.count("no changes"), 5, proc.stdout)
         params = self.app_parameters()
         self.assertEqual((params["AppVersion"], params["ArtifactSha256"]), ("2.0.0", self.sha_of("two")))
-        self.assertFailed(self.deploy("--version", "9.9.9"), "release 9.9.9 is not published for staging")
 
     def test_5_a_published_release_cannot_be_replaced(self):
         proc = self.deploy("--release", self.bins["impostor"], "--write-checksum", "--version", "2.0.0")
@@ -305,6 +305,12 @@ class ScriptedOutcomes(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         app = [c for c in self.calls() if "create-change-set" in c and "hello-birthday-staging-app" in c][0]
         self.assertEqual(json.loads(app[app.index("--rollback-configuration") + 1]), {"RollbackTriggers": []})
+
+    def test_a_label_never_published_is_refused_before_the_app_stack(self):
+        proc = drive("target_deploy", "--aws-params", self.params, env=self.env, version="9.9.9")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("release 9.9.9 is not published for staging", proc.stderr)
+        self.assertFalse([c for c in self.calls() if "hello-birthday-staging-app" in c])
 
     def test_unknown_target_option_is_refused(self):
         proc = drive("target_plan", "--regoin", "x", env=self.env)

@@ -245,7 +245,9 @@ class Durability(unittest.TestCase):
     def test_database_is_encrypted_multi_az_and_backed_up(self):
         props = self.db["Properties"]
         self.assertIs(props["StorageEncrypted"], True)
-        self.assertIn("KmsKeyId", props)
+        self.assertEqual(props["KmsKeyId"]["Fn::If"][0], "Restoring")  # environment key unless restored
+        for env in ENVIRONMENTS:
+            self.assertNotIn("RestoreFromSnapshot", PARAMS[env]["stacks"]["database"], "DR only, not a default")
         self.assertIs(props["ManageMasterUserPassword"], True)
         self.assertTrue(is_ref(props["MultiAZ"], "MultiAz"))
         self.assertTrue(is_ref(props["BackupRetentionPeriod"], "BackupRetentionDays"))
