@@ -21,6 +21,7 @@ STAGES=(
   "monitoring|monitoring/check.sh"
   "deploy|deploy/local/tests/run.sh"
   "systemd|deploy/systemd/check.sh"
+  "aws|deploy/aws/check.sh"
   "drills|drills/run.sh"
 )
 
