@@ -17,6 +17,14 @@
 # Environment: AWS_CLI (default: aws on PATH, else .venv/bin/aws).
 set -euo pipefail
 
+# Run directly (--help or by mistake): explain, since it only works sourced.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  echo
+  echo "Use it through: scripts/deploy.sh --target aws --env staging|production --release PATH --version V [options above]"
+  case "${1:-}" in -h|--help) exit 0 ;; *) exit 2 ;; esac
+fi
+
 AWS_TEMPLATE_DIR="${ROOT:?}/deploy/aws/templates"
 AWS_PARAMS_FILE=${AWS_PARAMS_FILE:-}
 AWS_REGION_OPT=""
@@ -285,7 +293,7 @@ _rollback_configuration() {
 target_plan() {
   _aws_init
   echo "AWS target: $ENV_NAME in $AWS_REGION_NAME (parameters: ${AWS_PARAMS_FILE#"$ROOT"/})"
-  [ -n "$AWS_DR_REGION" ] && echo "  0. stack $(_stack_name dr-vault) in $AWS_REGION_NAME's DR Region $AWS_DR_REGION (backup copies)"
+  [ -n "$AWS_DR_REGION" ] && echo "  0. stack $(_stack_name dr-vault) in the DR Region $AWS_DR_REGION (backup copies)"
   echo "  1. stack $(_stack_name foundation) (KMS key, buckets, alarm topic)"
   if [ -n "${ARTIFACT:-}" ]; then
     echo "  2. publish $ARTIFACT (sha256 ${ARTIFACT_SHA256:-?}) and host.tar.gz to s3://<artifacts bucket>/releases/$VERSION/ (refused if $VERSION exists with other bytes)"
@@ -352,7 +360,9 @@ target_deploy() {
 
   _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)" \
     "AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256"
-  step "AWS $ENV_NAME runs $VERSION"
+  if [ "${DRY_RUN:-0}" = 1 ]; then step "dry run: AWS $ENV_NAME would run $VERSION"
+  else step "AWS $ENV_NAME runs $VERSION"
+  fi
 }
 
 target_url() {
