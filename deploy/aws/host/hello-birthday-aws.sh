@@ -201,10 +201,13 @@ bootstrap() {
   load_conf
   local release=${CONF_RELEASE_DIR:?RELEASE_DIR missing in $CONF} deadline
   log "installing release $CONF_APP_VERSION from $release"
-  "$release/scripts/setup.sh" host --binary "$release/hello-birthday"
   install_unit_wiring
-  configure_cloudwatch_agent
+  # The env file exists before the unit is installed, so setup.sh keeps it
+  # and the service never starts with the template's local SQLite database
+  # (a healthy target on SQLite would take writes that PostgreSQL never sees).
   render_env
+  "$release/scripts/setup.sh" host --binary "$release/hello-birthday" --no-start
+  configure_cloudwatch_agent
   systemctl daemon-reload
   systemctl enable --now hello-birthday-secret-refresh.timer
   systemctl enable $UNIT

@@ -161,6 +161,10 @@ class ZeroDowntime(unittest.TestCase):
 
     def test_bootstrap_succeeds_only_once_ready_and_healthy_in_the_target_group(self):
         body = HOST_SCRIPT.split("bootstrap() {", 1)[1].split("\n}\n", 1)[0]
+        # The env file (PostgreSQL) is written before setup.sh installs the
+        # unit, and setup.sh does not start it with the template env.
+        self.assertLess(body.index("render_env"), body.index("scripts/setup.sh\" host"))
+        self.assertIn('host --binary "$release/hello-birthday" --no-start', body)
         ready = body.index('poll "local /readyz"')
         healthy = body.index("healthy_in_target_group")
         self.assertLess(body.index("systemctl restart $UNIT"), ready)
