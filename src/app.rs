@@ -33,8 +33,7 @@ impl Application {
     /// As `build`, with "today" supplied by `clock` (tests pin dates with it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let store = Store::connect(&config).await?;
-        let listener = TcpListener::bind((config.bind_addr, config.port))
-            .await
+        let listener = bind(config.bind_addr, config.port)
             .with_context(|| format!("binding {}:{}", config.bind_addr, config.port))?;
         let metrics_listener = TcpListener::bind((config.bind_addr, config.metrics_port))
             .await
@@ -143,6 +142,21 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A listener with a deep accept queue: the default (128 on many kernels,
+/// 1024 in tokio) overflows when hundreds of clients connect at once, and an
+/// overflowed SYN is only retried after a second.
+fn bind(ip: std::net::IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    let addr = SocketAddr::new(ip, port);
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Accepts connections until told to stop; returns the graceful-shutdown
