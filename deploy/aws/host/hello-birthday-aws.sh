@@ -27,6 +27,7 @@ USAGE
 CONF=${HB_AWS_CONF:-/etc/hello-birthday/aws.conf}
 ENV_FILE=${HB_ENV_FILE:-/etc/hello-birthday/env}
 STATE_DIR=${HB_STATE_DIR:-/var/lib/hello-birthday-aws}
+RDS_CA_FILE=${HB_RDS_CA_FILE:-/etc/hello-birthday/rds-ca.pem}
 SELF_INSTALLED=/opt/hello-birthday/bin/hello-birthday-aws
 UNIT=hello-birthday.service
 
@@ -67,6 +68,23 @@ print(f"postgres://{quote(s['username'], safe='')}:{quote(s['password'], safe=''
 PY
 }
 
+# The RDS CA bundle: the service verifies the database's certificate (rustls,
+# sslmode=require), and RDS certificates chain to Amazon's RDS CA, which is
+# not a public root. Fetched once through the NAT gateway; kept across boots.
+ensure_rds_ca() {
+  if grep -q 'BEGIN CERTIFICATE' "$RDS_CA_FILE" 2>/dev/null; then
+    return 0
+  fi
+  local url=${CONF_RDS_CA_URL:-https://truststore.pki.rds.amazonaws.com/$CONF_REGION/$CONF_REGION-bundle.pem}
+  local tmp
+  tmp=$(mktemp "$RDS_CA_FILE.XXXXXX")
+  curl -fsS --retry 5 -o "$tmp" "$url" || { rm -f "$tmp"; die "cannot fetch the RDS CA bundle from $url"; }
+  grep -q 'BEGIN CERTIFICATE' "$tmp" || { rm -f "$tmp"; die "$url is not a PEM bundle"; }
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$RDS_CA_FILE"
+  log "installed the RDS CA bundle at $RDS_CA_FILE"
+}
+
 # Writes the variables this deployment owns into the env file and keeps any
 # other line already there (setup.sh host writes the file first). Atomic:
 # a reader sees the old file or the new one.
@@ -74,11 +92,14 @@ render_env() {
   load_conf
   local url tmp key
   url=$(database_url)
+  mkdir -p "$(dirname "$RDS_CA_FILE")"
+  ensure_rds_ca
   local -A want=(
     [PORT]=$CONF_SERVICE_PORT
     [METRICS_PORT]=$CONF_METRICS_PORT
     [BIND_ADDR]=0.0.0.0
     [DATABASE_URL]=$url
+    [DATABASE_CA_FILE]=$RDS_CA_FILE
     [DB_POOL_SIZE]=${CONF_DB_POOL_SIZE:-16}
     [LOG_FORMAT]=json
     [LOG_LEVEL]=info

@@ -53,10 +53,15 @@ class RenderEnv(unittest.TestCase):
         os.chmod(fake, 0o755)
         self.conf = os.path.join(self.dir, "aws.conf")
         self.env_file = os.path.join(self.dir, "env")
+        # A bundle already in place: the script must not fetch it again.
+        self.ca_file = os.path.join(self.dir, "rds-ca.pem")
+        with open(self.ca_file, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
         with open(self.conf, "w") as f:
             f.write(CONF)
         self.environ = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", HB_AWS_CONF=self.conf,
-                            HB_ENV_FILE=self.env_file, HB_STATE_DIR=os.path.join(self.dir, "state"))
+                            HB_ENV_FILE=self.env_file, HB_STATE_DIR=os.path.join(self.dir, "state"),
+                            HB_RDS_CA_FILE=self.ca_file)
 
     def render(self):
         return subprocess.run([str(SCRIPT), "render-env"], env=self.environ, capture_output=True, text=True,
@@ -65,6 +70,10 @@ class RenderEnv(unittest.TestCase):
     def read_env(self):
         with open(self.env_file) as f:
             return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line and not line.startswith("#"))
+
+    def test_the_database_certificate_is_verified_against_the_rds_ca(self):
+        self.assertEqual(self.render().returncode, 0)
+        self.assertEqual(self.read_env()["DATABASE_CA_FILE"], self.ca_file)
 
     def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self):
         proc = self.render()
