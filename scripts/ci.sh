@@ -23,6 +23,7 @@ STAGES=(
   "systemd|deploy/systemd/check.sh"
   "aws|deploy/aws/check.sh"
   "drills|drills/run.sh"
+  "pipeline|.github/check.sh"
 )
 
 usage() {

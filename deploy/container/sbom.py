@@ -50,6 +50,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bom_ref(package: dict) -> str:
+    """A reference that names the package, not where the checkout lives."""
+    if package["source"] is None:
+        return f"workspace:{package['name']}@{package['version']}"
+    return package["id"]
+
+
 def lock_checksums() -> dict[tuple[str, str], str]:
     lock = tomllib.loads((ROOT / "Cargo.lock").read_text())
     return {
@@ -125,7 +132,7 @@ def glibc_version() -> str:
 def crate_component(p: dict, scope: str, checksums: dict) -> dict:
     comp = {
         "type": "library",
-        "bom-ref": p["id"],
+        "bom-ref": bom_ref(p),
         "name": p["name"],
         "version": p["version"],
         "scope": scope,
@@ -195,6 +202,8 @@ def main() -> int:
     for comp, parent in native:
         components.append(comp)
         edges.setdefault(parent, set()).add(comp["bom-ref"])
+    refs = {pid: bom_ref(p) for pid, p in packages.items()}
+    refs.update({c["bom-ref"]: c["bom-ref"] for c, _ in native})
 
     bom = {
         "bomFormat": "CycloneDX",
@@ -209,7 +218,7 @@ def main() -> int:
             }]},
             "component": {
                 "type": "application",
-                "bom-ref": root,
+                "bom-ref": refs[root],
                 "name": root_pkg["name"],
                 "version": root_pkg["version"],
                 "description": root_pkg.get("description") or "",
@@ -224,8 +233,8 @@ def main() -> int:
         },
         "components": components,
         "dependencies": [
-            {"ref": ref, "dependsOn": sorted(deps)}
-            for ref, deps in sorted(edges.items())
+            {"ref": refs[ref], "dependsOn": sorted(refs[d] for d in deps)}
+            for ref, deps in sorted(edges.items(), key=lambda e: refs[e[0]])
         ],
     }
     args.output.write_text(json.dumps(bom, indent=2, sort_keys=False) + "\n")
