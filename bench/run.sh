@@ -39,6 +39,9 @@ bench/results/latest.png, and the latest table into bench/README.md.
   --nice N             niceness of the servers, PostgreSQL and wrk (0); a
                        negative value (root only) shields the figures from
                        other work on a shared machine
+  --max-interference P re-measure a window in which other processes used
+                       more than P% of a core (5; --quick: never)
+  --retries N          extra attempts for such a window (3)
   --keep               keep the temp work directory (logs, databases)
   --no-readme          do not rewrite the table in bench/README.md
   -h, --help           this help
