@@ -3,7 +3,7 @@
 //! tests use exactly this, the tests on port 0.
 
 use crate::config::Config;
-use crate::http::{AppState, Clock, metrics_router, router, utc_clock};
+use crate::http::{AppState, Clock, Shared, metrics_router, router, utc_clock};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use anyhow::Context;
@@ -39,7 +39,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", config.bind_addr, config.metrics_port))?;
         let metrics = Arc::new(Metrics::new(config.release(), store.backend()));
-        let state = AppState {
+        let state: AppState = Arc::new(Shared {
             store,
             clock,
             metrics,
@@ -48,7 +48,7 @@ impl Application {
             request_timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
             db_timeout: config.db_timeout(),
             release: config.release().into(),
-        };
+        });
         Ok(Self {
             config,
             state,

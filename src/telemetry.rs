@@ -8,8 +8,10 @@
 //! log lines, never data. The guard flushes on a clean exit.
 
 use crate::config::LogFormat;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -60,6 +62,38 @@ impl<'a> MakeWriter<'a> for Buffered {
     }
 }
 
+/// How request lines are written: 0 off (no logger, or the filter drops
+/// `http` at info), 1 text, 2 JSON. Decided once at start-up.
+static REQUEST_LOG: AtomicU8 = AtomicU8::new(0);
+
+/// The one line per request, in the same shape the tracing formatter gives
+/// every other line, written without its per-field machinery: the generic
+/// formatter took about 6% of a GET's CPU time in a profile.
+pub fn request_line(request_id: &str, method: &str, route: &str, status: u16, latency_us: u64) {
+    let mode = REQUEST_LOG.load(Ordering::Relaxed);
+    if mode == 0 {
+        return;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let (y, mo, d) = (now.year(), u8::from(now.month()), now.day());
+    let (h, mi, s, us) = (now.hour(), now.minute(), now.second(), now.microsecond());
+    let mut line = String::with_capacity(192);
+    // Request ids are checked to be [A-Za-z0-9._-] and routes are static
+    // templates, so no value here needs escaping.
+    let _ = if mode == 2 {
+        writeln!(
+            line,
+            r#"{{"timestamp":"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z","level":"INFO","message":"request","request_id":"{request_id}","method":"{method}","route":"{route}","status":{status},"latency_us":{latency_us},"target":"http"}}"#
+        )
+    } else {
+        writeln!(
+            line,
+            r#"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z  INFO http: request request_id="{request_id}" method="{method}" route="{route}" status={status} latency_us={latency_us}"#
+        )
+    };
+    let _ = Buffered.write_all(line.as_bytes());
+}
+
 /// Flushes buffered log lines when dropped (at the end of `main`).
 pub struct LogGuard;
 
@@ -84,6 +118,13 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<LogGuard> {
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+    if tracing::enabled!(target: "http", tracing::Level::INFO) {
+        let mode = match format {
+            LogFormat::Text => 1,
+            LogFormat::Json => 2,
+        };
+        REQUEST_LOG.store(mode, Ordering::Relaxed);
+    }
     std::thread::Builder::new()
         .name("log-flush".into())
         .spawn(|| {

@@ -32,9 +32,11 @@ pub fn utc_clock() -> Clock {
     Arc::new(|| time::OffsetDateTime::now_utc().date())
 }
 
-/// Everything a handler needs; cheap to clone (all shared).
-#[derive(Clone)]
-pub struct AppState {
+/// Everything a handler needs. Extractors clone the state for every
+/// request, so it is one `Arc`: one reference count, not one per field.
+pub type AppState = Arc<Shared>;
+
+pub struct Shared {
     pub store: Store,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
@@ -136,7 +138,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     // dead, and failing its checks would only move the load elsewhere at once.
     let sheddable = !matches!(route, "/healthz" | "/readyz");
     let permit = if sheddable {
-        match st.limiter.clone().try_acquire_owned() {
+        match st.limiter.try_acquire() {
             Ok(p) => Some(p),
             Err(_) => {
                 st.metrics.shed.inc();
@@ -191,14 +193,12 @@ fn finish(
     }
     let elapsed = started.elapsed();
     st.metrics.observe_request(method, route, status, elapsed);
-    tracing::info!(
-        target: "http",
-        request_id = id.to_str().unwrap_or(""),
+    crate::telemetry::request_line(
+        id.to_str().unwrap_or(""),
         method,
         route,
         status,
-        latency_us = elapsed.as_micros() as u64,
-        "request"
+        elapsed.as_micros() as u64,
     );
     h.insert("x-request-id", id);
     resp
