@@ -49,13 +49,17 @@ def render(results: dict, out: Path) -> None:
                 value = phase["median"][key]
                 ax.bar(x, value, color=COLORS[target], width=0.65, zorder=2)
                 runs = [r[key] for r in phase["runs"]]
-                ax.scatter([x] * len(runs), runs, color="black", s=10, zorder=3)
+                # Runs spread across the bar so that equal values stay visible.
+                spread = [x - 0.2 + 0.4 * i / max(len(runs) - 1, 1) for i in range(len(runs))]
+                ax.scatter(spread if len(runs) > 1 else [x], runs, color="black", s=10,
+                           zorder=3)
                 errors = phase.get("errors_total", 0)
                 shown = fmt.format(value) if fmt else (f"{value:,.0f}" if value >= 100
                                                        else f"{value:.3g}")
                 note = shown + (f"\n{errors} errors" if errors else "")
-                ax.annotate(note, (x, value), textcoords="offset points", xytext=(0, 4),
-                            ha="center", fontsize=8)
+                # Above the highest point, so no dot covers the number.
+                ax.annotate(note, (x, max([value, *runs])), textcoords="offset points",
+                            xytext=(0, 5), ha="center", fontsize=8)
             ax.set_xticks(range(len(present)))
             ax.set_xticklabels([label(t, phases[(t, method)]) for t in present], fontsize=8)
             ax.set_yscale("log")

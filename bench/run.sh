@@ -44,6 +44,8 @@ bench/results/latest.png, and the latest table into bench/README.md.
   --retries N          extra attempts for such a window (3)
   --keep               keep the temp work directory (logs, databases)
   --no-readme          do not rewrite the table in bench/README.md
+  --render FILE        only redraw the .md table, the chart and the README
+                       table from an existing results JSON (no build, no load)
   -h, --help           this help
 
 Environment: BENCH_TMPDIR (/var/tmp) parent of the work directory; it must be
@@ -54,17 +56,22 @@ USAGE
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 
 main() {
-  local quick=0 profile="" targets="ceiling,sqlite,sqlite-1m,postgres,flask" pass=()
+  local quick=0 render=0 profile="" targets="ceiling,sqlite,sqlite-1m,postgres,flask" pass=()
   while [ $# -gt 0 ]; do
     case "$1" in
       -h|--help) usage; exit 0 ;;
       --quick) quick=1; pass+=("$1") ;;
       --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile=$2; shift ;;
       --targets) [ $# -ge 2 ] || die "--targets needs a value"; targets=$2; pass+=("$1" "$2"); shift ;;
+      --render) [ $# -ge 2 ] || die "--render needs a file"; render=1; pass+=("$1" "$2"); shift ;;
       *) pass+=("$1") ;;
     esac
     shift
   done
+  if [ "$render" = 1 ]; then
+    printf '==> redrawing table, chart and README from %s\n' "${pass[*]}"
+    exec "$PY" "$ROOT/bench/bench.py" "${pass[@]}"
+  fi
   # Quick mode checks plumbing, not speed: the debug build is the cheap one
   # after the test stage has compiled the dependencies.
   [ -n "$profile" ] || { [ "$quick" = 1 ] && profile=debug || profile=release; }
