@@ -286,7 +286,9 @@ class Postgres:
         self.cpu = cpu
         self.proc: subprocess.Popen | None = None
         self.bindir = self._bindir()
-        self.user = pwd.getpwnam("postgres")
+        # PostgreSQL refuses to run as root: as root, run it as the postgres
+        # user; otherwise as whoever runs the benchmark.
+        self.user = pwd.getpwnam("postgres") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
 
     @staticmethod
     def _bindir() -> Path:
@@ -300,12 +302,16 @@ class Postgres:
 
     def _as_postgres(self) -> None:
         # Dropping privileges clears the parent-death signal: set it after this.
+        if os.geteuid() != 0:
+            return
+        os.initgroups(self.user.pw_name, self.user.pw_gid)  # drop root's groups too
         os.setgid(self.user.pw_gid)
         os.setuid(self.user.pw_uid)
 
     def start(self) -> None:
         self.dir.mkdir()
-        os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        if os.geteuid() == 0:
+            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         log(f"initdb PostgreSQL cluster in {self.data}")
         run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
              "-A", "trust", "-E", "UTF8", "--no-sync"],
