@@ -10,7 +10,7 @@
 //!
 //! Reads: every runtime worker thread keeps its own read-only connection and
 //! queries it inline. A primary-key lookup in a warm page cache takes a few
-//! microseconds; handing it to `spawn_blocking` measured twice as slow.
+//! microseconds; handing it to `spawn_blocking` halved throughput in the prototype the design notes measured.
 //!
 //! Several processes may open one file (rolling deploys on one host): WAL
 //! allows one writer and many readers, `busy_timeout` serialises writers, and
