@@ -68,7 +68,6 @@ struct Inner {
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     timeout: Duration,
     readers: AtomicUsize,
-    pending_writes: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -156,11 +155,9 @@ impl SqliteStore {
         migrate(&mut conn, SQLITE)?;
 
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        let pending_writes = Arc::new(AtomicUsize::new(0));
-        let pending = pending_writes.clone();
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, pending))?;
+            .spawn(move || writer_loop(conn, rx))?;
         Ok(Self(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             path: path.to_owned(),
@@ -168,7 +165,6 @@ impl SqliteStore {
             writer: std::sync::Mutex::new(Some(writer)),
             timeout,
             readers: AtomicUsize::new(0),
-            pending_writes,
         })))
     }
 
@@ -181,7 +177,6 @@ impl SqliteStore {
                 .send(Request { op, reply })
                 .await
                 .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-            inner.pending_writes.fetch_add(1, Ordering::Relaxed);
             answer
                 .await
                 .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
@@ -252,7 +247,9 @@ impl SqliteStore {
 
     pub fn pool_status(&self) -> PoolStatus {
         let readers = self.0.readers.load(Ordering::Relaxed);
-        let busy = usize::from(self.0.pending_writes.load(Ordering::Relaxed) > 0);
+        // Writes waiting in the queue: its capacity is what they do not use.
+        let queued = self.0.queue.max_capacity() - self.0.queue.capacity();
+        let busy = usize::from(queued > 0);
         PoolStatus {
             idle: readers + 1 - busy,
             in_use: busy,
@@ -277,7 +274,7 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, pending: Arc<AtomicUsize>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -289,7 +286,6 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, pending: A
         }
         let shutdown = batch.iter().any(|r| matches!(r.op, Op::Shutdown));
         let results = apply_batch(&mut conn, &batch);
-        pending.fetch_sub(batch.len(), Ordering::Relaxed);
         for (req, result) in batch.drain(..).zip(results) {
             let _ = req.reply.send(result);
         }
