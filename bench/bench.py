@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import platform
-import pwd
 import re
 import resource
 import shutil
@@ -277,18 +276,14 @@ class Server:
 
 
 class Postgres:
-    """A throwaway cluster in a temp dir, run as the postgres user on a random port."""
+    """A throwaway cluster in a temp dir on a random port (scripts/pg-throwaway.sh:
+    initdb as the postgres user, free port, cleanup), pinned to the server CPU."""
 
     def __init__(self, workdir: Path, cpu: str) -> None:
         self.dir = workdir / "pg"
-        self.data = self.dir / "data"
-        self.port = free_port()
+        self.port = 0
         self.cpu = cpu
-        self.proc: subprocess.Popen | None = None
-        self.bindir = self._bindir()
-        # PostgreSQL refuses to run as root: as root, run it as the postgres
-        # user; otherwise as whoever runs the benchmark.
-        self.user = pwd.getpwnam("postgres") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+        self.pid: int | None = None
 
     @staticmethod
     def _bindir() -> Path:
@@ -300,37 +295,19 @@ class Postgres:
             raise BenchError("PostgreSQL server binaries (initdb) not found")
         return Path(candidates[-1]).parent
 
-    def _as_postgres(self) -> None:
-        # Dropping privileges clears the parent-death signal: set it after this.
-        if os.geteuid() != 0:
-            return
-        os.initgroups(self.user.pw_name, self.user.pw_gid)  # drop root's groups too
-        os.setgid(self.user.pw_gid)
-        os.setuid(self.user.pw_uid)
-
     def start(self) -> None:
-        self.dir.mkdir()
-        if os.geteuid() == 0:
-            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
-        log(f"initdb PostgreSQL cluster in {self.data}")
-        run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-             "-A", "trust", "-E", "UTF8", "--no-sync"],
-            preexec_fn=self._as_postgres, stdout=subprocess.DEVNULL, cwd=self.dir)
-        logf = open(self.dir / "postgres.log", "ab")
+        os.chmod(self.dir.parent, 0o755)  # the postgres user must reach its cluster
+        log(f"initdb PostgreSQL cluster in {self.dir}")
+        # The server inherits the CPU pinning and niceness of the helper.
         # Durable settings stay at their defaults (fsync, synchronous_commit on)
         # so a PUT's 204 means the same thing as on SQLite.
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", self.cpu, str(self.bindir / "postgres"), "-D", str(self.data),
-             "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"],
-            preexec_fn=lambda: (_set_nice(), self._as_postgres(), _die_with_parent()), stdout=logf,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir)
-        logf.close()
-        deadline = time.monotonic() + 60
-        while self.psql("SELECT 1", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("PostgreSQL did not start; log tail:\n"
-                                 + tail(self.dir / "postgres.log"))
-            time.sleep(0.05)  # poll interval, bounded by the deadline above
+        helper = str(ROOT / "scripts" / "pg-throwaway.sh")
+        out = run(["taskset", "-c", self.cpu, "nice", "-n", str(NICE), helper, "start", str(self.dir)],
+                  capture_output=True, check=False)
+        if out.returncode != 0:
+            raise BenchError("PostgreSQL did not start:\n" + out.stderr.decode(errors="replace"))
+        self.port = int(out.stdout.decode().rsplit(":", 1)[1].split("/")[0])
+        self.pid = int(run([helper, "pid", str(self.dir)], capture_output=True).stdout)
         self.psql("CREATE DATABASE bench")
         log(f"PostgreSQL ready on 127.0.0.1:{self.port}")
 
@@ -345,9 +322,9 @@ class Postgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/bench"
 
     def cpu_seconds(self) -> float:
-        assert self.proc is not None
-        total = proc_cpu_seconds(self.proc.pid, include_children=True)
-        for child in children_of(self.proc.pid):
+        assert self.pid is not None
+        total = proc_cpu_seconds(self.pid, include_children=True)
+        for child in children_of(self.pid):
             try:
                 total += proc_cpu_seconds(child)
             except OSError:
@@ -355,14 +332,10 @@ class Postgres:
         return total
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self.pid is not None:
+            run([str(ROOT / "scripts" / "pg-throwaway.sh"), "stop", str(self.dir)],
+                capture_output=True, check=False)
+        self.pid = None
 
 
 RUNNING: list[Server] = []
@@ -436,7 +409,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
     assert server is not None
     warm = run_wrk(args, server.port, method, target.users, args.warmup)
     server.check_alive()
-    ours = {os.getpid(), server.pid} | ({pg.proc.pid} if pg and pg.proc else set())
+    ours = {os.getpid(), server.pid} | ({pg.pid} if pg and pg.pid else set())
     cpus = cpu_list(args.server_cpu) + cpu_list(args.load_cpu)
     attempts = 0
     while True:

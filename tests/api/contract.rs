@@ -17,6 +17,7 @@ macro_rules! both_backends {
         }
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(hb_skip_postgres, ignore = "HB_SKIP_POSTGRES=1")]
             async fn $name() {
                 if !crate::support::require_postgres() { return; }
                 let app = super::spawn(super::Backend::Postgres).await;

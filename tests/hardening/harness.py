@@ -223,66 +223,53 @@ class Service:
         return request(self.metrics_port, "GET", "/metrics").body.decode()
 
 
-def pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
+PG_THROWAWAY = ROOT / "scripts" / "pg-throwaway.sh"
 
 
 class Postgres:
-    """A throwaway PostgreSQL cluster on 127.0.0.1, run as the `postgres` user
-    (the server refuses to run as root). initdb runs once per test process;
-    each instance starts from a copy of that template cluster."""
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (scripts/pg-throwaway.sh:
+    initdb as the `postgres` user, free port, cleanup). initdb runs once per
+    test process; each instance starts from a copy of that template cluster."""
 
     _template: Path | None = None
 
-    @classmethod
-    def template(cls, initdb: str) -> Path:
-        if cls._template is None:
-            root = Path(tempfile.mkdtemp(prefix="pg-template-"))
-            atexit.register(shutil.rmtree, root, ignore_errors=True)
-            shutil.chown(root, "postgres", "postgres")
-            data = root / "data"
-            subprocess.run(["runuser", "-u", "postgres", "--", initdb, "-D", str(data), "-U", "hello",
-                            "--auth=trust", "--no-sync", "-E", "UTF8", "--no-instructions"],
-                           check=True, capture_output=True, text=True, timeout=120, cwd=root)
-            cls._template = data
-        return cls._template
-
     def __init__(self, workdir: Path):
-        for tool in ("initdb", "pg_ctl"):
-            require(pg_bin(tool) is not None, f"PostgreSQL server binary {tool}")
-        require(shutil.which("runuser") is not None, "runuser (util-linux)")
-        self.initdb, self.pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
-        self.dir = Path(tempfile.mkdtemp(prefix="pg-", dir=workdir))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.started = False
-        shutil.chown(self.dir, "postgres", "postgres")
+        initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"), None)
+        require(initdb is not None, "PostgreSQL server binary initdb")
+        require(shutil.which("runuser") is not None or os.geteuid() != 0, "runuser (util-linux)")
+        if Postgres._template is None:
+            Postgres._template = Path(tempfile.mkdtemp(prefix="pg-template-")) / "t"
+            # atexit runs last-registered first: stop the server, then delete.
+            atexit.register(shutil.rmtree, Postgres._template.parent, ignore_errors=True)
+            atexit.register(self._pg, "destroy", str(Postgres._template), check=False)
+            os.chmod(Postgres._template.parent, 0o755)
         os.chmod(workdir, 0o755)
-        subprocess.run(["cp", "-a", str(self.template(self.initdb)), str(self.data)], check=True)
+        parent = Path(tempfile.mkdtemp(prefix="pg-", dir=workdir))
+        os.chmod(parent, 0o755)
+        self.dir = parent / "c"
+        self.port = 0
+        self.started = False
+
+    @staticmethod
+    def _pg(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([str(PG_THROWAWAY), *argv], capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"pg-throwaway.sh {argv[0]} failed: {out.stderr[-2000:]}")
+        return out
 
     @property
     def url(self) -> str:
         return f"postgres://hello:pw@127.0.0.1:{self.port}/postgres"
 
-    def _as_pg(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=check,
-                              capture_output=True, text=True, cwd=self.dir, timeout=120)
-
     def start(self) -> None:
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} "
-                "-c max_connections=100 -c shared_buffers=32MB")
-        self._as_pg(self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "server.log"),
-                    "-o", opts, "-w", "-t", "60", "start")
+        self._pg("start", str(self.dir), "--user", "hello", "--copy-of", str(self._template),
+                 "--set", "max_connections=100", "--set", "shared_buffers=32MB")
+        self.port = int(self._pg("url", str(self.dir)).stdout.rsplit(":", 1)[1].split("/")[0])
         self.started = True
 
     def stop(self, mode: str = "fast") -> None:
         if self.started:
-            self._as_pg(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop",
-                        check=False)
+            self._pg("stop", str(self.dir), "--mode", mode, check=False)
             self.started = False
 
     def psql(self, sql: str) -> str:
