@@ -46,16 +46,16 @@ log "restore drill ($backend, $users users) in $WORK"
 PGPASS_APP='drill pw:/@%'   # characters a URL must escape
 PGPASS_URL='drill%20pw%3A%2F%40%25'
 if [ "$backend" = postgres ]; then
-  pg_create pg
-  pg_start pg
-  pg_app_db pg hb "$PGPASS_APP" hb
-  for d in hb_restored hb_corrupt; do pg_psql pg -d postgres -c "CREATE DATABASE $d OWNER hb" >/dev/null; done
+  pg_init "$WORK/pg" --auth-host scram-sha-256 || fail "initdb"
+  pg_start "$WORK/pg" || fail "PostgreSQL did not start"
+  pg_app_db "$WORK/pg" hb "$PGPASS_APP" hb
+  for d in hb_restored hb_corrupt; do pg_psql "$WORK/pg" -d postgres -c "CREATE DATABASE $d OWNER hb" >/dev/null; done
 fi
 db_url() {
   if [ "$backend" = sqlite ]; then
     printf 'sqlite://%s/%s/hb.db\n' "$WORK" "$1"
   else
-    printf 'postgres://hb:%s@127.0.0.1:%s/%s\n' "$PGPASS_URL" "$(pg_port pg)" "$2"
+    printf 'postgres://hb:%s@127.0.0.1:%s/%s\n' "$PGPASS_URL" "$(pg_port "$WORK/pg")" "$2"
   fi
 }
 SRC_URL=$(db_url src hb)
@@ -86,16 +86,17 @@ source "$DRILL_ROOT/scripts/backup.sh"
 # 1. The service on the source database, seeded through the API.
 service_start src "$SRC_URL"
 log "service on ${SRC_URL/:$PGPASS_URL@/:***@} at $(svc_url src)"
-"$PY" "$HBCLIENT" seed --base "$(svc_url src)" --count "$users" --out "$WORK/seed.json"
+seed "$(svc_url src)" "$users" seed "$WORK/seed.jsonl"
 
 # 2. PUT traffic that keeps going while the backup runs.
-"$PY" "$HBCLIENT" load --base "$(svc_url src)" --concurrency 2 --stop-file "$WORK/stop" \
-  --status "$WORK/load.status" --out "$WORK/load.jsonl" >"$WORK/load.log" 2>&1 &
+"$LOADGEN" --url "$(svc_url src)" --fresh-users --put-ratio 1 --prefix load --connections 2 --rate 400 \
+  --duration 120 --stop-file "$WORK/stop" --status "$WORK/load.status" --writes "$WORK/load.jsonl" \
+  >"$WORK/load.log" 2>&1 &
 load_pid=$!
 DRILL_PIDS+=("$load_pid")
 load_ok() { jq -r .ok "$WORK/load.status" 2>/dev/null || echo 0; }
 load_ok_over() { [ "$(load_ok)" -ge "$1" ]; }
-wait_until 30 "PUT traffic to start" load_ok_over 50
+wait_until 30 load_ok_over 50 || fail "timed out after 30s waiting for PUT traffic to start"
 
 # 3. Back up under load.
 ok_before=$(load_ok)
@@ -105,10 +106,10 @@ backup_seconds=$(elapsed "$t_backup")
 ok_after=$(load_ok)
 log "backup took ${backup_seconds}s; PUTs acknowledged meanwhile: $(( ok_after - ok_before ))"
 [ "$ok_after" -gt "$ok_before" ] || fail "no PUT was acknowledged while the backup ran"
-wait_until 30 "more PUT traffic after the backup" load_ok_over $(( ok_after + 20 ))
+wait_until 30 load_ok_over $(( ok_after + 20 )) || fail "timed out after 30s waiting for more PUT traffic after the backup"
 touch "$WORK/stop"
-wait "$load_pid" || fail "load client failed: $(cat "$WORK/load.log")"
-cat "$WORK/load.log"
+wait "$load_pid" || fail "load client failed: $(tail -n 20 "$WORK/load.log")"
+grep '^loadgen: [0-9]' "$WORK/load.log"
 m_rows=$(jq -r .row_count "$manifest")
 m_sum=$(jq -r .checksum "$manifest")
 m_schema=$(jq -r .schema_version "$manifest")
@@ -137,8 +138,8 @@ log "restored database matches the manifest after the service started: $r_rows r
 # API as from the source service, exact date in the restored rows.
 query "$DST_URL" "SELECT username || '|' || date_of_birth FROM users" >"$WORK/restored.rows"
 acked_load=$(jq -s --argjson t "$t_backup" '[.[] | select(.status == 204 and .t_end < $t)] | length' "$WORK/load.jsonl")
-"$PY" "$HBCLIENT" verify --base "$(svc_url restored)" --reference "$(svc_url src)" \
-  --seed "$WORK/seed.json" --load "$WORK/load.jsonl" --acked-before "$t_backup" \
+"$LOADGEN" --url "$(svc_url restored)" --reference "$(svc_url src)" \
+  --check "$WORK/seed.jsonl" --check "$WORK/load.jsonl" --acked-before "$t_backup" \
   --db-rows "$WORK/restored.rows"
 
 # 7. A non-empty target is refused without --force.

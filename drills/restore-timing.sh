@@ -56,13 +56,13 @@ time_backend() {
       INSERT INTO users SELECT 'u' || char(97 + i % 26, 97 + i / 26 % 26, 97 + i / 676 % 26, 97 + i / 17576 % 26, 97 + i / 456976 % 26, 97 + i / 11881376 % 26),
         date('1940-01-01', '+' || (i * 7919 % 29000) || ' days'), strftime('%Y-%m-%dT%H:%M:%fZ'), strftime('%Y-%m-%dT%H:%M:%fZ') FROM c"
   else
-    pg_create pg
-    pg_start pg
-    pg_app_db pg hb timing hb
-    pg_psql pg -d postgres -c "CREATE DATABASE hb_restored OWNER hb" >/dev/null
-    src="postgres://hb:timing@127.0.0.1:$(pg_port pg)/hb" dst="postgres://hb:timing@127.0.0.1:$(pg_port pg)/hb_restored"
+    pg_init "$WORK/pg" --auth-host scram-sha-256 || fail "initdb"
+    pg_start "$WORK/pg" || fail "PostgreSQL did not start"
+    pg_app_db "$WORK/pg" hb timing hb
+    pg_psql "$WORK/pg" -d postgres -c "CREATE DATABASE hb_restored OWNER hb" >/dev/null
+    src="postgres://hb:timing@127.0.0.1:$(pg_port "$WORK/pg")/hb" dst="postgres://hb:timing@127.0.0.1:$(pg_port "$WORK/pg")/hb_restored"
     schema 2 "$src"
-    pg_psql pg -d hb -c "INSERT INTO users (username, date_of_birth)
+    pg_psql "$WORK/pg" -d hb -c "INSERT INTO users (username, date_of_birth)
       SELECT 'u' || translate(lpad(i::text, 8, '0'), '0123456789', 'abcdefghij'), date '1940-01-01' + (i::bigint * 7919 % 29000)::int
       FROM generate_series(0, $rows - 1) i" >/dev/null
   fi

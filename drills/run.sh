@@ -13,7 +13,6 @@ DRILLS=(
   "s3|drills/s3-drill.sh"
   "failover|drills/failover-drill.sh"
   "timing|drills/restore-timing.sh --rows 100000"
-  "units|drills/check-units.sh"
 )
 
 usage() {
@@ -26,11 +25,12 @@ Runs every drill (or only the NAMEs given), then prints the figures:
   s3                backup.sh/restore.sh against s3:// on a local moto server
   failover          synchronous standby promoted under write load
   timing            backup and restore time for 100,000 users per backend
-  units             the scheduled-backup systemd units verify (offline)
+(The scheduled-backup systemd units are checked by deploy/systemd/check.sh.)
 
 Environment: DRILL_RESULTS (JSON lines of figures; default
-target/drills/results.jsonl), HELLO_BIRTHDAY_BIN (default: build
-target/debug/hello-birthday), DRILL_KEEP=1 (keep temp dirs).
+target/drills/results.jsonl), HELLO_BIRTHDAY_BIN and LOADGEN_BIN (default:
+build target/debug/hello-birthday and target/debug/loadgen), DRILL_KEEP=1
+(keep temp dirs).
 USAGE
 }
 
@@ -47,10 +47,11 @@ main() {
   export DRILL_RESULTS=${DRILL_RESULTS:-$ROOT/target/drills/results.jsonl}
   mkdir -p "$(dirname "$DRILL_RESULTS")"
   : >"$DRILL_RESULTS"
-  if [ -z "${HELLO_BIRTHDAY_BIN:-}" ]; then
-    echo "==> cargo build --bin hello-birthday (a no-op after the test stage)"
-    cargo build --quiet --locked --bin hello-birthday
-    export HELLO_BIRTHDAY_BIN="$ROOT/target/debug/hello-birthday"
+  if [ -z "${HELLO_BIRTHDAY_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
+    echo "==> cargo build --bin hello-birthday --bin loadgen (a no-op after the test stage)"
+    cargo build --quiet --locked -p hello-birthday -p loadgen --bin hello-birthday --bin loadgen
+    export HELLO_BIRTHDAY_BIN=${HELLO_BIRTHDAY_BIN:-$ROOT/target/debug/hello-birthday}
+    export LOADGEN_BIN=${LOADGEN_BIN:-$ROOT/target/debug/loadgen}
   fi
 
   for d in "${DRILLS[@]}"; do

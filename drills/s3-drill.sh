@@ -43,7 +43,7 @@ export AWS_CONFIG_FILE="$WORK/aws-config" AWS_SHARED_CREDENTIALS_FILE="$WORK/aws
 unset AWS_PROFILE AWS_SESSION_TOKEN
 moto_server -H 127.0.0.1 -p "$moto_port" >"$WORK/moto.log" 2>&1 &
 DRILL_PIDS+=("$!")
-wait_until 30 "moto_server on $AWS_ENDPOINT_URL" curl -fsS -o /dev/null "$AWS_ENDPOINT_URL/"
+wait_until 30 curl -fs -o /dev/null "$AWS_ENDPOINT_URL/" || fail "timed out after 30s waiting for moto_server on $AWS_ENDPOINT_URL"
 log "S3 emulator at $AWS_ENDPOINT_URL"
 
 bucket=hb-drill-backups
@@ -55,14 +55,14 @@ s3_keys() { aws s3api list-objects-v2 --bucket "$bucket" --prefix prod/db/ --out
 SRC_URL="sqlite://$WORK/src/hb.db"
 mkdir -p "$WORK/src" "$WORK/restored" "$WORK/bad"
 service_start src "$SRC_URL"
-"$PY" "$HBCLIENT" seed --base "$(svc_url src)" --count "$users" --out "$WORK/seed.json"
+seed "$(svc_url src)" "$users" seed "$WORK/seed.jsonl"
 
 # Three backups with --keep 2, after a leftover of a failed run (a data file
 # without its manifest, older than anything kept) was planted.
 echo stale | aws s3 cp --only-show-errors - "$dest/hello-birthday-20000101T000000.000Z.sqlite3"
 manifests=()
 for i in a b c; do
-  "$PY" "$HBCLIENT" seed --base "$(svc_url src)" --count 20 --prefix "more$i" --out "$WORK/more$i.json" >/dev/null
+  seed "$(svc_url src)" 20 "more$i" "$WORK/more$i.jsonl" >/dev/null
   manifests+=("$(DATABASE_URL=$SRC_URL "$DRILL_ROOT/scripts/backup.sh" --to "$dest" --keep 2)")
 done
 mapfile -t keys < <(s3_keys)
@@ -91,8 +91,8 @@ restore_seconds=$(elapsed "$t0")
 newest=${manifests[2]##*/}
 grep -q "from ${newest%.manifest.json}\$" <<<"$out" || fail "did not restore the newest complete backup"
 service_start restored "sqlite://$WORK/restored/hb.db"
-"$PY" "$HBCLIENT" verify --base "$(svc_url restored)" --reference "$(svc_url src)" \
-  --seed "$WORK/seed.json" --seed "$WORK/morea.json" --seed "$WORK/moreb.json" --seed "$WORK/morec.json"
+"$LOADGEN" --url "$(svc_url restored)" --reference "$(svc_url src)" \
+  --check "$WORK/seed.jsonl" --check "$WORK/morea.jsonl" --check "$WORK/moreb.jsonl" --check "$WORK/morec.jsonl"
 
 # The older kept backup, named by its manifest URL.
 DATABASE_URL="sqlite://$WORK/restored2.db" "$DRILL_ROOT/scripts/restore.sh" --from "${manifests[1]}" >/dev/null

@@ -76,8 +76,8 @@ if [ "$STATIC" = 1 ]; then
 fi
 
 step "6. live check"
-# The service binary the stack runs; a no-op when it is up to date.
-cargo build --locked --quiet --bin hello-birthday
+# The service binary the stack runs and the load generator; no-ops when up to date.
+cargo build --locked --quiet -p hello-birthday -p loadgen --bin hello-birthday --bin loadgen
 "$MON/tests/live-check.sh"
 
 echo "monitoring: all checks passed"

@@ -2,7 +2,7 @@
 # A throwaway PostgreSQL cluster on 127.0.0.1, for tests, drills and the
 # benchmark written in other languages (shell callers source scripts/lib/pg.sh).
 #   scripts/pg-throwaway.sh start DIR [--user U] [--password PW] [--auth-host METHOD]
-#                                     [--copy-of TEMPLATE] [--set NAME=VALUE]...
+#                                     [--port N] [--copy-of TEMPLATE] [--set NAME=VALUE]...
 #       initdb into DIR (unless DIR/data exists), start; prints the superuser URL
 #   scripts/pg-throwaway.sh stop DIR [--mode fast|immediate]
 #   scripts/pg-throwaway.sh destroy DIR    stop at once and delete DIR
@@ -23,7 +23,7 @@ cmd_start() {
   shift
   while [ $# -gt 0 ]; do
     case $1 in
-      --user|--password|--auth-host|--copy-of) [ $# -ge 2 ] || die "$1 needs a value"; init+=("$1" "$2"); shift 2 ;;
+      --user|--password|--auth-host|--port|--copy-of) [ $# -ge 2 ] || die "$1 needs a value"; init+=("$1" "$2"); shift 2 ;;
       --set) [[ ${2:-} == *=* ]] || die "--set NAME=VALUE"; conf+=("${2%%=*} = '${2#*=}'"); shift 2 ;;
       *) die "unknown option for start: $1" ;;
     esac

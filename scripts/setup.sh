@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a machine for hello-birthday.
 #   setup.sh dev   everything the full test suite and the local stack need
+#   setup.sh dev --for STAGE   only what one stage of scripts/ci.sh needs
 #   setup.sh host  provision a Linux server to run the service under systemd
 # Idempotent: every step checks before it changes anything.
 set -euo pipefail
@@ -9,7 +10,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/setup.sh dev|host [options]
+Usage: scripts/setup.sh dev [--for STAGE] | host [options]
 
   dev    Install on Debian/Ubuntu what the test suite and the local stack need:
          PostgreSQL server binaries, HAProxy, Prometheus (promtool),
@@ -17,6 +18,8 @@ Usage: scripts/setup.sh dev|host [options]
          and a Python virtualenv (.venv) with cfn-lint, checkov, actionlint,
          moto, awscli, matplotlib, schemathesis; cargo-deny from crates.io.
          Then prints tool versions.
+         --for STAGE: only what that stage of scripts/ci.sh needs (the hosted
+         CI jobs, one per stage); an unknown stage is an error.
   host   Provision a server (Amazon Linux 2023, Debian, Ubuntu) to run the
          service: system user, directories, env file, hardened systemd unit.
          Options: --binary PATH (install this release binary)
@@ -58,17 +61,58 @@ DEV_PACKAGES=(
   "prometheus-blackbox-exporter:prometheus-blackbox-exporter"
 )
 
+# What each stage of scripts/ci.sh needs besides Rust: commands of
+# DEV_PACKAGES, "postgres" (the server binaries), "venv" (.venv from
+# requirements-dev.txt), "cargo-deny". Every stage has a line, so a new stage
+# without one fails its hosted job instead of running without its tools.
+STAGE_NEEDS=(
+  "fmt|"
+  "clippy|"
+  "shellcheck|shellcheck"
+  "test|postgres openssl"
+  "hardening|postgres psql curl venv"
+  "bench-smoke|postgres psql wrk taskset sqlite3 pgrep venv"
+  "monitoring|postgres psql promtool amtool prometheus-blackbox-exporter haproxy socat jq curl openssl venv"
+  "deploy|postgres psql haproxy socat jq curl promtool venv"
+  "systemd|systemd-analyze"
+  "aws|jq dot venv"
+  "drills|postgres psql jq sqlite3 curl venv"
+  "pipeline|shellcheck jq curl file readelf podman update-ca-certificates venv cargo-deny"
+)
+
 CARGO_DENY_VERSION=0.20.2
 
+# needs STAGE: the words of its STAGE_NEEDS line; fails for an unknown stage.
+needs() {
+  local s
+  for s in "${STAGE_NEEDS[@]}"; do
+    if [ "${s%%|*}" = "$1" ]; then printf '%s\n' "${s#*|}"; return 0; fi
+  done
+  return 1
+}
+
 setup_dev() {
-  local missing=() entry cmd pkg
+  local missing=() entry cmd pkg stage="" want="all"
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --for) stage=${2:?--for STAGE}; shift 2 ;;
+      *) usage >&2; exit 2 ;;
+    esac
+  done
+  if [ -n "$stage" ]; then
+    want=$(needs "$stage") || { printf 'setup.sh: no stage %s (scripts/ci.sh --list)\n' "$stage" >&2; exit 2; }
+    step "installing what the $stage stage needs: ${want:-Rust only}"
+  fi
+  # wanted WORD: is it needed (everything without --for)?
+  wanted() { [ "$want" = all ] || [[ " $want " == *" $1 "* ]]; }
   for entry in "${DEV_PACKAGES[@]}"; do
     cmd=${entry%%:*}; pkg=${entry#*:}
+    wanted "$cmd" || continue
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
   # The server binaries: the machine image ships them on PATH; elsewhere the
   # Debian package provides them under /usr/lib/postgresql/*/bin.
-  if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if wanted postgres && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     missing+=(postgresql)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
@@ -82,17 +126,19 @@ setup_dev() {
     step "Debian packages already present"
   fi
 
-  step "Python virtualenv .venv (requirements-dev.txt)"
-  local py=${PYTHON:-python3}
-  [ -x "$ROOT/.venv/bin/python" ] || "$py" -m venv "$ROOT/.venv"
-  local stamp="$ROOT/.venv/.requirements.sha256"
-  local want
-  want=$(sha256sum "$ROOT/requirements-dev.txt" | cut -d' ' -f1)
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
-    echo "$want" > "$stamp"
-  else
-    step "Python packages already installed"
+  if wanted venv; then
+    step "Python virtualenv .venv (requirements-dev.txt)"
+    local py=${PYTHON:-python3}
+    [ -x "$ROOT/.venv/bin/python" ] || "$py" -m venv "$ROOT/.venv"
+    local stamp="$ROOT/.venv/.requirements.sha256"
+    local sum
+    sum=$(sha256sum "$ROOT/requirements-dev.txt" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+      "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
+      echo "$sum" > "$stamp"
+    else
+      step "Python packages already installed"
+    fi
   fi
 
   step "Rust components"
@@ -100,13 +146,16 @@ setup_dev() {
 
   # cargo-deny (supply-chain checks) from crates.io; compiling it takes a few
   # minutes once, so an installed one is kept.
-  step "cargo-deny"
-  if cargo deny --version >/dev/null 2>&1; then
-    echo "  already installed: $(cargo deny --version)"
-  else
-    cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
+  if wanted cargo-deny; then
+    step "cargo-deny"
+    if cargo deny --version >/dev/null 2>&1; then
+      echo "  already installed: $(cargo deny --version)"
+    else
+      cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
+    fi
   fi
 
+  [ "$want" = all ] || { step "ready for the $stage stage"; return 0; }
   step "Versions"
   local pgbin
   pgbin=$(command -v initdb || find /usr/lib/postgresql -path "*/bin/initdb" | sort | tail -n1)

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared by deploy/local/stack.sh and deploy/local/target.sh: the state dir
 # layout, the instance list, HAProxy's runtime API and instance lifecycle.
+# Generic helpers come from scripts/lib/ (sourced below).
 #
 # State dir (default .state/local, or STACK_STATE_DIR, or --state-dir):
 #   stack.env          KEY=VALUE lines: ports, URLs, pids of the shared servers
@@ -11,6 +12,10 @@
 
 LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$LOCAL_DIR/../.." && pwd)
+# wait_until, free_ports, pid_alive, spawn, stop_pid; as_pg and the throwaway
+# PostgreSQL cluster (pg_init, pg_start, pg_stop...).
+# shellcheck source=scripts/lib/pg.sh
+. "$REPO_ROOT/scripts/lib/pg.sh"
 
 # Tunables of the instances (environment overrides).
 : "${INSTANCE_DRAIN_SECONDS:=1}"       # the service keeps serving this long after SIGTERM
@@ -30,31 +35,6 @@ load_stack_env() {
   . "$state/stack.env"
 }
 
-# N free TCP ports on 127.0.0.1, held open together so they differ. Another
-# process could take one before we bind it; the bind then fails loudly.
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
-# A positive pid (kill -0 0 would address our own group) of a process that
-# has not exited: instances are orphans, and an exited one stays a zombie
-# until init reaps it, which can take a second.
-pid_alive() {
-  [[ ${1:-} =~ ^[1-9][0-9]*$ ]] && kill -0 "$1" 2>/dev/null || return 1
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
 # pid_max is small (32768 here): a recorded pid may have been reused by an
 # unrelated process, so check the process is what we started before
 # signalling it. An instance is recognised by its PORT, a server by its name.
@@ -62,43 +42,6 @@ instance_alive() {
   pid_alive "$1" && tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qx "PORT=$2"
 }
 pid_is() { pid_alive "$1" && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
-
-# Polls "$@" every 0.1 s until it succeeds or TIMEOUT seconds pass.
-wait_until() {
-  local timeout=$1; shift
-  local deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
-  until "$@"; do
-    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
-}
-
-# Starts a command detached from our session (a Ctrl-C of a deploy must not
-# kill the fleet), output to LOG; prints the pid of the command itself.
-spawn() {
-  local log=$1 pidfile; shift
-  pidfile=$(mktemp)
-  # shellcheck disable=SC2016
-  # fd 9 is the state dir's lock: the child must not inherit (and hold) it.
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$log" 2>&1 9>&- &
-  wait_until 5 test -s "$pidfile" || { rm -f "$pidfile"; return 1; }
-  cat "$pidfile"
-  rm -f "$pidfile"
-}
-
-pid_gone() { ! pid_alive "$1"; }
-
-# Sends TERM, waits up to TIMEOUT seconds for the exit, then KILLs.
-stop_pid() {
-  local pid=$1 timeout=${2:-10}
-  pid_alive "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_until "$timeout" pid_gone "$pid"; then
-    lib_log "pid $pid still running after ${timeout}s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_until 5 pid_gone "$pid" || true
-  fi
-}
 
 # ---- the instance list -----------------------------------------------------
 

@@ -34,19 +34,6 @@ USAGE
 
 step() { printf '==> %s\n' "$*"; }
 
-pg_bin() {
-  local d
-  if command -v initdb >/dev/null 2>&1; then dirname "$(command -v initdb)"; return; fi
-  d=$(find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n1)
-  [ -n "$d" ] || lib_die "PostgreSQL server binaries (initdb) not found: scripts/setup.sh dev"
-  dirname "$d"
-}
-
-# PostgreSQL refuses to run as root: run its binaries as the postgres user then.
-as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
 require_tools() {
   local t missing=()
   for t in haproxy socat curl jq python3 setsid flock psql pg_isready; do
@@ -64,26 +51,18 @@ stack_up_already() {
 }
 
 start_postgres() {
-  local port=$1 bindir
-  bindir=$(pg_bin)
-  mkdir -p "$STATE/pg"
-  printf 'hello\n' >"$STATE/pg/pwfile"
+  local port=$1
   if [ "$(id -u)" -eq 0 ]; then
     # The postgres user must reach its data dir through the state dir.
     chmod a+x "$STATE"
-    chown -R postgres: "$STATE/pg"
-    as_pg test -r "$STATE/pg/pwfile" \
-      || lib_die "the postgres user cannot reach $STATE: every parent directory needs o+x"
+    as_pg test -x "$STATE" || lib_die "the postgres user cannot reach $STATE: every parent directory needs o+x"
   fi
   step "PostgreSQL: initdb + start on 127.0.0.1:$port"
-  as_pg "$bindir/initdb" -D "$STATE/pg/data" -U hello --pwfile="$STATE/pg/pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >"$STATE/pg/initdb.log" 2>&1 \
-    || { cat "$STATE/pg/initdb.log" >&2; lib_die "initdb failed"; }
-  as_pg "$bindir/pg_ctl" -D "$STATE/pg/data" -l "$STATE/pg/postgres.log" -w -t 30 \
-    -o "-p $port -k $STATE/pg -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=32MB" \
-    start >/dev/null 9>&- || { tail -n 20 "$STATE/pg/postgres.log" >&2; lib_die "PostgreSQL did not start"; }
-  PGPASSWORD=hello psql -q -h 127.0.0.1 -p "$port" -U hello -d postgres \
-    -c "CREATE DATABASE hello_birthday" >/dev/null
+  pg_init "$STATE/pg" --user hello --password hello --auth-host scram-sha-256 --port "$port" \
+    || lib_die "initdb failed"
+  pg_conf "$STATE/pg" "max_connections = 60" "shared_buffers = 32MB"
+  pg_start "$STATE/pg" || lib_die "PostgreSQL did not start"
+  pg_psql "$STATE/pg" -d postgres -c "CREATE DATABASE hello_birthday" >/dev/null
 }
 
 render_haproxy() {
@@ -246,7 +225,7 @@ cmd_down() {
   if pid_is "$HAPROXY_PID" haproxy; then lib_log "haproxy (pid $HAPROXY_PID)"; stop_pid "$HAPROXY_PID" 5; fi
   if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
     lib_log "postgresql"
-    as_pg "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    pg_stop "${PG_DATA%/data}" fast 2>/dev/null || true
   fi
   if [ "$keep" = 1 ]; then
     rm -f "$STATE/stack.env.stopped"; mv "$STATE/stack.env" "$STATE/stack.env.stopped"

@@ -44,7 +44,11 @@ die() { printf 'live-check: FAIL: %s\n' "$*" >&2; exit 1; }
 PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"
 BIN="$ROOT/target/debug/hello-birthday"
+LOADGEN="$ROOT/target/debug/loadgen"
 STACK="$ROOT/deploy/local/stack.sh"
+# wait_until, free_port; pg_stop
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
 
 missing=()
 for t in prometheus promtool prometheus-blackbox-exporter openssl curl jq runuser; do
@@ -53,6 +57,7 @@ done
 "$PY" -c 'import yaml' 2>/dev/null || missing+=("PyYAML for $PY")
 [ -x "$STACK" ] || missing+=("$STACK")
 [ -x "$BIN" ] || missing+=("$BIN (cargo build --bin hello-birthday)")
+[ -x "$LOADGEN" ] || missing+=("$LOADGEN (cargo build -p loadgen)")
 # A missing tool is a failure, never a skip: this check is the proof.
 [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (scripts/setup.sh dev)"
 
@@ -74,23 +79,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds or the
-# deadline passes; prints how long it took.
+# wait_for SECONDS DESCRIPTION CMD...: wait_until, then say how long it took.
 wait_for() {
-  local secs=$1 what=$2 start ms
+  local secs=$1 what=$2 start=$EPOCHREALTIME
   shift 2
-  start=$(date +%s%3N)
-  while true; do
-    ms=$(( $(date +%s%3N) - start ))
-    if "$@"; then
-      info "$(printf '%s (%d.%01ds)' "$what" $((ms / 1000)) $((ms % 1000 / 100)))"
-      return 0
-    fi
-    [ "$ms" -le $((secs * 1000)) ] || die "$what: not true within ${secs}s"
-    sleep 0.25
-  done
+  wait_until "$secs" "$@" || die "$what: not true within ${secs}s"
+  info "$what ($(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s)"
 }
 
 # ---------------------------------------------------------------- the stack
@@ -157,7 +151,10 @@ wait_for 30 "all 5 scrape targets up (2 instances, prometheus, blackbox probe, b
 
 # ------------------------------------------------------------- under load
 step "load through HAProxy, then the recording rules must have values"
-"$PY" "$MON/tests/traffic.py" --seconds 6 "$HAPROXY_URL" --expect 204 --expect 200 --expect 404 --expect 400 | sed 's/^/    /'
+# PUT 204, GET 200 (greeting checked), GET of unknown users 404 and invalid
+# names 400 (--invalid-ratio), DELETE 204 (--cleanup); any other answer fails.
+"$LOADGEN" --url "$HAPROXY_URL" --duration 6 --rate 200 --connections 4 --invalid-ratio 0.3 --cleanup \
+  2>"$WORK/loadgen-up.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-up.log" >&2; die "traffic through HAProxy failed"; }
 wait_for 20 "job:up:sum == 2" holds 'job:up:sum{job="hello-birthday"} == 2'
 wait_for 20 "job:hello_birthday_instances_ready:sum == 2" holds 'job:hello_birthday_instances_ready:sum{job="hello-birthday"} == 2'
 wait_for 20 "job_route:http_requests:rate5m{route=/hello/{username}} > 0" \
@@ -196,11 +193,14 @@ for g in yaml.safe_load(open(sys.argv[1]))["groups"]:
 PY
 )
 [ -n "$FOR_SECONDS" ] || die "DatabaseUnavailable has no \`for\` in cause-alerts.yml"
-PG_CTL=$(command -v pg_ctl || find /usr/lib/postgresql -path '*/bin/pg_ctl' | sort -V | tail -n1)
-runuser -u postgres -- "$PG_CTL" -D "$PG_DATA" -m fast -w stop >"$WORK/pg-stop.log" 2>&1 || die "pg_ctl stop failed"
+pg_stop "${PG_DATA%/data}" fast >"$WORK/pg-stop.log" 2>&1 || die "pg_ctl stop failed"
 # Requests straight to the instances (HAProxy stops routing to unready ones):
-# each fails in the database, so db_errors_total and the 503s show up.
-"$PY" "$MON/tests/traffic.py" --seconds 2 "${API_URLS[@]}" --expect 503 --expect 400 | sed 's/^/    /'
+# each fails in the database, so db_errors_total and the 503s show up; an
+# invalid name is still 400 (checked before the database).
+lg_urls=()
+for u in "${API_URLS[@]}"; do lg_urls+=(--url "$u"); done
+"$LOADGEN" "${lg_urls[@]}" --duration 2 --rate 100 --connections 4 --invalid-ratio 0.3 --accept-status 503 \
+  --no-verify 2>"$WORK/loadgen-down.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-down.log" >&2; die "traffic during the outage failed"; }
 wait_for "$FOR_SECONDS" "DatabaseUnavailable pending (its for: ${FOR_SECONDS}s)" \
   test "$(alert_state DatabaseUnavailable)" = pending
 wait_for 20 "5xx now burn the availability SLO (ratio_rate5m > 0)" holds 'job:slo_availability_errors:ratio_rate5m > 0'

@@ -28,13 +28,14 @@ as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# pg_init DIR [--user NAME] [--password PW] [--auth-host METHOD] [--copy-of TEMPLATE]:
-# a new cluster in DIR/data on a free port. The superuser NAME (postgres) may
+# pg_init DIR [--user NAME] [--password PW] [--auth-host METHOD] [--port N] [--copy-of TEMPLATE]:
+# a new cluster in DIR/data on port N (default: a free one). The superuser NAME (postgres) may
 # connect over the socket without a password, over TCP with METHOD (trust, or
-# scram-sha-256 with PW). --copy-of copies TEMPLATE/data (initdb'ed there with
+# scram-sha-256: then only roles with a password, PW for the superuser, may
+# log in over TCP). --copy-of copies TEMPLATE/data (initdb'ed there with
 # the same options on first use) instead of running initdb again.
 pg_init() {
-  local dir=$1 user=postgres password="" auth=trust template="" port pwfile=""
+  local dir=$1 user=postgres password="" auth=trust template="" port="" pwfile=""
   shift
   while [ $# -gt 0 ]; do
     case $1 in
@@ -42,11 +43,11 @@ pg_init() {
       --password) password=$2; shift 2 ;;
       --auth-host) auth=$2; shift 2 ;;
       --copy-of) template=$2; shift 2 ;;
+      --port) port=$2; shift 2 ;;
       *) echo "pg_init: unknown option $1" >&2; return 2 ;;
     esac
   done
   [ ! -e "$dir/data" ] || { echo "pg_init: $dir/data already exists" >&2; return 1; }
-  [ "$auth" = trust ] || [ -n "$password" ] || { echo "pg_init: --auth-host $auth needs --password" >&2; return 2; }
   mkdir -p "$dir"
   chmod 0755 "$dir"
   [ "$(id -u)" -ne 0 ] || chown postgres: "$dir"
@@ -66,9 +67,26 @@ pg_init() {
       >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; rm -f "$pwfile"; return 1; }
     rm -f "$pwfile"
   fi
-  port=$(free_port)
+  [ -n "$port" ] || port=$(free_port)
   printf 'PG_PORT=%s\nPG_USER=%q\nPG_PASSWORD=%q\n' "$port" "$user" "$password" >"$dir/pg.env"
   pg_conf "$dir" "listen_addresses = '127.0.0.1'" "port = $port" "unix_socket_directories = '$dir'"
+}
+
+# pg_init_standby DIR PRIMARY_DIR: a streaming standby of the running cluster
+# in PRIMARY_DIR (pg_basebackup -R over its socket), on a free port.
+pg_init_standby() {
+  local dir=$1 primary=$2 port
+  mkdir -p "$dir"
+  chmod 0755 "$dir"
+  [ "$(id -u)" -ne 0 ] || chown postgres: "$dir"
+  (
+    pg_env "$primary" || exit 1
+    as_pg "$(pg_bin pg_basebackup)" -h "$primary" -p "$PG_PORT" -U "$PG_USER" \
+      -D "$dir/data" -R -X stream --checkpoint=fast
+  ) || return 1
+  port=$(free_port)
+  sed "s/^PG_PORT=.*/PG_PORT=$port/" "$primary/pg.env" >"$dir/pg.env"
+  pg_conf "$dir" "port = $port" "unix_socket_directories = '$dir'"
 }
 
 # pg_conf DIR LINE...: appends settings to the cluster's postgresql.conf

@@ -17,7 +17,7 @@ hardening tests in order and ends with `hardening: N passed, N failed, N skipped
 TEST is a module or test id, e.g. test_crash or test_overload.Shedding.
 
 Needs root (a tmpfs for the disk-full test; PostgreSQL runs as `postgres`),
-PostgreSQL server binaries, psql, runuser, systemd-analyze and the .venv
+PostgreSQL server binaries, psql, runuser and the .venv
 (schemathesis). With CI=true a missing prerequisite fails; otherwise the
 affected test is skipped with a message.
 
@@ -25,7 +25,6 @@ Environment:
   HELLO_BIN                 binary to test (default target/debug/hello-birthday)
   HARDENING_CRASH_CYCLES    kill -9 cycles (20)
   HARDENING_ST_EXAMPLES     schemathesis examples per operation and phase (40)
-  HARDENING_MAX_EXPOSURE    ceiling for the systemd exposure score (3.0)
 USAGE
 }
 
@@ -44,7 +43,7 @@ say() { printf '==> %s\n' "$*"; }
 if [ "${CI:-}" = true ]; then
   # A missing tool is a failure in CI, never a silent skip.
   missing=()
-  for tool in python3 psql runuser systemd-analyze mount; do
+  for tool in python3 psql runuser mount; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
   done
   command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(initdb)

@@ -2,6 +2,11 @@
 //! birth, so a GET proves which value is stored. The rules are the service's
 //! contract (README): UTC "today", Feb 29 celebrated on Feb 28 in common
 //! years, "in 1 day" singular.
+//!
+//! This is deliberately a second implementation, sharing no code with the
+//! service's `src/domain`: an oracle independent of the code under test is the
+//! point. Were loadgen to call the service's own calendar, a bug there would
+//! predict itself and every check would pass.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,6 +49,16 @@ impl Date {
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
         let year = yoe + era * 400 + i64::from(month <= 2);
         Date { year, month, day }
+    }
+}
+
+impl Date {
+    /// `YYYY-MM-DD`, as the service stores it.
+    pub fn parse(s: &str) -> Option<Date> {
+        let mut it = s.splitn(3, '-');
+        let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+        let date = Date::new(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+        (Date::from_days(date.days()) == date).then_some(date)
     }
 }
 
@@ -103,6 +118,14 @@ mod tests {
         }
         assert_eq!(Date::new(1970, 1, 1).days(), 0);
         assert_eq!(Date::new(2000, 3, 1).days(), 11_017);
+    }
+
+    #[test]
+    fn parses_real_dates_only() {
+        assert_eq!(Date::parse("1992-02-29"), Some(Date::new(1992, 2, 29)));
+        assert_eq!(Date::parse("1990-02-29"), None);
+        assert_eq!(Date::parse("1990-13-01"), None);
+        assert_eq!(Date::parse("nonsense"), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Steady-rate load for the deploy tests.
+//! The one load generator: steady-rate load for the deploy tests, the drills
+//! and the monitoring checks.
 //!
-//! `loadgen` holds `--connections` keep-alive HTTP/1.1 connections to one
-//! loopback address and sends GET and PUT requests on them at a fixed total
+//! `loadgen` holds `--connections` keep-alive HTTP/1.1 connections to one or
+//! more loopback addresses (`--url`, repeatable; connection i goes to URL
+//! i mod n) and sends GET and PUT requests on them at a fixed total
 //! `--rate`, until `--duration` elapses, `--max-requests` have been sent, the
 //! `--stop-file` appears, or it receives SIGINT/SIGTERM. Every request counts:
 //! a non-2xx answer, a connection error, a timeout or a GET whose greeting does
@@ -17,6 +19,16 @@
 //! a JSON summary (`--summary`). The exit code is non-zero when failures
 //! exceed `--max-failures`, any write is lost, any GET answered a wrong value,
 //! or the achieved rate is below `--min-rate`.
+//!
+//! For the monitoring checks, `--invalid-ratio` mixes in requests whose answer
+//! the contract fixes whatever is stored (404 for a user never written, 400
+//! for an invalid username) and `--accept-status 503` lets a deliberate
+//! database outage answer 503. For the drills, `--fresh-users` writes every
+//! PUT to a new user and `--writes` logs each one with the time it was
+//! acknowledged, so a backup or a failover can be judged against that time;
+//! `--check FILE` (no load) later reads those users back from another
+//! service (a restored one, a new primary) and compares them with the
+//! calendar, a reference service and the database rows.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,6 +48,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 mod calendar;
+mod check;
 
 use calendar::Date;
 
@@ -46,8 +59,9 @@ use calendar::Date;
 )]
 struct Args {
     /// Base URL, loopback only: http://127.0.0.1:PORT (or localhost, [::1]).
-    #[arg(long)]
-    url: String,
+    /// Repeatable: connection i talks to URL i mod n.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// Total requests per second across all connections.
     #[arg(long, default_value_t = 300.0)]
     rate: f64,
@@ -100,6 +114,47 @@ struct Args {
     /// Seed for the pseudo-random choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Share of requests whose answer the contract fixes whatever is stored:
+    /// a GET of a user this run never wrote must answer 404, a GET of an
+    /// invalid username 400, both as problem+json.
+    #[arg(long, default_value_t = 0.0)]
+    invalid_ratio: f64,
+    /// A status that counts as expected for any request (repeatable), e.g.
+    /// 503 while the database is stopped on purpose. A PUT so answered stays
+    /// unacknowledged.
+    #[arg(long = "accept-status")]
+    accept_status: Vec<u16>,
+    /// Username prefix (letters; default: random per run).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Every PUT writes a user never written before (no updates), so each
+    /// write has one acknowledgement time. Every 97th new user is born on a
+    /// Feb 29.
+    #[arg(long)]
+    fresh_users: bool,
+    /// Append one JSON line per PUT here: user, dob, t_start, t_end (Unix
+    /// seconds) and status (0: no answer).
+    #[arg(long)]
+    writes: Option<PathBuf>,
+    /// Rewrite this JSON file every 100 ms with the counters so far: ok, err,
+    /// last_ok, last_err (Unix seconds of the last answer of each kind).
+    #[arg(long)]
+    status: Option<PathBuf>,
+    /// No load: read back the users acknowledged in these --writes files
+    /// (repeatable) from --url, one GET each, and check every greeting with
+    /// the calendar.
+    #[arg(long)]
+    check: Vec<PathBuf>,
+    /// With --check: only writes acknowledged before this Unix time.
+    #[arg(long)]
+    acked_before: Option<f64>,
+    /// With --check: each body must equal this service's answer.
+    #[arg(long)]
+    reference: Option<String>,
+    /// With --check: `username|YYYY-MM-DD` lines from the database, which
+    /// must hold every checked user with its exact date.
+    #[arg(long)]
+    db_rows: Option<PathBuf>,
 }
 
 /// Why a request counts as failed.
@@ -137,6 +192,8 @@ struct Record {
     status: u16,
     server: Arc<str>,
     failure: Option<Failure>,
+    /// For a PUT: the user and the date sent (for --writes).
+    write: Option<(String, Date)>,
 }
 
 /// The answer to one request, or why there was none.
@@ -170,6 +227,9 @@ struct Shared {
     completed: AtomicU64,
     failed: AtomicU64,
     workers_live: AtomicUsize,
+    /// Microseconds since the Unix epoch of the last good and failed answer.
+    last_ok_us: AtomicU64,
+    last_err_us: AtomicU64,
 }
 
 struct Target {
@@ -250,6 +310,10 @@ impl Worker {
     /// A date of birth whose month and day differ from every value the user
     /// may hold now, so that a lost update changes the greeting.
     fn fresh_date(&mut self, user: usize) -> Date {
+        if self.args.fresh_users && user.is_multiple_of(97) {
+            // A new user: Feb 29 of a leap year between 1952 and 2000.
+            return Date::new(1952 + 4 * (self.rand() % 13) as i64, 2, 29);
+        }
         let lo = Date::new(1950, 1, 1).days();
         let hi = Date::new(2005, 12, 31).days();
         loop {
@@ -375,25 +439,86 @@ impl Worker {
         })
     }
 
+    /// A status listed in --accept-status is not a failure (but not a 2xx either).
+    fn accepted(&self, mut out: Outcome) -> Outcome {
+        if out.failure == Some(Failure::Status) && self.args.accept_status.contains(&out.status) {
+            out.failure = None;
+        }
+        out
+    }
+
+    /// A request whose answer the contract fixes: 404 for a user never
+    /// written, 400 for an invalid username; either as problem+json with that
+    /// status in its body.
+    async fn probe(&mut self) -> (&'static str, Option<Failure>, u16, Arc<str>) {
+        let n = self.rand();
+        let (path, want) = if n.is_multiple_of(2) {
+            (
+                format!(
+                    "/hello/{}nobody{}",
+                    self.prefix,
+                    letters((n >> 1) as usize % 10_000)
+                ),
+                404,
+            )
+        } else {
+            (format!("/hello/{}{}", self.prefix, (n >> 1) % 10_000), 400)
+        };
+        let out = self.send(Method::GET, &path, None).await;
+        let failure = match out.failure {
+            Some(Failure::Status) if out.status == want => {
+                let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap_or_default();
+                if body.get("status").and_then(|s| s.as_u64()) == Some(u64::from(want)) {
+                    None
+                } else {
+                    eprintln!("loadgen: GET {path} answered {want} without a problem body");
+                    Some(Failure::Status)
+                }
+            }
+            Some(Failure::Status) if self.args.accept_status.contains(&out.status) => None,
+            None => {
+                eprintln!("loadgen: GET {path} answered {}, not {want}", out.status);
+                Some(Failure::Status)
+            }
+            other => other,
+        };
+        ("GET", failure, out.status, out.server)
+    }
+
     async fn one_request(&mut self) {
         let has_written = self.users.iter().any(|u| u.confirmed.is_some());
-        let do_put = !has_written || self.rand_f64() < self.args.put_ratio;
+        let probe = self.args.invalid_ratio > 0.0 && self.rand_f64() < self.args.invalid_ratio;
+        let do_put = !probe && (!has_written || self.rand_f64() < self.args.put_ratio);
         let start_unix = now_unix();
         let start = Instant::now();
         let today_before = calendar::today_utc();
-        let (method, failure, status, server) = if do_put {
-            let user = self.next_put;
-            self.next_put = (self.next_put + 1) % self.users.len();
+        let mut write = None;
+        let (method, failure, status, server) = if probe {
+            self.probe().await
+        } else if do_put {
+            let user = if self.args.fresh_users {
+                self.users.push(UserState::default());
+                self.users.len() - 1
+            } else {
+                let user = self.next_put;
+                self.next_put = (self.next_put + 1) % self.users.len();
+                user
+            };
             let date = self.fresh_date(user);
-            let path = format!("/hello/{}", self.username(user));
+            let name = self.username(user);
+            let path = format!("/hello/{name}");
             let body = format!("{{\"dateOfBirth\":\"{date}\"}}");
             let out = self.send(Method::PUT, &path, Some(body)).await;
+            let out = self.accepted(out);
             let state = &mut self.users[user];
-            if out.failure.is_none() {
+            if (200..300).contains(&out.status) {
                 state.confirmed = Some(date);
                 state.uncertain.clear();
             } else {
                 state.uncertain.push(date);
+            }
+            if self.args.writes.is_some() {
+                write = Some((name, date));
             }
             ("PUT", out.failure, out.status, out.server)
         } else {
@@ -406,8 +531,9 @@ impl Worker {
             let out = self
                 .send(Method::GET, &format!("/hello/{name}"), None)
                 .await;
+            let out = self.accepted(out);
             let mut failure = out.failure;
-            if failure.is_none() {
+            if out.status == 200 {
                 let days = [today_before, calendar::today_utc()];
                 if !self.greeting_matches(user, &name, &out.body, &days) {
                     failure = Some(Failure::Mismatch);
@@ -426,6 +552,7 @@ impl Worker {
             status,
             server,
             failure,
+            write,
         });
     }
 
@@ -567,6 +694,23 @@ fn write_csv(path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
     std::fs::write(path, out)
 }
 
+/// The counters so far, replaced atomically (a reader never sees half a file).
+fn write_status(path: &PathBuf, shared: &Shared) {
+    let completed = shared.completed.load(Ordering::Relaxed);
+    let failed = shared.failed.load(Ordering::Relaxed);
+    let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+    let body = serde_json::json!({
+        "ok": completed - failed.min(completed),
+        "err": failed,
+        "last_ok": secs(&shared.last_ok_us),
+        "last_err": secs(&shared.last_err_us),
+    });
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, format!("{body}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
 async fn wait_for_stop(args: Arc<Args>, stop: watch::Sender<bool>) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
@@ -592,16 +736,49 @@ async fn wait_for_stop(args: Arc<Args>, stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
+fn usage_error(msg: impl std::fmt::Display) -> ! {
+    eprintln!("loadgen: {msg}");
+    std::process::exit(2);
+}
+
+/// One JSON line per PUT, in the order they were sent.
+fn write_writes(path: &PathBuf, records: &[Record]) -> std::io::Result<()> {
+    let mut out = String::new();
+    for r in records {
+        if let Some((user, dob)) = &r.write {
+            let line = serde_json::json!({
+                "user": user,
+                "dob": dob.to_string(),
+                "t_start": r.start_unix,
+                "t_end": r.start_unix + r.latency.as_secs_f64(),
+                "status": r.status,
+            });
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    std::fs::write(path, out)
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let target = match parse_target(&args.url) {
-        Ok(t) => Arc::new(t),
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            std::process::exit(2);
-        }
-    };
+    let targets: Vec<Arc<Target>> = args
+        .url
+        .iter()
+        .map(|u| {
+            parse_target(u)
+                .map(Arc::new)
+                .unwrap_or_else(|e| usage_error(e))
+        })
+        .collect();
+    if let Some(p) = &args.prefix
+        && (p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
+        usage_error("--prefix must be letters only");
+    }
+    if !args.check.is_empty() {
+        std::process::exit(check::run(args, targets[0].clone()).await);
+    }
     if args.rate <= 0.0
         || args.connections == 0
         || args.users_per_connection == 0
@@ -621,7 +798,7 @@ async fn main() {
             | 1
     });
     // A per-run prefix keeps users of different runs apart.
-    let prefix: String = {
+    let prefix: String = args.prefix.clone().unwrap_or_else(|| {
         let mut x = seed;
         (0..6)
             .map(|_| {
@@ -631,12 +808,12 @@ async fn main() {
                 (b'a' + ((x >> 33) % 26) as u8) as char
             })
             .collect()
-    };
+    });
     eprintln!(
         "loadgen: {} req/s over {} connections to {} for at most {}s{} (users {}*)",
         args.rate,
         args.connections,
-        target.addr,
+        args.url.join(" "),
         args.duration,
         args.max_requests
             .map(|m| format!(" or {m} requests"))
@@ -655,12 +832,16 @@ async fn main() {
     for id in 0..args.connections {
         let mut worker = Worker {
             id,
-            target: target.clone(),
+            target: targets[id % targets.len()].clone(),
             args: args.clone(),
             prefix: prefix.clone(),
-            users: (0..args.users_per_connection)
-                .map(|_| UserState::default())
-                .collect(),
+            users: if args.fresh_users {
+                Vec::new()
+            } else {
+                (0..args.users_per_connection)
+                    .map(|_| UserState::default())
+                    .collect()
+            },
             next_put: 0,
             conn: None,
             rng: seed ^ ((id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
@@ -696,10 +877,15 @@ async fn main() {
                 }
                 worker.one_request().await;
                 let failed = worker.records.last().is_some_and(|r| r.failure.is_some());
+                let at = (now_unix() * 1e6) as u64;
                 shared.completed.fetch_add(1, Ordering::Relaxed);
                 if failed {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
-                } else if !live {
+                    shared.last_err_us.fetch_max(at, Ordering::Relaxed);
+                } else {
+                    shared.last_ok_us.fetch_max(at, Ordering::Relaxed);
+                }
+                if !failed && !live {
                     live = true;
                     shared.workers_live.fetch_add(1, Ordering::Relaxed);
                 }
@@ -736,6 +922,9 @@ async fn main() {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.changed() => break,
+                }
+                if let Some(p) = &args.status {
+                    write_status(p, &shared);
                 }
                 if !ready_written && shared.workers_live.load(Ordering::Relaxed) == args.connections
                 {
@@ -783,6 +972,9 @@ async fn main() {
     let _ = stop_tx.send(true);
     let _ = progress.await;
     stopper.abort();
+    if let Some(p) = &args.status {
+        write_status(p, &shared);
+    }
 
     records.sort_by(|a, b| a.start_unix.total_cmp(&b.start_unix));
     let requests = records.len() as u64;
@@ -844,7 +1036,7 @@ async fn main() {
         .unwrap_or(0);
 
     let summary = serde_json::json!({
-        "url": args.url,
+        "url": args.url.join(" "),
         "connections": args.connections,
         "target_rate": args.rate,
         "requests": requests,
@@ -887,6 +1079,12 @@ async fn main() {
         eprintln!("loadgen: cannot write {}: {e}", p.display());
         std::process::exit(2);
     }
+    if let Some(p) = &args.writes
+        && let Err(e) = write_writes(p, &records)
+    {
+        eprintln!("loadgen: cannot write {}: {e}", p.display());
+        std::process::exit(2);
+    }
     if let Some(p) = &args.summary
         && let Err(e) = std::fs::write(p, format!("{summary:#}\n"))
     {
@@ -906,6 +1104,13 @@ async fn main() {
         by_server
             .iter()
             .map(|(k, (n, _))| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "loadgen: by status {:?}",
+        by_status
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
             .collect::<Vec<_>>()
     );
     if !args.no_verify {
