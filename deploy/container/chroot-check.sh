@@ -5,6 +5,10 @@
 # from the host filesystem, which is what a FROM scratch image gives it.
 set -euo pipefail
 
+# wait_until, pid_gone
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/common.sh"
+
 # chroot_serve_check ROOTFS EXE USERSPEC REVISION RELEASE [VAR=VALUE...]
 #   Runs /EXE in ROOTFS as USERSPEC (uid:gid) on 127.0.0.1 with kernel-picked
 #   ports, plus the given environment, then checks: /healthz names REVISION
@@ -15,7 +19,7 @@ set -euo pipefail
 chroot_serve_check() (
   local rootfs=$1 exe=$2 userspec=$3 revision=$4 release=$5
   shift 5
-  local log pid="" deadline api metrics health code greeting rc
+  local log pid="" api metrics health code greeting rc
   log=$(mktemp)
   # shellcheck disable=SC2317  # run by the trap
   stop() {
@@ -31,12 +35,9 @@ chroot_serve_check() (
     PORT=0 METRICS_PORT=0 BIND_ADDR=127.0.0.1 DRAIN_SECONDS=0 SHUTDOWN_TIMEOUT_SECONDS=5 \
     "$(command -v chroot)" --userspec="$userspec" "$rootfs" "$exe" >"$log" 2>&1 &
   pid=$!
-  deadline=$(( $(date +%s) + 30 ))
-  until grep -q listening "$log"; do
-    kill -0 "$pid" 2>/dev/null || fail "the service exited"
-    [ "$(date +%s)" -lt "$deadline" ] || fail "no 'listening' line within 30s"
-    sleep 0.1
-  done
+  # shellcheck disable=SC2317  # run by wait_until
+  listening() { grep -q listening "$log" || { kill -0 "$pid" 2>/dev/null || fail "the service exited"; return 1; }; }
+  wait_until 30 listening || fail "no 'listening' line within 30s"
   addr_of() { # the host:port logged for field $1 (JSON or text log line)
     grep listening "$log" | sed 's/\x1b\[[0-9;]*m//g' \
       | grep -oE "\"?$1\"?[=:] ?\"?[0-9.]+:[0-9]+" | grep -oE '[0-9.]+:[0-9]+' | head -n1
@@ -63,11 +64,7 @@ chroot_serve_check() (
   echo "  GET /metrics: hello_birthday_build_info present"
 
   kill -TERM "$pid"
-  deadline=$(( $(date +%s) + 20 ))
-  while kill -0 "$pid" 2>/dev/null; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "still running 20s after SIGTERM"
-    sleep 0.1
-  done
+  wait_until 20 pid_gone "$pid" || fail "still running 20s after SIGTERM"
   rc=0
   wait "$pid" || rc=$?
   pid=""
