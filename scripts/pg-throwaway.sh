@@ -3,7 +3,8 @@
 # benchmark written in other languages (shell callers source scripts/lib/pg.sh).
 #   scripts/pg-throwaway.sh start DIR [--user U] [--password PW] [--auth-host METHOD]
 #                                     [--port N] [--copy-of TEMPLATE] [--set NAME=VALUE]...
-#       initdb into DIR (unless DIR/data exists), start; prints the superuser URL
+#       initdb into DIR (unless DIR/data exists), start (unless running);
+#       prints the superuser URL
 #   scripts/pg-throwaway.sh stop DIR [--mode fast|immediate]
 #   scripts/pg-throwaway.sh destroy DIR    stop at once and delete DIR
 #   scripts/pg-throwaway.sh url DIR [DB]   the superuser URL
@@ -15,7 +16,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib/pg.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/pg.sh"
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { printf 'pg-throwaway: %s\n' "$*" >&2; exit 2; }
 
 cmd_start() {
@@ -33,8 +34,13 @@ cmd_start() {
     pg_init "$dir" "${init[@]}"
   fi
   [ ${#conf[@]} -eq 0 ] || pg_conf "$dir" "${conf[@]}"
-  pg_start "$dir"
-  echo "pg-throwaway: started on 127.0.0.1:$(pg_port "$dir")" >&2
+  if as_pg "$(pg_bin pg_ctl)" -D "$dir/data" status >/dev/null 2>&1; then
+    echo "pg-throwaway: already running on 127.0.0.1:$(pg_port "$dir")" >&2
+    [ ${#conf[@]} -eq 0 ] || as_pg "$(pg_bin pg_ctl)" -D "$dir/data" reload >/dev/null
+  else
+    pg_start "$dir"
+    echo "pg-throwaway: started on 127.0.0.1:$(pg_port "$dir")" >&2
+  fi
   pg_url "$dir"
 }
 
