@@ -142,6 +142,12 @@ for fn in target_args target_plan target_deploy target_url target_rollback; do
   declare -F "$fn" >/dev/null || die "deploy/$TARGET/target.sh does not define $fn"
 done
 
+# A target that judges a canary sets TARGET_CANARY=1; with any other, say
+# loudly that nothing compares the new release with the one it replaces.
+if [ "$CANARY" = 1 ] && [ "${TARGET_CANARY:-0}" != 1 ]; then
+  printf '!!! WARNING: target %s has no canary analysis: the release is judged by health checks only !!!\n' "$TARGET" >&2
+fi
+
 target_args "${TARGET_ARGS[@]}"
 
 step "plan"

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 # the budget's rate does not threaten the SLO even if it is a little worse
 # than the baseline.
 ERROR_BUDGET_RATE = 0.001
-# Significance per look. The deploy looks about ten to thirty times per
-# window; by Bonferroni at most 30 x 0.001 = 3 % of good canaries are failed
-# by chance, and a bad one is still caught within seconds.
+# Significance per look. The local deploy looks at most 30 times in a window
+# of up to 5 minutes; by Bonferroni at most 30 x 0.001 = 3 % of good canaries
+# are failed by chance, and a bad one is still caught within seconds.
 ALPHA = 0.001
 # "Clearly slower": twice the baseline's p99 and at least 50 ms more. The
 # ratio alone would fail a canary going from 2 ms to 5 ms; the margin alone

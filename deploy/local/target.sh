@@ -15,9 +15,12 @@ LOCAL_REPORT=""          # --report DIR: load + per-request CSV + timeline chart
 REPORT_LG_PID=""
 # Canary step (settings from deploy.sh: CANARY, CANARY_WEIGHT, CANARY_WINDOW,
 # CANARY_ALLOW_INCONCLUSIVE). The verdict itself is deploy/canary/verdict.py.
+# shellcheck disable=SC2034 # read by scripts/deploy.sh
+TARGET_CANARY=1                  # this target judges a canary
 LOCAL_CANARY_WINDOW_DEFAULT=60   # seconds; the tests pass shorter windows
 BASE_WEIGHT=100                  # HAProxy weight of a normal server (haproxy.cfg.tmpl)
 ROLL_STOPPED=0                   # set by roll_slot: 1 once the slot's old process was stopped
+ROLL_READY_NS=0                  # set by roll_slot: when the slot came UP (ns since the epoch)
 
 target_args() {
   while [ $# -gt 0 ]; do
@@ -164,6 +167,7 @@ roll_slot() {
   fi
   lb_state "$slot" ready || return 1
   wait_until 5 haproxy_status_is "$LOCAL_STATE" "$slot" UP || { echo "    $slot: HAProxy does not report UP" >&2; return 1; }
+  ROLL_READY_NS=$(date +%s%N)
   event "$slot" ready "$release"
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   printf '    %s: pid %s -> %s, release %s, UP after %d.%03ds\n' "$slot" "$pid" "$newpid" "$release" \
@@ -342,8 +346,9 @@ target_rollback() {
 # servers over the same interval.
 
 canary_window() { printf '%s\n' "${CANARY_WINDOW:-$LOCAL_CANARY_WINDOW_DEFAULT}"; }
-# A look every tenth of the window, at least every second, at most every 10 s.
-canary_interval() { awk -v w="$(canary_window)" 'BEGIN { i = w / 10; if (i < 1) i = 1; if (i > 10) i = 10; print i }'; }
+# A look every thirtieth of the window (at most 30 looks: see ALPHA in
+# verdict.py), at least every second, at most every 10 s.
+canary_interval() { awk -v w="$(canary_window)" 'BEGIN { i = w / 30; if (i < 1) i = 1; if (i > 10) i = 10; print i }'; }
 
 # HAProxy weight that gives the canary PCT % of the traffic next to N servers
 # of weight BASE_WEIGHT (roundrobin shares traffic by weight).
@@ -400,6 +405,9 @@ canary_step() {
   canary_event "$slot" canary-start "$VERSION" "weight $weight = ${pct}% of traffic; window ${window}s"
   # The weight first: the new process enters rotation at the canary's share.
   lb_weight "$slot" "$weight" || return 1
+  # The analysis reads the log from here on (it keeps the requests accepted
+  # after the canary came UP).
+  CANARY_LOG_OFFSET=$(stat -c %s "$LOCAL_STATE/logs/haproxy.log" 2>/dev/null || echo 0)
   if ! roll_slot "$slot" "$VERSION" </dev/null; then
     echo "    $slot: release $VERSION did not become ready" >&2
     lb_weight "$slot" "$BASE_WEIGHT" || echo "    $slot keeps weight $weight: set it back (stack.sh haproxy set weight be/$slot $BASE_WEIGHT)" >&2
@@ -455,9 +463,9 @@ canary_analyse() {
   log="$LOCAL_STATE/logs/haproxy.log"
   pid=$(instance_field "$LOCAL_STATE" "$slot" pid)
   port=$(instance_field "$LOCAL_STATE" "$slot" port)
-  # Requests accepted from now on, read from the log's current end.
-  offset=$(stat -c %s "$log" 2>/dev/null || echo 0)
-  t0=$(date +%s%N)
+  # The window starts when the canary came UP.
+  offset=${CANARY_LOG_OFFSET:-0}
+  t0=$ROLL_READY_NS
   since="$((t0 / 1000000000)).$(printf '%03d' $(( t0 / 1000000 % 1000 )))"
   end=$((t0 + window * 1000000000))
   next=$t0
@@ -472,6 +480,8 @@ canary_analyse() {
     fi
     now=$(date +%s%N)
     elapsed="$(( (now - t0) / 1000000000 )).$(( (now - t0) / 100000000 % 10 ))"
+    # The last look is the end of the window, even if sleep woke a little early.
+    [ "$next" -lt "$end" ] || elapsed=$window
     # Health first: a canary that died or left rotation is a failed canary.
     status=$(haproxy_stat "$LOCAL_STATE" "$slot" status)
     if ! instance_alive "$pid" "$port" || [ "$status" != UP ]; then

@@ -144,6 +144,17 @@ stack_url() { (load_stack_env "$STATE"; echo "$HAPROXY_URL"); }
 summary() { jq -r "$2" "$REPORT/$1.summary.json"; }
 pids() { instances "$STATE" | awk '{ print $1 "=" $4 }' | tr '\n' ' '; }
 
+# A deploy that must fail: deploy_fails LOG WHY DEPLOY_ARGS... runs deploy.sh
+# --target local on the stack, shows its output (also in $WORK/LOG.log) and
+# fails the test with WHY when it exits 0; DEPLOY_RC is its exit status.
+deploy_fails() {
+  local log=$1 why=$2; shift 2
+  DEPLOY_RC=0
+  "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" "$@" >"$WORK/$log.log" 2>&1 || DEPLOY_RC=$?
+  sed 's/^/  | /' "$WORK/$log.log"
+  [ "$DEPLOY_RC" -ne 0 ] || fail "$why"
+}
+
 # Every slot alive, reporting RELEASE on /healthz, UP in HAProxy.
 assert_fleet() {
   local want=$1 slot port pid got
@@ -199,19 +210,16 @@ gray_release() {
 # Deploys a gray-failure release under load and checks the canary stopped it:
 # canary_bad NAME LABEL RATIO DELAY_MS VERDICT_WORD
 canary_bad() {
-  local name=$1 label=$2 ratio=$3 delay=$4 word=$5 good before after rc=0 d0 d1 verdict n f sl gap
+  local name=$1 label=$2 ratio=$3 delay=$4 word=$5 good before after d0 d1 verdict n f sl gap
   good=$(instance_field "$STATE" s1 release)
   gray_release "$WORK/rel-$label" "$ratio" "$delay"
   before=$(pids)
   # Failures are expected here (bounded below); lost writes never.
   start_load "$name" --max-failures 1000000000
   d0=$(date +%s.%N)
-  "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --release "$WORK/rel-$label/hello-birthday" \
-    --write-checksum --version "$label" --canary-window "$WINDOW" --events "$REPORT/$name.events.csv" \
-    >"$WORK/$name.log" 2>&1 || rc=$?
+  deploy_fails "$name" "deploy.sh promoted $label" --release "$WORK/rel-$label/hello-birthday" \
+    --write-checksum --version "$label" --canary-window "$WINDOW" --events "$REPORT/$name.events.csv"
   d1=$(date +%s.%N)
-  sed 's/^/  | /' "$WORK/$name.log"
-  [ "$rc" -ne 0 ] || fail "deploy.sh promoted $label"
   verdict=$(ev "$name" canary-fail 5)
   [[ $verdict == *"$word"* ]] || fail "no canary-fail verdict on $word in the events (got '${verdict:-none}')"
   check "canary verdict: fail ($verdict)"
@@ -337,21 +345,13 @@ for scenario in "${SCENARIOS[@]}"; do
     chmod +x "$WORK/bad/hello-birthday" "$WORK/bad/hang"
     before=$(pids)
     start_load bad-release
-    rc=0
-    "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --release "$WORK/bad/hello-birthday" \
-      --write-checksum --version C-wrong-db --ready-timeout 10 --events "$REPORT/bad-release.events.csv" \
-      >"$WORK/bad1.log" 2>&1 || rc=$?
-    sed 's/^/  | /' "$WORK/bad1.log"
-    [ "$rc" -ne 0 ] || fail "deploy.sh succeeded with a release that cannot start"
+    deploy_fails bad1 "deploy.sh succeeded with a release that cannot start" --release "$WORK/bad/hello-birthday" \
+      --write-checksum --version C-wrong-db --ready-timeout 10 --events "$REPORT/bad-release.events.csv"
     grep -q "is back on $good" "$WORK/bad1.log" || fail "deploy.sh did not report the rollback"
     after1=$(pids)
     t_hang=$(date +%s)
-    rc=0
-    "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --release "$WORK/bad/hang" \
-      --write-checksum --version D-hangs --ready-timeout 3 --events "$REPORT/bad-release.events.csv" \
-      >"$WORK/bad2.log" 2>&1 || rc=$?
-    sed 's/^/  | /' "$WORK/bad2.log"
-    [ "$rc" -ne 0 ] || fail "deploy.sh succeeded with a release that never gets ready"
+    deploy_fails bad2 "deploy.sh succeeded with a release that never gets ready" --release "$WORK/bad/hang" \
+      --write-checksum --version D-hangs --ready-timeout 3 --events "$REPORT/bad-release.events.csv"
     grep -q "not ready within 3s" "$WORK/bad2.log" || fail "deploy.sh did not report the ready deadline"
     [ $(( $(date +%s) - t_hang )) -lt 30 ] || fail "the rollback of a hanging release took too long"
     after2=$(pids)
@@ -366,12 +366,9 @@ for scenario in "${SCENARIOS[@]}"; do
     # 3. Healthy, but its smoke test fails: the whole fleet goes back.
     mkdir -p "$WORK/rel-E"
     cp "$BINARY" "$WORK/rel-E/hello-birthday"
-    rc=0
-    DEPLOY_SMOKE=false "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" \
+    DEPLOY_SMOKE=false deploy_fails bad3 "deploy.sh succeeded although the smoke test failed" \
       --release "$WORK/rel-E/hello-birthday" --write-checksum --version E-smoke-fails --canary-window 8 \
-      --events "$REPORT/bad-release.events.csv" >"$WORK/bad3.log" 2>&1 || rc=$?
-    sed 's/^/  | /' "$WORK/bad3.log"
-    [ "$rc" -ne 0 ] || fail "deploy.sh succeeded although the smoke test failed"
+      --events "$REPORT/bad-release.events.csv"
     grep -q "rolled back" "$WORK/bad3.log" || fail "deploy.sh did not report the fleet rollback"
     after=$(pids)
     for s in s1 s2 s3; do
@@ -424,17 +421,21 @@ for scenario in "${SCENARIOS[@]}"; do
     say "canary-inconclusive: no traffic during the window: no verdict, the canary goes back"
     mkdir -p "$WORK/rel-I"; cp "$BINARY" "$WORK/rel-I/hello-birthday"
     rm -f "$REPORT/canary-inconclusive.events.csv"
-    rc=0
-    "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --release "$WORK/rel-I/hello-birthday" \
-      --write-checksum --version I-no-traffic --canary-window 3 --events "$REPORT/canary-inconclusive.events.csv" \
-      >"$WORK/inconclusive.log" 2>&1 || rc=$?
-    sed 's/^/  | /' "$WORK/inconclusive.log"
-    [ "$rc" -ne 0 ] || fail "deploy.sh promoted a release nobody used"
+    deploy_fails inconclusive "deploy.sh promoted a release nobody used" --release "$WORK/rel-I/hello-birthday" \
+      --write-checksum --version I-no-traffic --canary-window 3 --events "$REPORT/canary-inconclusive.events.csv"
     verdict=$(ev canary-inconclusive canary-inconclusive 5)
     [[ $verdict == *"too little traffic"* ]] || fail "no inconclusive verdict event (got '${verdict:-none}')"
     assert_fleet "$good"
-    check "inconclusive ($verdict): exit $rc, every instance on $good"
-    RESULTS+=("canary-inconclusive: no load, 3 s window: exit $rc, canary back on $good ($verdict)")
+    check "inconclusive ($verdict): exit $DEPLOY_RC, every instance on $good"
+    # The operator's way on: --canary-allow-inconclusive promotes without a verdict, and says so.
+    "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --version I-no-traffic --canary-window 2 \
+      --canary-allow-inconclusive --events "$REPORT/canary-inconclusive.events.csv" >"$WORK/inconclusive2.log" 2>&1 \
+      || { cat "$WORK/inconclusive2.log"; fail "deploy.sh --canary-allow-inconclusive failed"; }
+    grep -q "INCONCLUSIVE, going on" "$WORK/inconclusive2.log" || fail "deploy.sh did not say it went on without a verdict"
+    [[ $(ev canary-inconclusive canary-inconclusive 5 | tail -n 1) == "going on: "* ]] || fail "no 'going on' event"
+    assert_fleet I-no-traffic
+    check "--canary-allow-inconclusive: promoted I-no-traffic without a verdict, and said so"
+    RESULTS+=("canary-inconclusive: no load, 3 s window: exit $DEPLOY_RC, canary back on $good ($verdict); with --canary-allow-inconclusive: promoted, exit 0")
     ;;
 
   lb-unreachable)
@@ -446,20 +447,17 @@ for scenario in "${SCENARIOS[@]}"; do
     sock="$STATE/haproxy/admin.sock"
     # HAProxy keeps listening on the renamed socket; nothing reaches it by name.
     mv "$sock" "$sock.away"
-    rc=0
-    "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --release "$WORK/rel-F/hello-birthday" \
-      --write-checksum --version F-no-lb --drain-timeout 3 >"$WORK/lb.log" 2>&1 || rc=$?
+    deploy_fails lb "deploy.sh succeeded without HAProxy's runtime API" --release "$WORK/rel-F/hello-birthday" \
+      --write-checksum --version F-no-lb --drain-timeout 3
     mv "$sock.away" "$sock"
-    sed 's/^/  | /' "$WORK/lb.log"
-    [ "$rc" -ne 0 ] || fail "deploy.sh succeeded without HAProxy's runtime API"
     after=$(pids)
     [ "$before" = "$after" ] || fail "an instance was stopped or restarted ($before-> $after)"
     grep -q "runtime API unreachable" "$WORK/lb.log" || fail "deploy.sh did not say why it stopped"
-    check "deploy.sh exit $rc before touching anything: same processes ($after)"
+    check "deploy.sh exit $DEPLOY_RC before touching anything: same processes ($after)"
     sleep 1
     stop_load lb-unreachable || fail "the load saw failures"
     assert_fleet "$good"
-    RESULTS+=("lb-unreachable: runtime API unreachable: exit $rc, no instance stopped, $(summary lb-unreachable .requests) requests, $(summary lb-unreachable .failures) failures")
+    RESULTS+=("lb-unreachable: runtime API unreachable: exit $DEPLOY_RC, no instance stopped, $(summary lb-unreachable .requests) requests, $(summary lb-unreachable .failures) failures")
     ;;
 
   crash)
