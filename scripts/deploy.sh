@@ -36,7 +36,7 @@ Usage: scripts/deploy.sh --target local|aws (--release PATH | --version V) [opti
 
 Target options (passed to target_args):
   local: --state-dir DIR  --ready-timeout SECS (30)  --drain-timeout SECS (10)
-         --events FILE (append timeline events: unix_s,slot,event,release)
+         --events FILE (append timeline events: unix_s,slot,event,release,detail)
          --report DIR (load during the roll-out; per-request CSV, events, timeline PNG)
   aws:   see deploy/aws/target.sh
 
