@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rolling deployment of hello-birthday, the same flow for every target:
-# locate the artifact, verify its SHA-256, plan, roll out (the target rolls
-# back by itself when a new instance does not become ready), smoke test, and
-# roll the whole fleet back when the smoke test fails. Targets live in
+# locate the artifact, verify its SHA-256, plan, roll out (the first instance
+# as a canary judged against the others by deploy/canary/verdict.py; the
+# target rolls back by itself when the canary fails or a new instance does not
+# become ready), smoke test, and roll the whole fleet back when the smoke test
+# fails. Targets live in
 # deploy/TARGET/target.sh and implement only the platform steps; the
 # contract is in deploy/README.md.
 set -euo pipefail
@@ -23,11 +25,18 @@ Usage: scripts/deploy.sh --target local|aws (--release PATH | --version V) [opti
   --env E            staging (default) or production
   --dry-run          print the plan and the commands, change nothing
   --no-smoke         skip the smoke test after the roll-out
+  --canary-weight P  share of the traffic, in percent, the canary takes (default 10)
+  --canary-window S  how long the canary is judged before it is promoted
+                     (default: the target's, local 60 s)
+  --canary-allow-inconclusive
+                     go on when the canary saw too little traffic to judge
+                     (default: stop and put the canary back)
+  --no-canary        emergencies only: roll out WITHOUT canary analysis
   -h, --help         this help
 
 Target options (passed to target_args):
   local: --state-dir DIR  --ready-timeout SECS (30)  --drain-timeout SECS (10)
-         --events FILE (append timeline events: unix_s,slot,event,release)
+         --events FILE (append timeline events: unix_s,slot,event,release,detail)
          --report DIR (load during the roll-out; per-request CSV, events, timeline PNG)
   aws:   see deploy/aws/target.sh
 
@@ -35,6 +44,9 @@ Environment:
   DEPLOY_SMOKE   smoke test command, called with the target URL
                  (default scripts/smoke.sh; the tests set a failing one to
                  exercise the fleet rollback)
+  DEPLOY_ROLLBACK=1  this deploy puts the previous release back: no canary
+                 step (the local target also recognises the fleet's previous
+                 release by itself)
 
 Examples:
   scripts/deploy.sh --target local --release target/release/hello-birthday --write-checksum --version v2
@@ -53,6 +65,7 @@ run() {
 
 TARGET="" ARTIFACT="" ARTIFACT_SHA256="" VERSION="" ENV_NAME=staging DRY_RUN=0
 WRITE_CHECKSUM=0 SMOKE=1
+CANARY=1 CANARY_WEIGHT=10 CANARY_WINDOW="" CANARY_ALLOW_INCONCLUSIVE=0
 TARGET_ARGS=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -63,6 +76,10 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY_RUN=1; shift ;;
     --write-checksum) WRITE_CHECKSUM=1; shift ;;
     --no-smoke) SMOKE=0; shift ;;
+    --canary-weight) CANARY_WEIGHT=${2:?--canary-weight needs a percentage}; shift 2 ;;
+    --canary-window) CANARY_WINDOW=${2:?--canary-window needs seconds}; shift 2 ;;
+    --canary-allow-inconclusive) CANARY_ALLOW_INCONCLUSIVE=1; shift ;;
+    --no-canary) CANARY=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) TARGET_ARGS+=("$1"); shift ;;
   esac
@@ -74,6 +91,21 @@ if ! [[ $TARGET =~ ^[a-z0-9-]+$ ]] || [ ! -f "$ROOT/deploy/$TARGET/target.sh" ];
 fi
 case $ENV_NAME in staging|production) ;; *) die "--env must be staging or production" ;; esac
 [ -n "$ARTIFACT" ] || [ -n "$VERSION" ] || die "give --release PATH or --version V"
+
+# Canary settings, exported for the target. --no-canary is for emergencies
+# and says so loudly, at the start and at the end.
+canary_settings() {
+  if ! [[ $CANARY_WEIGHT =~ ^[0-9]+$ ]] || [ "$CANARY_WEIGHT" -lt 1 ] || [ "$CANARY_WEIGHT" -gt 50 ]; then
+    die "--canary-weight must be a whole percentage from 1 to 50"
+  fi
+  [ -z "$CANARY_WINDOW" ] || [[ $CANARY_WINDOW =~ ^[1-9][0-9]*$ ]] || die "--canary-window must be whole seconds"
+  export CANARY CANARY_WEIGHT CANARY_WINDOW CANARY_ALLOW_INCONCLUSIVE DEPLOY_ROLLBACK="${DEPLOY_ROLLBACK:-0}"
+  [ "$CANARY" = 1 ] || canary_warning
+}
+canary_warning() {
+  printf '!!! WARNING: --no-canary: no canary analysis; a release that fails some requests or is slow goes to EVERY instance !!!\n' >&2
+}
+canary_settings
 
 START=$(date +%s)
 step "deploy to $TARGET ($ENV_NAME)$([ "$DRY_RUN" = 1 ] && echo ', dry run')"
@@ -110,6 +142,12 @@ for fn in target_args target_plan target_deploy target_url target_rollback; do
   declare -F "$fn" >/dev/null || die "deploy/$TARGET/target.sh does not define $fn"
 done
 
+# A target that judges a canary sets TARGET_CANARY=1; with any other, say
+# loudly that nothing compares the new release with the one it replaces.
+if [ "$CANARY" = 1 ] && [ "${TARGET_CANARY:-0}" != 1 ]; then
+  printf '!!! WARNING: target %s has no canary analysis: the release is judged by health checks only !!!\n' "$TARGET" >&2
+fi
+
 target_args "${TARGET_ARGS[@]}"
 
 step "plan"
@@ -135,4 +173,5 @@ if [ "$SMOKE" = 1 ]; then
   fi
 fi
 
+[ "$CANARY" = 1 ] || canary_warning
 step "deployed $VERSION to $TARGET ($ENV_NAME) in $(( $(date +%s) - START ))s"

@@ -169,9 +169,10 @@ stop_instance() {
   stop_pid "$pid" $(( INSTANCE_DRAIN_SECONDS + INSTANCE_SHUTDOWN_SECONDS + 5 ))
 }
 
-# Appends a timeline event (for the deploy timeline chart) when EVENTS_FILE is set.
+# Appends a timeline event (for the deploy timeline chart) when EVENTS_FILE is
+# set: event SLOT EVENT [RELEASE [DETAIL]] (DETAIL: free text without commas).
 event() {
   [ -n "${EVENTS_FILE:-}" ] && [ "${DRY_RUN:-0}" = 0 ] || return 0
-  [ -s "$EVENTS_FILE" ] || echo "unix_s,slot,event,release" >"$EVENTS_FILE"
-  printf '%s,%s,%s,%s\n' "$(date +%s.%N | cut -c1-17)" "$1" "$2" "${3:-}" >>"$EVENTS_FILE"
+  [ -s "$EVENTS_FILE" ] || echo "unix_s,slot,event,release,detail" >"$EVENTS_FILE"
+  printf '%s,%s,%s,%s,%s\n' "$(date +%s.%N | cut -c1-17)" "$1" "$2" "${3:-}" "${4:-}" >>"$EVENTS_FILE"
 }

@@ -3,11 +3,14 @@
 
 Inputs:
   --requests CSV  loadgen --csv: start_unix_s,latency_ms,method,status,server,error,kind
-  --events CSV    deploy.sh --events: unix_s,slot,event,release (events:
-                  drain, stopped, starting, started, ready, failed, rollback)
+  --events CSV    deploy.sh --events: unix_s,slot,event,release[,detail] (events:
+                  drain, stopped, starting, started, ready, failed, rollback;
+                  canary-start, canary-check, canary-pass, canary-fail,
+                  canary-inconclusive, canary-skipped with the figures in detail)
 Output: a PNG with, per 250 ms bucket, requests per second and errors,
 p50/p99 latency, and one band per instance showing which release it ran,
-when it was draining, down or starting, and failed start attempts.
+when it was draining, down or starting, and failed start attempts; the
+canary's analysis is shaded, each measurement a tick, the verdict labelled.
 
 Usage: timeline.py --requests R.csv --events E.csv --out T.png [--title TEXT]
 """
@@ -21,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 BUCKET = 0.25  # seconds
@@ -44,7 +48,8 @@ def read_events(path):
     try:
         with open(path, newline="") as f:
             return sorted(
-                (float(r["unix_s"]), r["slot"], r["event"], r["release"]) for r in csv.DictReader(f)
+                (float(r["unix_s"]), r["slot"], r["event"], r["release"], r.get("detail") or "")
+                for r in csv.DictReader(f)
             )
     except FileNotFoundError:
         return []
@@ -62,7 +67,7 @@ def segments(slot_events, t_start, t_end, initial):
     segs = []
     state, release, since = "serving", initial, t_start
     marks = []
-    for t, _slot, ev, rel in slot_events:
+    for t, _slot, ev, rel, _detail in slot_events:
         new = None
         if ev == "drain":
             release = rel or release
@@ -88,6 +93,50 @@ def segments(slot_events, t_start, t_end, initial):
             since = t
     segs.append((since, t_end, state, release))
     return segs, marks
+
+
+VERDICT_COLOR = {"canary-pass": "#55a868", "canary-fail": "#c44e52", "canary-inconclusive": "#dd8452"}
+
+
+def verdict_label(ev, detail):
+    """'canary FAIL: errors: canary 5xx ratio 9.43% > baseline 0.00%' from a verdict event."""
+    word = ev.split("-", 1)[1].upper()
+    text = detail.split(";")[0]
+    for prefix in ("fail ", "pass ", "inconclusive "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return f"canary {word}: {text.split(' (')[0]}"
+
+
+def draw_canary(events, t0, t_end, top_axes, band_ax, servers):
+    """Shades the canary's analysis (from its slot's ready to the verdict),
+    ticks every measurement and labels the verdict."""
+    start = ready = None
+
+    def label(t, text, color):
+        # Right of the line in the first half of the chart, left of it after.
+        left = t - t0 < (t_end - t0) / 2
+        top_axes[0].annotate(text, (t - t0, 0.6), xycoords=("data", "axes fraction"), xytext=(4 if left else -4, 0),
+                             textcoords="offset points", fontsize=8, color=color, ha="left" if left else "right",
+                             bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1}, zorder=5)
+
+    for t, slot, ev, _rel, detail in events:
+        if ev == "canary-start":
+            start, ready = (t, slot), None
+        elif ev == "ready" and start and slot == start[1] and ready is None:
+            ready = t
+        elif ev == "canary-check" and start:
+            row = servers.index(slot) if slot in servers else 0
+            band_ax.plot([t - t0], [row - 0.45], marker="|", color="#333333", ms=6)
+        elif ev in VERDICT_COLOR and start:
+            a = (ready or start[0]) - t0
+            for ax in top_axes:
+                ax.axvspan(a, t - t0, color="#f2d16b", alpha=0.25, lw=0)
+                ax.axvline(t - t0, color=VERDICT_COLOR[ev], lw=1.2)
+            label(t, verdict_label(ev, detail), VERDICT_COLOR[ev])
+            start = None
+        elif ev == "canary-skipped":
+            label(t, f"canary skipped: {detail}", "#c44e52")
 
 
 def main():
@@ -146,10 +195,16 @@ def main():
     )
 
     ax1.plot(xs, rps, color="#333333", lw=1, label="requests/s (250 ms buckets)")
-    ax1.bar(xs, [e / BUCKET for e in errors], width=BUCKET, align="edge", color="#c44e52", label="errors/s")
     ax1.set_ylabel("req/s")
     ax1.set_ylim(bottom=0)
-    ax1.legend(loc="lower left", fontsize=8)
+    # Errors on their own scale: a few per second must not vanish under 300 req/s.
+    ax1e = ax1.twinx()
+    ax1e.bar(xs, [e / BUCKET for e in errors], width=BUCKET, align="edge", color="#c44e52", alpha=0.8)
+    ax1e.set_ylabel("errors/s", color="#c44e52")
+    ax1e.set_ylim(0, max(4, max(errors) / BUCKET * 2.5))
+    ax1e.tick_params(axis="y", colors="#c44e52")
+    ax1.legend(handles=[Line2D([], [], color="#333333", lw=1, label="requests/s (250 ms buckets)"),
+                        Patch(facecolor="#c44e52", label="errors/s (right scale)")], loc="lower left", fontsize=8)
     ax1.grid(alpha=0.3)
 
     ax2.plot(xs, p50, color="#4c72b0", lw=1, label="p50")
@@ -172,10 +227,11 @@ def main():
         for t, label in marks:
             ax3.plot([t - t0], [row], marker="x", color="#c44e52")
             ax3.annotate(label, (t - t0, row + 0.42), fontsize=7, color="#c44e52", ha="center", va="bottom")
-    for t, _slot, ev, _rel in events:
+    for t, _slot, ev, _rel, _detail in events:
         if ev in ("drain", "ready"):
             for ax in (ax1, ax2):
                 ax.axvline(t - t0, color="#999999", lw=0.5, ls=":")
+    draw_canary(events, t0, t_end, (ax1, ax2), ax3, servers)
     ax3.set_yticks(range(len(servers)))
     ax3.set_yticklabels(servers)
     ax3.set_ylim(-0.6, len(servers) - 0.4 + 0.4)
@@ -187,6 +243,8 @@ def main():
         Patch(facecolor="white", edgecolor="#666666", hatch="..", label="starting"),
         Patch(facecolor="#dddddd", label="down"),
     ]
+    if any(e[2] == "canary-start" for e in events):
+        legend.append(Patch(facecolor="#f2d16b", alpha=0.5, label="canary analysis (| = a measurement)"))
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(args.out, dpi=100)
