@@ -242,9 +242,15 @@ async fn accept_loop(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
-            let result = tokio::select! {
-                result = &mut conn => result,
-                () = conn_state.evicted() => Ok(()),
+            let result = loop {
+                tokio::select! {
+                    result = &mut conn => break result,
+                    // A request that arrived just as the connection was
+                    // chosen is served; the accept loop then gives up.
+                    () = conn_state.evicted() => if !conn_state.started() {
+                        break Ok(());
+                    },
+                }
             };
             conn::record(&metrics, conn::classify(&result, &conn_state));
             drop(permit);

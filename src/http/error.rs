@@ -149,9 +149,12 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER);
         }
-        if matches!(self, Self::AmbiguousRequest(_) | Self::BodyTimeout) {
-            // The rest of the request cannot be trusted (or has not
-            // arrived): reading on would misframe the next one.
+        if matches!(
+            self,
+            Self::AmbiguousRequest(_) | Self::BodyTimeout | Self::PayloadTooLarge(_)
+        ) {
+            // The rest of the request cannot be trusted, has not arrived or
+            // will not be read: reading on would misframe the next one.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

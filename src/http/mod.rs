@@ -194,6 +194,23 @@ async fn buffer_body(req: Request, deadline: Duration) -> Result<Request, ApiErr
     }
 }
 
+/// Counts a request in `http_requests_in_flight` until it is answered, on
+/// every path out of `observe`.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
@@ -204,6 +221,9 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         let resp = ApiError::AmbiguousRequest(why).into_response();
         return finish(&st, resp, method, route, id, started);
     }
+    // In flight from here: a request waiting for its body is being served,
+    // though it holds no slot.
+    let _in_flight = InFlight::new(&st.metrics.in_flight);
     let req = match buffer_body(req, st.body_timeout).await {
         Ok(req) => req,
         Err(e) => return finish(&st, e.into_response(), method, route, id, started),
@@ -225,13 +245,11 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         None
     };
 
-    st.metrics.in_flight.inc();
     let outcome = tokio::time::timeout(
         st.request_timeout,
         AssertUnwindSafe(next.run(req)).catch_unwind(),
     )
     .await;
-    st.metrics.in_flight.dec();
     drop(permit);
 
     let resp = match outcome {
