@@ -144,7 +144,14 @@ def read_response(s: socket.socket) -> Response:
     buf = b""
     try:
         while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                # A server that answers before reading all we sent may reset
+                # the connection after its answer: keep what arrived.
+                if b"\r\n\r\n" not in buf:
+                    raise
+                break
             if not chunk:
                 break
             buf += chunk
