@@ -151,6 +151,17 @@ pub struct Config {
     #[arg(long, env = "KEEPALIVE_SECONDS", default_value_t = 75)]
     pub keepalive_seconds: u64,
 
+    /// Seconds a new connection has to send its first request's headers;
+    /// a connection silent for longer is closed (the keep-alive timeout
+    /// applies only between requests).
+    #[arg(long, env = "FIRST_REQUEST_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub first_request_timeout_seconds: u64,
+
+    /// Seconds a client has to send a request's body once its headers arrived;
+    /// past it the request gets 408. No concurrency slot is held meanwhile.
+    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub body_timeout_seconds: u64,
+
     /// Release label reported by /healthz and hello_birthday_build_info (defaults to the version).
     #[arg(long, env = "RELEASE")]
     pub release: Option<String>,

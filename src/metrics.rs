@@ -38,6 +38,16 @@ pub struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -66,6 +76,8 @@ pub struct Metrics {
     pub db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pool: Family<StateLabels, Gauge>,
     pool_max: Gauge,
+    parse_errors: Family<KindLabels, Counter>,
+    connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -142,6 +154,18 @@ impl Metrics {
             "Database pool capacity",
             pool_max.clone(),
         );
+        let parse_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "http_parse_errors",
+            "Requests refused by the HTTP parser before routing (hyper answers 400, 414 or 431 itself), by kind",
+            parse_errors.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_connections_closed",
+            "Client connections closed or refused by the server, by reason (idle_timeout is normal keep-alive housekeeping)",
+            connections_closed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -154,7 +178,19 @@ impl Metrics {
             db_duration,
             pool,
             pool_max,
+            parse_errors,
+            connections_closed,
         }
+    }
+
+    pub fn parse_error(&self, kind: &'static str) {
+        self.parse_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn observe_request(

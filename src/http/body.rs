@@ -34,14 +34,22 @@ pub fn decode_put_body(bytes: &[u8]) -> Result<PutBody, BodyError> {
     }
 }
 
-/// Whether a Content-Type header names JSON: `application/json`, any case,
-/// parameters (such as `charset=utf-8`) allowed.
+/// Whether a Content-Type header names JSON: `application/json`, any case.
+/// A `charset` parameter is allowed only if it is `utf-8` (JSON is UTF-8,
+/// RFC 8259; a UTF-16 body would be read as different bytes); other
+/// parameters are ignored.
 pub fn is_json_content_type(value: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(value) else {
         return false;
     };
-    let essence = s.split(';').next().unwrap_or("").trim();
+    let mut parts = s.split(';');
+    let essence = parts.next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            !name.trim().eq_ignore_ascii_case("charset")
+                || value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
 }
 
 #[cfg(test)]
@@ -91,6 +99,7 @@ mod tests {
             "application/json",
             "Application/JSON",
             "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
         ] {
             assert!(is_json_content_type(ok.as_bytes()), "{ok}");
         }
@@ -100,6 +109,9 @@ mod tests {
             "application/jsonx",
             "application/x-www-form-urlencoded",
             "json",
+            "application/json; charset=utf-16",
+            "application/json; charset=iso-8859-1",
+            "application/json; charset=utf-8; charset=utf-16",
         ] {
             assert!(!is_json_content_type(bad.as_bytes()), "{bad}");
         }

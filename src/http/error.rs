@@ -16,8 +16,12 @@ pub enum ApiError {
     Invalid(#[from] DomainError),
     #[error("{0}")]
     BadBody(String),
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("{0}")]
+    AmbiguousRequest(&'static str),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("no user with that username")]
@@ -61,7 +65,9 @@ impl ApiError {
                 "Invalid date of birth",
             ),
             Self::BadBody(_) => (S::BAD_REQUEST, "invalid-body", "Invalid request body"),
-            Self::UnsupportedMediaType => (
+            Self::AmbiguousRequest(_) => (S::BAD_REQUEST, "bad-request", "Bad request"),
+            Self::BodyTimeout => (S::REQUEST_TIMEOUT, "body-timeout", "Request body timed out"),
+            Self::UnsupportedMediaType(_) => (
                 S::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
@@ -142,6 +148,15 @@ impl IntoResponse for ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER);
+        }
+        if matches!(
+            self,
+            Self::AmbiguousRequest(_) | Self::BodyTimeout | Self::PayloadTooLarge(_)
+        ) {
+            // The rest of the request cannot be trusted, has not arrived or
+            // will not be read: reading on would misframe the next one.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

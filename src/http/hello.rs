@@ -55,16 +55,20 @@ pub async fn put(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| is_json_content_type(v.as_bytes()));
     if !json {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json (charset=utf-8 or none)",
+        ));
     }
-    // Refuse a declared oversize body before reading any of it.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+    // A coded body (gzip...) read as plain JSON would be a different body
+    // from the one a proxy or the client meant: refuse any coding.
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Encoding is not supported; send the JSON body uncoded",
+        ));
     }
+    // `observe` has already read the body into memory within its deadline
+    // and its size limit; the limit is kept here so the handler stays safe
+    // on its own.
     let bytes = Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await

@@ -1,9 +1,11 @@
 //! HTTP: turns requests into domain values and domain results into
-//! responses. One middleware (`observe`) wraps every route: load shedding,
-//! the request deadline, panics, security headers, metrics and the request
-//! log line.
+//! responses. One middleware (`observe`) wraps every route: ambiguous
+//! framing, the body deadline, load shedding, the request deadline, panics,
+//! security headers, metrics and the request log line. `conn` guards the
+//! connections below it.
 
 pub mod body;
+pub mod conn;
 pub mod error;
 mod health;
 mod hello;
@@ -11,13 +13,16 @@ mod hello;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use body::MAX_BODY_BYTES;
 use error::ApiError;
 use futures_util::FutureExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +48,7 @@ pub struct Shared {
     pub draining: Arc<AtomicBool>,
     pub limiter: Arc<Semaphore>,
     pub request_timeout: Duration,
+    pub body_timeout: Duration,
     pub db_timeout: Duration,
     pub release: Arc<str>,
 }
@@ -112,7 +118,11 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// The caller's `X-Request-Id` when it is sane, else a new one.
+/// The caller's `X-Request-Id` when it is well formed (1 to 128 of
+/// `[A-Za-z0-9._-]`: tracing across the load balancer needs it), else a new
+/// one, `hb:<process nonce>-<counter>`. The `:` is outside the accepted
+/// grammar, so a generated id can never be mistaken for a client's and a
+/// client cannot pass its id off as one of ours.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get("x-request-id") {
         let b = v.as_bytes();
@@ -124,8 +134,81 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{:08x}-{n:x}", crate::build::instance_nonce()))
+    HeaderValue::from_str(&format!("hb:{:08x}-{n:x}", crate::build::instance_nonce()))
         .expect("hex is a valid header value")
+}
+
+/// Framing that a proxy in front could read differently from us (RFC 9112
+/// 3.2 and 6.1): no Host on HTTP/1.1, two Hosts, a Transfer-Encoding other
+/// than `chunked` alone (hyper would apply `chunked` and ignore the rest).
+/// A client's malformed request: 400, never 501.
+fn ambiguous_framing(req: &Request) -> Option<&'static str> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Some("more than one Host header"),
+        (None, _) if req.version() >= Version::HTTP_11 => {
+            return Some("an HTTP/1.1 request needs a Host header");
+        }
+        _ => {}
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let chunked_only = first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+        if !chunked_only || codings.next().is_some() {
+            return Some("the only Transfer-Encoding accepted is chunked, alone");
+        }
+    }
+    None
+}
+
+/// Reads a request's body into memory within `deadline`, before the request
+/// takes a concurrency slot: a client that is slow to send its body waits
+/// on its own time, not on a slot a ready request needs, and gets 408 (a
+/// client error) instead of the handler deadline's 503.
+async fn buffer_body(req: Request, deadline: Duration) -> Result<Request, ApiError> {
+    if req.body().is_end_stream() {
+        return Ok(req);
+    }
+    // Refuse a declared oversize body before reading any of it.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    let (parts, body) = req.into_parts();
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES)),
+        Ok(Err(_)) => Err(ApiError::BadBody(
+            "the request body could not be read".into(),
+        )),
+        Err(_elapsed) => Err(ApiError::BodyTimeout),
+    }
+}
+
+/// Counts a request in `http_requests_in_flight` until it is answered, on
+/// every path out of `observe`.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -133,6 +216,18 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let method = method_label(req.method());
     let route = route_label(req.extensions().get::<MatchedPath>());
     let id = request_id(req.headers());
+
+    if let Some(why) = ambiguous_framing(&req) {
+        let resp = ApiError::AmbiguousRequest(why).into_response();
+        return finish(&st, resp, method, route, id, started);
+    }
+    // In flight from here: a request waiting for its body is being served,
+    // though it holds no slot.
+    let _in_flight = InFlight::new(&st.metrics.in_flight);
+    let req = match buffer_body(req, st.body_timeout).await {
+        Ok(req) => req,
+        Err(e) => return finish(&st, e.into_response(), method, route, id, started),
+    };
 
     // Health checks are never shed: under overload the instance is busy, not
     // dead, and failing its checks would only move the load elsewhere at once.
@@ -150,13 +245,11 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         None
     };
 
-    st.metrics.in_flight.inc();
     let outcome = tokio::time::timeout(
         st.request_timeout,
         AssertUnwindSafe(next.run(req)).catch_unwind(),
     )
     .await;
-    st.metrics.in_flight.dec();
     drop(permit);
 
     let resp = match outcome {

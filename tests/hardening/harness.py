@@ -8,9 +8,11 @@ and is torn down by the caller's cleanup, even when a test fails.
 from __future__ import annotations
 
 import atexit
+import functools
 import http.client
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -27,15 +29,21 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("HELLO_BIN", ROOT / "target" / "debug" / "hello-birthday"))
 CI = os.environ.get("CI") == "true"
 
-# Variables the service reads: never inherit them from the caller's shell, so
-# a developer's exported PORT cannot change what a test exercises.
-SERVICE_VARS = (
-    "PORT", "METRICS_PORT", "BIND_ADDR", "DATABASE_URL", "DB_POOL_SIZE",
-    "DB_TIMEOUT_MS", "LOG_FORMAT", "LOG_LEVEL", "DRAIN_SECONDS",
-    "SHUTDOWN_TIMEOUT_SECONDS", "REQUEST_TIMEOUT_SECONDS",
-    "MAX_CONCURRENT_REQUESTS", "KEEPALIVE_SECONDS",
-    "HEADER_READ_TIMEOUT_SECONDS", "RELEASE", "RUST_LOG",
-)
+
+
+@functools.cache
+def service_vars() -> frozenset[str]:
+    """The variables the service reads, from its own `--help` (clap prints
+    `[env: NAME=...]` for each): the list cannot drift from `src/config.rs`.
+    Every one is cleared from the caller's environment before a start, so a
+    developer's exported PORT cannot change what a test exercises."""
+    require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
+    out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, check=True,
+                         timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}).stdout
+    names = frozenset(re.findall(r"\[env: ([A-Z0-9_]+)", out))
+    if not names:
+        raise AssertionError(f"no [env: ...] entries in `{BIN} --help`")
+    return names
 
 
 def require(condition: bool, what: str) -> None:
@@ -129,6 +137,66 @@ def request(port: int, method: str, path: str, body=None, headers=None,
             conn.close()
 
 
+def read_response(s: socket.socket) -> Response:
+    """Read one answer from a raw socket: status line, headers, and a body
+    framed by Content-Length or ended by the server's close."""
+    start = time.monotonic()
+    buf = b""
+    try:
+        while b"\r\n\r\n" not in buf:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                # A server that answers before reading all we sent may reset
+                # the connection after its answer: keep what arrived.
+                if b"\r\n\r\n" not in buf:
+                    raise
+                break
+            if not chunk:
+                break
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        if not lines[0].startswith("HTTP/1."):
+            raise AssertionError(f"no HTTP answer: {buf[:200]!r}")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        status = int(lines[0].split()[1])
+        length = 0 if status in (204, 304) else int(headers.get("content-length", "-1"))
+        while length < 0 or len(body) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    except (ConnectionResetError, socket.timeout) as exc:
+        raise AssertionError(f"{exc!r} after {buf[:200]!r}") from None
+    return Response(status, headers, body, time.monotonic() - start)
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0) -> Response:
+    """Send raw bytes (a request `http.client` would not write) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the server may answer and close while we are still sending
+        return read_response(s)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 def put_dob(port: int, username: str, dob: str, **kw) -> Response:
     return request(port, "PUT", f"/hello/{username}", body={"dateOfBirth": dob}, **kw)
 
@@ -165,8 +233,13 @@ class Service:
     def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
         require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
         # A fresh port per start: a killed instance's port may linger in TIME_WAIT.
+        unknown = sorted(set(self.env) - service_vars())
+        if unknown:
+            # A variable the service does not read would make a test exercise
+            # something other than what it claims.
+            raise AssertionError(f"the service reads no variable named {', '.join(unknown)}")
         self.port, self.metrics_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+        env = {k: v for k, v in os.environ.items() if k not in service_vars()}
         env.update({
             "PORT": str(self.port),
             "METRICS_PORT": str(self.metrics_port),
@@ -221,6 +294,13 @@ class Service:
 
     def metrics(self) -> str:
         return request(self.metrics_port, "GET", "/metrics").body.decode()
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS for the service")
 
 
 PG_THROWAWAY = ROOT / "scripts" / "pg-throwaway.sh"

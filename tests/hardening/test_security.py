@@ -47,6 +47,24 @@ class SecurityHeaders(ServiceTestCase):
                 self.assertFalse(server and re.search(r"\d", server), f"{name}: Server: {server}")
                 self.assertIsNone(resp.header("x-powered-by"), name)
 
+    def test_request_ids_tell_client_from_server(self):
+        p = self.svc.port
+        generated = re.compile(r"^hb:[0-9a-f]+-[0-9a-f]+$")
+        # A well-formed client id is kept: tracing across the load balancer needs it.
+        for mine in ("trace-1.2_3", "A" * 128):
+            self.assertEqual(request(p, "GET", "/healthz", headers={"X-Request-Id": mine})
+                             .header("x-request-id"), mine)
+        # Anything else gets a generated id, which no client id can look like.
+        ids = set()
+        for theirs in (None, "hb:00000000-1", "a b", "x" * 129, "é"):
+            headers = {} if theirs is None else {"X-Request-Id": theirs.encode("utf-8")}
+            got = request(p, "GET", "/healthz", headers=headers).header("x-request-id")
+            with self.subTest(theirs=theirs):
+                self.assertRegex(got, generated)
+                self.assertNotEqual(got, theirs)
+            ids.add(got)
+        self.assertEqual(len(ids), 5, "generated ids must be unique")
+
     def test_no_cors_by_default(self):
         p = self.svc.port
         origin = {"Origin": "https://evil.example"}
