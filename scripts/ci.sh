@@ -14,7 +14,7 @@ export PATH="$ROOT/.venv/bin:$PATH"
 STAGES=(
   "fmt|cargo fmt --all -- --check"
   "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings"
-  "shellcheck|scripts/lint-shell.sh && scripts/check-usage.sh"
+  "shellcheck|scripts/lint-shell.sh && scripts/check-fail-loud.sh"
   "test|cargo test --workspace --locked"
   "hardening|tests/hardening/run.sh"
   "bench-smoke|bench/run.sh --quick"
