@@ -22,6 +22,7 @@ expect() {
   local want=$1 rc=0 err
   shift
   err=$("$@" 2>&1 >/dev/null) || rc=$?
+  err=${err//$'\n'/; }  # one line per check, so an expected "FAIL:" stays inside it
   if [ "$rc" -eq "$want" ]; then
     echo "ok: $* -> exit $rc${err:+ ($err)}"
   else
