@@ -6,9 +6,10 @@ pinned to one core (--server-cpu) and wrk to another (--load-cpu). Rounds are
 interleaved: in each round every target is started afresh, checked, loaded
 phase after phase (warm-up, then a measured window) and stopped, so a slow
 minute on a shared machine hits every target instead of one. Medians over the
-rounds are reported. The server CPU time per request comes from
-/proc/PID/stat, the peak RSS from VmHWM in /proc/PID/status, and the time to
-ready from spawning the process to the first 200 from /readyz.
+rounds are reported. The server CPU time per request and the interference
+of other processes come from psutil, the peak RSS from VmHWM in
+/proc/PID/status (psutil has no peak on Linux), and the time to ready from
+spawning the process to the first 200 from /readyz.
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_NAMES = ["ceiling", "sqlite", "sqlite-1m", "postgres", "flask"]
 LABELS = {
     "ceiling": "ceiling (bare hyper)",
@@ -90,32 +92,30 @@ def _die_with_parent() -> None:
 
 
 def proc_cpu_seconds(pid: int, include_children: bool = False) -> float:
-    # Fields after the command name (which may contain spaces): utime is 14th,
-    # stime 15th, cutime 16th, cstime 17th of the whole line.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
+    t = psutil.Process(pid).cpu_times()
+    total = t.user + t.system
     if include_children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
+        total += t.children_user + t.children_system
+    return total
 
 
 def proc_status_kib(pid: int, key: str) -> int:
+    # Only for VmHWM (peak RSS), which psutil does not report on Linux.
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise BenchError(f"no {key} in /proc/{pid}/status")
 
 
+def rss_kib(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss // 1024
+
+
 def children_of(pid: int) -> list[int]:
-    out = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.split("/")[2]))
-    return out
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def cpu_list(spec: str) -> list[int]:
@@ -143,26 +143,20 @@ class Interference:
         self.t0 = time.monotonic()
         self.procs, self.steal = self._procs(), self._steal()
 
-    def _steal(self) -> int:
-        total = 0
-        for line in Path("/proc/stat").read_text().splitlines():
-            name, *vals = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.cpus:
-                total += int(vals[7]) if len(vals) > 7 else 0
-        return total
+    def _steal(self) -> float:
+        per_cpu = psutil.cpu_times(percpu=True)
+        return sum(getattr(per_cpu[c], "steal", 0.0) for c in self.cpus if c < len(per_cpu))
 
-    def _procs(self) -> dict[int, int]:
-        parent, ticks = {}, {}
-        for stat in glob.glob("/proc/[0-9]*/stat"):
-            try:
-                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            pid = int(stat.split("/")[2])
-            parent[pid] = int(fields[1])
-            ticks[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    def _procs(self) -> dict[int, float]:
+        parent, used = {}, {}
+        for p in psutil.process_iter(["ppid", "cpu_times"]):
+            t = p.info["cpu_times"]
+            if t is None:
+                continue  # exited meanwhile, or not ours to read
+            parent[p.pid] = p.info["ppid"]
+            used[p.pid] = t.user + t.system + t.children_user + t.children_system
         out = {}
-        for pid, t in ticks.items():
+        for pid, t in used.items():
             p, ours, depth = pid, False, 0
             while p > 1 and depth < 64:
                 if p in self.ours:
@@ -177,10 +171,10 @@ class Interference:
     def percent(self) -> float:
         seconds = time.monotonic() - self.t0
         procs, steal = self._procs(), self._steal()
-        ticks = steal - self.steal
+        used = steal - self.steal
         for pid, t in procs.items():
-            ticks += t - self.procs.get(pid, 0) if pid in self.procs else t
-        pct = 100 * max(ticks, 0) / CLK_TCK / seconds if seconds > 0 else 0.0
+            used += t - self.procs.get(pid, 0.0) if pid in self.procs else t
+        pct = 100 * max(used, 0.0) / seconds if seconds > 0 else 0.0
         # A parent reaping a long-lived child adds all of the child's CPU at
         # once; no more than every core can have been used.
         return min(pct, 100.0 * (os.cpu_count() or 1))
@@ -443,7 +437,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
         "error_count": sum(res["errors"].values()),
         "warmup_errors": sum(warm["errors"].values()),
         "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / n if n else None,
-        "rss_kib": proc_status_kib(server.pid, "VmRSS"),
+        "rss_kib": rss_kib(server.pid),
         "wrk_cpu_pct": res["wrk_cpu_pct"],
         "interference_pct": res["interference_pct"],
         "attempts": attempts,
@@ -484,21 +478,19 @@ def cmd_output(cmd: list[str]) -> str:
 def machine_description(workdir: Path) -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
-    meminfo = Path("/proc/meminfo").read_text()
-    mem_kib = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M).group(1))
     mount = cmd_output(["findmnt", "-no", "SOURCE,FSTYPE,OPTIONS", "-T", str(workdir)]).split()
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model.group(1) if model else platform.processor(),
         "kernel": platform.release(),
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "disk": {
             "device": mount[0] if mount else "unknown",
             "fstype": mount[1] if len(mount) > 1 else "unknown",
             "fsync_4k": fsync_probe(workdir),
         },
         "os": cmd_output(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg_at_start": [f"{x:.2f}" for x in os.getloadavg()],
     }
 
 
@@ -869,7 +861,7 @@ def main(argv: list[str]) -> int:
                 t.exit_codes.append(code)
                 if t.name in ("ceiling", "sqlite", "sqlite-1m", "postgres") and code != 0:
                     results["failures"].append(f"{t.name} exited {code} after SIGTERM")
-        results["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        results["machine"]["loadavg_at_end"] = [f"{x:.2f}" for x in os.getloadavg()]
         summarise(results, targets)
         for p in results["phases"]:
             if p["errors_total"]:

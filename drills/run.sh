@@ -43,6 +43,13 @@ main() {
       *) want+=("$1"); shift ;;
     esac
   done
+  # An unknown drill is a usage error, not a run of nothing that "passed".
+  for name in "${want[@]}"; do
+    if ! printf '%s\n' "${DRILLS[@]%%|*}" | grep -qxF -- "$name"; then
+      echo "drills/run.sh: unknown drill '$name' (see --list)" >&2
+      exit 2
+    fi
+  done
   cd "$ROOT"
   export DRILL_RESULTS=${DRILL_RESULTS:-$ROOT/target/drills/results.jsonl}
   mkdir -p "$(dirname "$DRILL_RESULTS")"

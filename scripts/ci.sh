@@ -14,7 +14,7 @@ export PATH="$ROOT/.venv/bin:$PATH"
 STAGES=(
   "fmt|cargo fmt --all -- --check"
   "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings"
-  "shellcheck|scripts/lint-shell.sh"
+  "shellcheck|scripts/lint-shell.sh && scripts/check-fail-loud.sh"
   "test|cargo test --workspace --locked"
   "hardening|tests/hardening/run.sh"
   "bench-smoke|bench/run.sh --quick"
@@ -50,6 +50,14 @@ main() {
     --list) list; exit 0 ;;
   esac
   local want=("$@") s name failed=()
+  # An unknown name is a usage error: running nothing and reporting
+  # "passed" would hide a typo in a CI job.
+  for name in "${want[@]}"; do
+    if ! list | grep -qxF -- "$name"; then
+      echo "scripts/ci.sh: unknown stage '$name' (stages: $(list | tr '\n' ' '))" >&2
+      exit 2
+    fi
+  done
   for s in "${STAGES[@]}"; do
     name=${s%%|*}
     if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $name "* ]]; then continue; fi

@@ -57,6 +57,7 @@ DEV_PACKAGES=(
   "readelf:binutils"
   "update-ca-certificates:ca-certificates"
   "socat:socat"
+  "strace:strace"
   "systemd-analyze:systemd"
   "prometheus-blackbox-exporter:prometheus-blackbox-exporter"
 )

@@ -1,34 +1,37 @@
 //! Configuration: environment first (12-factor), every variable also a flag.
 
 use clap::{Parser, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
 /// A database URL that never prints its password: `Debug` and `Display`
-/// show `postgres://user:***@host/db`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
+/// show `postgres://user:***@host/db`. Held as a `secrecy` secret, so the
+/// one way to the real URL is an explicit `expose`, and the memory is
+/// zeroed when it is dropped.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
 
 impl DatabaseUrl {
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        Self(SecretString::from(url.into()))
     }
 
     /// The real URL, for the driver only.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     pub fn redacted(&self) -> String {
-        redact_url(&self.0)
+        redact_url(self.expose())
     }
 }
 
 impl std::str::FromStr for DatabaseUrl {
-    type Err = String;
+    type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
+        Ok(Self::new(s))
     }
 }
 

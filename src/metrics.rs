@@ -277,10 +277,11 @@ struct ProcessStats {
 }
 
 fn process_stats() -> Option<ProcessStats> {
-    // Linux reports these in clock ticks and pages; both are fixed at 100 and
-    // 4096 on the platforms this runs on (x86_64 and aarch64 Linux).
-    const TICKS: f64 = 100.0;
-    const PAGE: u64 = 4096;
+    // /proc reports these in clock ticks and pages, whose sizes the system
+    // says (100 and 4096 on x86_64, but 16 KiB or 64 KiB pages on some
+    // aarch64 kernels).
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as u64;
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name, which may hold spaces.
     let after = &stat[stat.rfind(')')? + 2..];
@@ -297,9 +298,9 @@ fn process_stats() -> Option<ProcessStats> {
         .map(|d| d.count())
         .unwrap_or(0);
     Some(ProcessStats {
-        cpu_seconds: (utime + stime) / TICKS,
-        rss_bytes: rss_pages * PAGE,
-        start_time_seconds: boot_time + start_ticks / TICKS,
+        cpu_seconds: (utime + stime) / ticks,
+        rss_bytes: rss_pages * page,
+        start_time_seconds: boot_time + start_ticks / ticks,
         open_fds,
     })
 }

@@ -1,28 +1,48 @@
 //! The signals that start a graceful shutdown.
 
+/// Exit status of a second Ctrl-C: 128 + SIGINT, what a shell reports for a
+/// process that SIGINT ended.
+pub const FORCED_EXIT: i32 = 130;
+
 /// Resolves on SIGTERM (systemd, the deploy script, an ASG scale-in) or
 /// SIGINT (Ctrl-C).
+///
+/// After a SIGINT a second one exits at once, without the drain: someone at
+/// a terminal should not wait for it. A second SIGTERM changes nothing:
+/// deploy scripts may send it twice and still expect the drain.
 pub async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut int, mut term) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => (int, term),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM");
+                return std::future::pending().await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT received: draining; press Ctrl-C again to exit at once");
+                tokio::spawn(async move {
+                    int.recv().await;
+                    tracing::warn!("second SIGINT: exiting at once, without the drain");
+                    crate::telemetry::flush_logs();
+                    std::process::exit(FORCED_EXIT);
+                });
             }
+            // Once tokio handles SIGTERM it keeps handling it: later ones
+            // are ignored, not fatal.
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received");
     }
 }
 
@@ -31,15 +51,8 @@ pub async fn signal() {
 /// below what one instance can serve.
 pub fn raise_fd_limit() {
     #[cfg(unix)]
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }

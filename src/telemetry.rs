@@ -94,6 +94,11 @@ pub fn request_line(request_id: &str, method: &str, route: &str, status: u16, la
     let _ = Buffered.write_all(line.as_bytes());
 }
 
+/// Writes the buffered log lines now (before an exit that skips `LogGuard`).
+pub fn flush_logs() {
+    flush();
+}
+
 /// Flushes buffered log lines when dropped (at the end of `main`).
 pub struct LogGuard;
 

@@ -8,7 +8,9 @@ For each alerting rule in RULES_DIR:
   - the promtool unit tests in TESTS_DIR have at least one case where it
     fires (an alert_rule_test with exp_alerts) and one where it must stay
     quiet (exp_alerts: []).
-Prints a table of the counts; exit 1 on any gap.
+Prints a table of the counts; exit 1 on any gap, and on nothing to check
+(no rule file, no alert, no test file, no alert test case): a check that
+found nothing to look at has proved nothing.
 
     check_rules_coverage.py RULES_DIR TESTS_DIR REPO_ROOT
 """
@@ -26,8 +28,14 @@ def main():
     rules_dir, tests_dir, root = sys.argv[1:]
     problems = []
     alerts = {}
-    for f in sorted(glob.glob(os.path.join(rules_dir, "*.yml"))):
-        for g in yaml.safe_load(open(f))["groups"]:
+    rule_files = sorted(glob.glob(os.path.join(rules_dir, "*.yml")))
+    test_files = sorted(glob.glob(os.path.join(tests_dir, "*.test.yml")))
+    if not rule_files:
+        problems.append(f"no rule files (*.yml) in {rules_dir}")
+    if not test_files:
+        problems.append(f"no test files (*.test.yml) in {tests_dir}")
+    for f in rule_files:
+        for g in (yaml.safe_load(open(f)) or {}).get("groups", []):
             for r in g["rules"]:
                 if "alert" not in r:
                     continue
@@ -46,8 +54,8 @@ def main():
                                 and os.path.isfile(os.path.join(root, url))):
                     problems.append(f"{name}: runbook_url {url!r} is not an existing docs/runbooks/*.md file")
 
-    for f in sorted(glob.glob(os.path.join(tests_dir, "*.test.yml"))):
-        for t in yaml.safe_load(open(f)).get("tests", []):
+    for f in test_files:
+        for t in (yaml.safe_load(open(f)) or {}).get("tests", []):
             for a in t.get("alert_rule_test", []):
                 name = a["alertname"]
                 if name not in alerts:
@@ -65,6 +73,10 @@ def main():
     total_f = sum(c["fires"] for c in alerts.values())
     total_q = sum(c["quiet"] for c in alerts.values())
     print(f"{len(alerts)} alerts, {total_f} firing and {total_q} quiet alert test cases")
+    if not alerts:
+        problems.append("no alerting rules found")
+    if not total_f + total_q:
+        problems.append("no alert_rule_test cases found")
     for p in problems:
         print(f"FAIL: {p}", file=sys.stderr)
     return 1 if problems else 0

@@ -129,8 +129,8 @@ impl IntoResponse for ApiError {
         let (status, slug, title) = self.parts();
         if let Self::Store(e) = &self {
             match e {
-                StoreError::Internal(m) => tracing::error!(error = %m, "database error"),
-                other => tracing::warn!(error = %other, "database call failed"),
+                StoreError::Internal(_) => tracing::error!(error = %e.chain(), "database error"),
+                other => tracing::warn!(error = %other.chain(), "database call failed"),
             }
         }
         let body = Problem {

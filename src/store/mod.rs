@@ -11,19 +11,58 @@ pub mod sqlite;
 use crate::config::Config;
 use crate::domain::{DateOfBirth, Username};
 use anyhow::Context;
+use std::sync::Arc;
 
-/// Why a storage call failed, in the terms the API answers with.
+/// The error beneath a [`StoreError`], shared: one failed SQLite batch
+/// answers every write in it with the same cause.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a storage call failed, in the terms the API answers with. The
+/// driver's error stays attached as the `source`, so the log line shows the
+/// whole chain (see [`StoreError::chain`]) while the client sees none of it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or did not answer in time (503).
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    #[error("database unavailable")]
+    Unavailable(#[source] Cause),
     /// The disk is full (507): reads still work, writes wait for space.
-    #[error("storage full: {0}")]
-    Full(String),
+    #[error("storage full")]
+    Full(#[source] Cause),
     /// Anything else (500, never echoed to the client).
-    #[error("database error: {0}")]
-    Internal(String),
+    #[error("database error")]
+    Internal(#[source] Cause),
+}
+
+/// A cause that is only a sentence (a timeout, a stopped writer).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Reason(&'static str);
+
+impl StoreError {
+    pub fn unavailable(reason: &'static str) -> Self {
+        Self::Unavailable(Arc::new(Reason(reason)))
+    }
+
+    pub fn internal(reason: &'static str) -> Self {
+        Self::Internal(Arc::new(Reason(reason)))
+    }
+
+    /// `database error: no such table: users: SQL logic error`: this error
+    /// and every source beneath it, for the logs.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            let text = e.to_string();
+            // Drivers often repeat their inner error in their own message.
+            if !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            next = e.source();
+        }
+        out
+    }
 }
 
 /// Connection counts for the pool metrics.

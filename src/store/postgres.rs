@@ -5,11 +5,12 @@
 //! when it comes back to the pool, and is replaced by a new one on the next
 //! checkout. Statements are prepared once per connection and reused.
 
-use super::migrations::POSTGRES;
+use super::migrations::{self, Migration, POSTGRES};
 use super::{PoolStatus, StoreError};
 use crate::domain::{DateOfBirth, Username};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
@@ -45,35 +46,70 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// The migration runner's view of PostgreSQL: a transaction holding the
+/// migration advisory lock.
+struct Ledger<'c>(deadpool_postgres::Transaction<'c>);
+
+impl migrations::Ledger for Ledger<'_> {
+    type Error = tokio_postgres::Error;
+
+    async fn current_version(&mut self) -> Result<i32, Self::Error> {
+        self.0
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version INTEGER PRIMARY KEY,
+                     description TEXT NOT NULL,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await?;
+        Ok(self
+            .0
+            .query_one(migrations::CURRENT_VERSION_SQL, &[])
+            .await?
+            .get(0))
+    }
+
+    async fn apply(&mut self, m: &Migration) -> Result<(), Self::Error> {
+        self.0.batch_execute(m.sql).await?;
+        self.0
+            .execute(
+                "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
+                &[&m.version, &m.description],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
     timeout: Duration,
 }
 
-fn classify_pg(err: &tokio_postgres::Error) -> StoreError {
-    if let Some(db) = err.as_db_error() {
-        let code = db.code();
-        if *code == SqlState::DISK_FULL {
-            return StoreError::Full(db.message().to_owned());
-        }
-        let class = &code.code()[..2];
+fn classify_pg(err: tokio_postgres::Error) -> StoreError {
+    let kind = match err.as_db_error().map(|db| db.code()) {
+        Some(code) if *code == SqlState::DISK_FULL => StoreError::Full,
         // 08 connection exception, 53 insufficient resources, 57 operator
         // intervention (shutdown, failover), 25006 read-only transaction (a
         // demoted primary during failover).
-        if matches!(class, "08" | "53" | "57") || *code == SqlState::READ_ONLY_SQL_TRANSACTION {
-            return StoreError::Unavailable(db.message().to_owned());
+        Some(code)
+            if matches!(&code.code()[..2], "08" | "53" | "57")
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            StoreError::Unavailable
         }
-        return StoreError::Internal(db.message().to_owned());
-    }
-    // No server error: the connection itself failed or was closed.
-    StoreError::Unavailable(err.to_string())
+        Some(_) => StoreError::Internal,
+        // No server error: the connection itself failed or was closed.
+        None => StoreError::Unavailable,
+    };
+    kind(Arc::new(err))
 }
 
 fn classify_pool(err: PoolError) -> StoreError {
     match err {
-        PoolError::Backend(e) => classify_pg(&e),
-        other => StoreError::Unavailable(other.to_string()),
+        PoolError::Backend(e) => classify_pg(e),
+        other => StoreError::Unavailable(Arc::new(other)),
     }
 }
 
@@ -109,34 +145,9 @@ impl PgStore {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version INTEGER PRIMARY KEY,
-                 description TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await?;
-        let current: i32 = tx
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await?
-            .get(0);
-        for m in POSTGRES.iter().filter(|m| m.version > current) {
-            tx.batch_execute(m.sql).await?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
-                &[&m.version, &m.description],
-            )
-            .await?;
-            tracing::info!(
-                version = m.version,
-                description = m.description,
-                "applied migration"
-            );
-        }
-        tx.commit().await?;
+        let mut ledger = Ledger(tx);
+        migrations::run(&mut ledger, POSTGRES, "postgres").await?;
+        ledger.0.commit().await?;
         Ok(())
     }
 
@@ -147,7 +158,7 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, call)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("database call timed out".into())))
+            .unwrap_or_else(|_| Err(StoreError::unavailable("database call timed out")))
     }
 
     pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
@@ -160,11 +171,11 @@ impl PgStore {
                      SET date_of_birth = EXCLUDED.date_of_birth, updated_at = now()",
                 )
                 .await
-                .map_err(|e| classify_pg(&e))?;
+                .map_err(classify_pg)?;
             client
                 .execute(&stmt, &[&user.as_str(), &dob.date()])
                 .await
-                .map_err(|e| classify_pg(&e))?;
+                .map_err(classify_pg)?;
             Ok(())
         })
         .await
@@ -176,11 +187,11 @@ impl PgStore {
             let stmt = client
                 .prepare_cached("SELECT date_of_birth FROM users WHERE username = $1")
                 .await
-                .map_err(|e| classify_pg(&e))?;
+                .map_err(classify_pg)?;
             let row = client
                 .query_opt(&stmt, &[&user.as_str()])
                 .await
-                .map_err(|e| classify_pg(&e))?;
+                .map_err(classify_pg)?;
             Ok(row.map(|r| DateOfBirth::from_stored(r.get::<_, time::Date>(0))))
         })
         .await
@@ -192,11 +203,11 @@ impl PgStore {
             let stmt = client
                 .prepare_cached("DELETE FROM users WHERE username = $1")
                 .await
-                .map_err(|e| classify_pg(&e))?;
+                .map_err(classify_pg)?;
             let n = client
                 .execute(&stmt, &[&user.as_str()])
                 .await
-                .map_err(|e| classify_pg(&e))?;
+                .map_err(classify_pg)?;
             Ok(n > 0)
         })
         .await
@@ -205,10 +216,7 @@ impl PgStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
             let client = self.pool.get().await.map_err(classify_pool)?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| classify_pg(&e))?;
+            client.simple_query("SELECT 1").await.map_err(classify_pg)?;
             Ok(())
         })
         .await

@@ -16,9 +16,10 @@
 //! allows one writer and many readers, `busy_timeout` serialises writers, and
 //! migrations take the write lock (`BEGIN IMMEDIATE`).
 
-use super::migrations::{Migration, SQLITE};
+use super::migrations::{self, Migration, SQLITE};
 use super::{PoolStatus, StoreError};
 use crate::domain::{DateOfBirth, Username};
+use futures_util::FutureExt;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -80,20 +81,21 @@ thread_local! {
 }
 
 fn classify(err: rusqlite::Error) -> StoreError {
-    match &err {
+    let kind = match &err {
         rusqlite::Error::SqliteFailure(e, _) => match e.code {
-            ErrorCode::DiskFull => StoreError::Full(err.to_string()),
+            ErrorCode::DiskFull => StoreError::Full,
             ErrorCode::ReadOnly
             | ErrorCode::CannotOpen
             | ErrorCode::SystemIoFailure
             | ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
             | ErrorCode::PermissionDenied
-            | ErrorCode::FileLockingProtocolFailed => StoreError::Unavailable(err.to_string()),
-            _ => StoreError::Internal(err.to_string()),
+            | ErrorCode::FileLockingProtocolFailed => StoreError::Unavailable,
+            _ => StoreError::Internal,
         },
-        _ => StoreError::Internal(err.to_string()),
-    }
+        _ => StoreError::Internal,
+    };
+    kind(Arc::new(err))
 }
 
 fn configure(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
@@ -111,32 +113,43 @@ fn now_rfc3339() -> String {
         .expect("formatting the current time")
 }
 
-fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY,
-             description TEXT NOT NULL,
-             applied_at TEXT NOT NULL)",
-    )?;
-    let current: i32 = tx.query_row(
-        "SELECT coalesce(max(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
-    for m in migrations.iter().filter(|m| m.version > current) {
-        tx.execute_batch(m.sql)?;
-        tx.execute(
+/// The migration runner's view of SQLite: a `BEGIN IMMEDIATE` transaction
+/// holds the write lock while it runs.
+struct Ledger<'c>(rusqlite::Transaction<'c>);
+
+impl migrations::Ledger for Ledger<'_> {
+    type Error = rusqlite::Error;
+
+    async fn current_version(&mut self) -> rusqlite::Result<i32> {
+        self.0.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version INTEGER PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 applied_at TEXT NOT NULL)",
+        )?;
+        self.0
+            .query_row(migrations::CURRENT_VERSION_SQL, [], |r| r.get(0))
+    }
+
+    async fn apply(&mut self, m: &Migration) -> rusqlite::Result<()> {
+        self.0.execute_batch(m.sql)?;
+        self.0.execute(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?1, ?2, ?3)",
             params![m.version, m.description, now_rfc3339()],
         )?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "applied migration"
-        );
+        Ok(())
     }
-    tx.commit()
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut ledger = Ledger(tx);
+    // SQLite calls block and never yield, so the runner's future completes
+    // on its first poll.
+    migrations::run(&mut ledger, SQLITE, "sqlite")
+        .now_or_never()
+        .expect("SQLite migrations never wait")?;
+    ledger.0.commit()
 }
 
 impl SqliteStore {
@@ -152,7 +165,7 @@ impl SqliteStore {
             "could not enable WAL (got {mode})"
         );
         configure(&conn, timeout)?;
-        migrate(&mut conn, SQLITE)?;
+        migrate(&mut conn)?;
 
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
@@ -176,14 +189,14 @@ impl SqliteStore {
                 .queue
                 .send(Request { op, reply })
                 .await
-                .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+                .map_err(|_| StoreError::unavailable("the writer has stopped"))?;
             answer
                 .await
-                .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+                .map_err(|_| StoreError::unavailable("the writer has stopped"))?
         };
         tokio::time::timeout(inner.timeout, round_trip)
             .await
-            .map_err(|_| StoreError::Unavailable("write timed out".into()))?
+            .map_err(|_| StoreError::unavailable("write timed out"))?
     }
 
     pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
@@ -240,7 +253,7 @@ impl SqliteStore {
         })?;
         raw.map(|s| {
             crate::domain::date_of_birth_from_storage(&s)
-                .ok_or_else(|| StoreError::Internal("a stored date of birth does not parse".into()))
+                .ok_or_else(|| StoreError::internal("a stored date of birth does not parse"))
         })
         .transpose()
     }
@@ -333,7 +346,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<bool, Sto
         Ok(out) => out.into_iter().map(Ok).collect(),
         Err(e) => {
             let err = classify(e);
-            tracing::warn!(error = %err, writes = batch.len(), "write batch failed and was rolled back");
+            tracing::warn!(error = %err.chain(), writes = batch.len(), "write batch failed and was rolled back");
             batch.iter().map(|_| Err(err.clone())).collect()
         }
     }

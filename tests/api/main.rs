@@ -2,6 +2,7 @@
 //! backends: SQLite always, PostgreSQL on a throwaway cluster.
 
 mod contract;
+mod internal_error;
 mod lifecycle;
 mod openapi;
 mod outage;
