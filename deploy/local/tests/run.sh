@@ -8,6 +8,8 @@
 #                  exits non-zero each time, 0 failures
 #   crash          kill -9 one instance: failures <= requests in flight on
 #                  it, HAProxy takes it out, the stack heals on restart
+#   db-restart     PostgreSQL restarted under load: no instance marked DOWN,
+#                  errors only within the database's own window (db-restart.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -16,7 +18,7 @@ usage() {
   cat <<'USAGE'
 Usage: deploy/local/tests/run.sh [--binary PATH] [--report-dir DIR] [SCENARIO...]
 
-Scenarios: smoke zero-downtime bad-release crash (default: all, in that order)
+Scenarios: smoke zero-downtime bad-release crash db-restart (default: all, in that order)
 
   --binary PATH      service binary (default: target/debug/hello-birthday, built if needed)
   --report-dir DIR   per-request CSVs, deploy events, summaries and timeline PNGs
@@ -36,11 +38,11 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --save-examples) EXAMPLES=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    smoke|zero-downtime|bad-release|crash) SCENARIOS+=("$1"); shift ;;
+    smoke|zero-downtime|bad-release|crash|db-restart) SCENARIOS+=("$1"); shift ;;
     *) usage >&2; exit 2 ;;
   esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(smoke zero-downtime bad-release crash)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(smoke zero-downtime bad-release crash db-restart)
 RATE=${LOADGEN_RATE:-300}
 CONNS=${LOADGEN_CONNECTIONS:-24}
 
@@ -322,6 +324,11 @@ for scenario in "${SCENARIOS[@]}"; do
     assert_fleet "$(instance_field "$STATE" s1 release)"
     check "$failures client failures (in flight on $victim at the kill: $inflight); HAProxy retried $retries, redispatched $redisp"
     RESULTS+=("crash: kill -9 of $victim with $inflight request(s) in flight: $failures client failures of $(summary crash .requests) requests (bound: $CONNS), HAProxy retries $retries, redispatches $redisp, DOWN after $(( (k1 - k0) / 1000000 )) ms, healed")
+    ;;
+
+  db-restart)
+    # shellcheck source=deploy/local/tests/db-restart.sh
+    . "$ROOT/deploy/local/tests/db-restart.sh"
     ;;
   esac
 done
