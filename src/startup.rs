@@ -10,7 +10,8 @@
 //! capped exponential backoff. What cannot heal by waiting still stops the
 //! process at once: a malformed URL, an unreadable CA file, an unknown
 //! scheme, a SQLite file that cannot be opened (that database is the
-//! instance's own).
+//! instance's own), and a server that answers but refuses us: an untrusted
+//! certificate, failed authentication, a database that does not exist.
 
 use crate::config::Config;
 use crate::domain::{DateOfBirth, Username};
@@ -62,6 +63,7 @@ impl StoreHandle {
         }
         match Store::connect(config).await {
             Ok(store) => Ok(Self::ready(store)),
+            Err(e) if refused_by_a_live_server(&e) => Err(e),
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
@@ -141,6 +143,25 @@ impl StoreHandle {
             s.close().await;
         }
     }
+}
+
+/// The server answered and said no: waiting will not change that, and
+/// exiting lets systemd restart the process with a re-read configuration
+/// (the env file is rewritten from the secret before every start).
+fn refused_by_a_live_server(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(db) = cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            // 28: invalid authorization; 3D000: no such database.
+            let code = db.code().code();
+            return code.starts_with("28") || code == "3D000";
+        }
+        // rustls reports an untrusted or invalid server certificate inside
+        // an io::Error; its message is the only stable handle.
+        cause.to_string().to_lowercase().contains("certificate")
+    })
 }
 
 async fn retry(handle: StoreHandle, config: Config) {

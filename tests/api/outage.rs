@@ -10,8 +10,10 @@
 //! cluster, even when `TEST_DATABASE_URL` names a shared one.
 
 use crate::support::{
-    Backend, PgCluster, TestApp, database_on, require_postgres, spawn_with, test_config, wait_until,
+    Backend, PgCluster, TestApp, database_on, fresh_postgres_database, require_postgres,
+    spawn_with, test_config, wait_until,
 };
+use hello_birthday::app::Application;
 use std::time::Duration;
 
 /// Own-cluster tests need the server binaries even with `TEST_DATABASE_URL`.
@@ -176,4 +178,22 @@ async fn started_during_an_outage_comes_into_service_by_itself() {
     assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("1"));
     app.stop().await;
     cluster.destroy();
+}
+
+/// A server that answers and refuses is no outage: waiting would not help,
+/// so start-up fails at once (systemd restarts with a re-read configuration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_exist_fails_start_up_at_once() {
+    if !require_postgres() {
+        return;
+    }
+    let url = fresh_postgres_database().await;
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let started = std::time::Instant::now();
+    let err = Application::build(test_config(&format!("{base}/no_such_database")))
+        .await
+        .err()
+        .expect("start-up fails");
+    assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
