@@ -176,9 +176,11 @@ class AlarmRecord(CloudFormationModel):
             return self.arn
         raise NotImplementedError(attribute_name)
 
+    name_property = "AlarmName"
+
     @classmethod
     def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
-        name = cloudformation_json["Properties"].get("AlarmName", resource_name)
+        name = cloudformation_json["Properties"].get(cls.name_property, resource_name)
         return cls(name, region_name, account_id)
 
     @classmethod
@@ -195,15 +197,11 @@ _resource_class_from_type = parsing.resource_class_from_type
 
 class WafRecord(AlarmRecord):
     __module__ = "moto.wafv2.records"
+    name_property = "Name"
 
     def __init__(self, name, region_name, account_id):
         self.name = name
         self.arn = f"arn:aws:wafv2:{region_name}:{account_id}:regional/webacl/{name}/00000000-0000-0000-0000-000000000000"
-
-    @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
-        name = cloudformation_json["Properties"].get("Name", resource_name)
-        return cls(name, region_name, account_id)
 
 
 def resource_class_from_type(resource_type):
