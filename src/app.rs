@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::http::conn::{self, ConnState, FirstRequestDeadline, MarkStarted, Silent};
 use crate::http::{AppState, Clock, Shared, metrics_router, router, utc_clock};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::startup::StoreHandle;
 use anyhow::Context;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -33,7 +33,8 @@ impl Application {
 
     /// As `build`, with "today" supplied by `clock` (tests pin dates with it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        let store = Store::connect(&config).await?;
+        // Serves even while a shared database is away (see `startup`).
+        let store = StoreHandle::connect(&config).await?;
         let listener = bind(config.bind_addr, config.port)
             .with_context(|| format!("binding {}:{}", config.bind_addr, config.port))?;
         let metrics_listener = TcpListener::bind((config.bind_addr, config.metrics_port))

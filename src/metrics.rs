@@ -5,7 +5,7 @@
 //! fixed. Every label value is a `&'static str` or an integer: recording a
 //! request allocates nothing.
 
-use crate::store::Store;
+use crate::startup::StoreHandle;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -71,6 +71,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub shed: Counter,
     pub draining: Gauge,
+    pub ready: Gauge,
     pub db_up: Gauge,
     pub db_errors: Family<OperationLabels, Counter>,
     pub db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
@@ -125,6 +126,12 @@ impl Metrics {
             "1 while the instance drains before shutdown",
             draining.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "hello_birthday_ready",
+            "1 if /readyz answers 200: started (store connected once), not draining, own database answering",
+            ready.clone(),
+        );
         let db_up = Gauge::default();
         registry.register(
             "db_up",
@@ -173,6 +180,7 @@ impl Metrics {
             in_flight,
             shed,
             draining,
+            ready,
             db_up,
             db_errors,
             db_duration,
@@ -223,7 +231,7 @@ impl Metrics {
     }
 
     /// Refreshes the scrape-time gauges and renders the OpenMetrics text.
-    pub async fn render(&self, store: &Store, ping_timeout: Duration) -> String {
+    pub async fn render(&self, store: &StoreHandle, ping_timeout: Duration) -> String {
         let up = matches!(
             tokio::time::timeout(ping_timeout, store.ping()).await,
             Ok(Ok(()))

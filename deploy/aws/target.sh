@@ -31,6 +31,8 @@ AWS_REGION_OPT=""
 AWS_PREFIX_OPT=""
 AWS_ROLLBACK_TRIGGERS=1
 AWS_MONITORING_MINUTES=10
+# Where a newly published release takes its image from (once: see _pin_image).
+AWS_AMI_PARAMETER=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
 RELEASE_SHA256="" HOST_SHA256=""
 # Set by target_deploy for target_rollback in the same run; also kept in S3.
 AWS_PREVIOUS_RELEASE=""
@@ -166,6 +168,9 @@ _deploy_stack() {
     --capabilities CAPABILITY_IAM
     --tags "Key=project,Value=$AWS_PREFIX" "Key=environment,Value=$ENV_NAME")
   [ -n "$rollback" ] && args+=(--rollback-configuration "$rollback")
+  # The bootstrap stack's CloudFormationRoleArn: CloudFormation, not the
+  # caller, then holds the rights to create the resources.
+  [ -n "${AWS_CFN_ROLE_ARN:-}" ] && args+=(--role-arn "$AWS_CFN_ROLE_ARN")
   local out
   if ! out=$(run _aws "${args[@]}" --output text --query Id 2>&1); then
     rm -f "$tmp"
@@ -278,6 +283,38 @@ _publish_release() {
   fi
 }
 
+# Sets IMAGE_ID for release $VERSION: the image pinned when the release was
+# first published (releases/$VERSION/image-id), so staging and production run
+# the same image; a release published without one gets the newest Amazon
+# Linux 2023 image now, recorded once and never re-resolved.
+_pin_image() {
+  local bucket=$1 dir=$2 key="releases/$VERSION/image-id"
+  if [ "${DRY_RUN:-0}" = 1 ]; then IMAGE_ID="<image pinned in $key>"; return 0; fi
+  IMAGE_ID=$(_aws s3 cp "s3://$bucket/$key" - 2>/dev/null | tr -d '[:space:]' || true)
+  if [ -z "$IMAGE_ID" ]; then
+    [ -n "${ARTIFACT:-}" ] || die "aws target: release $VERSION has no pinned image ($key); publish it with --release PATH"
+    IMAGE_ID=$(_aws ssm get-parameter --name "$AWS_AMI_PARAMETER" --query Parameter.Value --output text) \
+      || die "aws target: cannot resolve $AWS_AMI_PARAMETER"
+    printf '%s\n' "$IMAGE_ID" >"$dir/image-id"
+    _put_release_file "$dir/image-id" "$key" "$(_sha256 "$dir/image-id")" "$bucket"
+  fi
+  [[ $IMAGE_ID =~ ^ami-[0-9a-f]{8,17}$ ]] || die "aws target: $key holds '$IMAGE_ID', not an image id"
+  echo "    image $IMAGE_ID (pinned for $VERSION)"
+}
+
+# The Route 53 health-check alarm, in us-east-1 where its metric is
+# (templates/dns-alarm.yaml), fed the edge stack's health check id.
+_deploy_dns_alarm() {
+  local hc main_region=$AWS_REGION_NAME
+  if [ "${DRY_RUN:-0}" = 1 ]; then hc="<HealthCheckId of $(_stack_name edge)>"
+  else hc=$(_stack_output "$(_stack_name edge)" HealthCheckId)
+  fi
+  AWS_REGION_NAME=us-east-1
+  _deploy_stack dns-alarm "$AWS_TEMPLATE_DIR/dns-alarm.yaml" "" "HealthCheckId=$hc" \
+    "AlarmEmail=$(jq -r '.stacks.foundation.AlarmEmail // ""' "$AWS_PARAMS_FILE")"
+  AWS_REGION_NAME=$main_region
+}
+
 _rollback_configuration() {
   [ "$AWS_ROLLBACK_TRIGGERS" = 1 ] || { echo '{"RollbackTriggers":[]}'; return 0; }
   local arns
@@ -335,6 +372,7 @@ target_deploy() {
   else bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName)
   fi
   _publish_release "$bucket" "$work"
+  _pin_image "$bucket" "$work"
 
   _deploy_stack network "$AWS_TEMPLATE_DIR/network.yaml" ""
   if [ -n "$dr_vault" ]; then
@@ -343,6 +381,7 @@ target_deploy() {
     _deploy_stack database "$AWS_TEMPLATE_DIR/database.yaml" ""
   fi
   _deploy_stack edge "$AWS_TEMPLATE_DIR/edge.yaml" ""
+  _deploy_dns_alarm
   _deploy_stack monitoring "$AWS_TEMPLATE_DIR/monitoring.yaml" ""
 
   # Remember what runs now, so target_rollback can return to it.
@@ -350,7 +389,7 @@ target_deploy() {
   [ "${DRY_RUN:-0}" = 1 ] || app_json=$(_stack_json "$(_stack_name app)")
   if [ -n "$app_json" ]; then
     AWS_PREVIOUS_RELEASE=$(jq -c '.Parameters | map({(.ParameterKey): .ParameterValue}) | add
-      | {AppVersion, ArtifactSha256, HostBundleSha256}' <<<"$app_json")
+      | {AppVersion, ArtifactSha256, HostBundleSha256, ImageId}' <<<"$app_json")
     if [ "$(jq -r .AppVersion <<<"$AWS_PREVIOUS_RELEASE")" != "$VERSION" ]; then
       printf '%s\n' "$AWS_PREVIOUS_RELEASE" >"$work/previous.json"
       run _aws s3 cp --only-show-errors "$work/previous.json" "s3://$bucket/deployments/$ENV_NAME/previous.json"
@@ -359,7 +398,7 @@ target_deploy() {
   fi
 
   _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)" \
-    "AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256"
+    "AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256" "ImageId=$IMAGE_ID"
   if [ "${DRY_RUN:-0}" = 1 ]; then step "dry run: AWS $ENV_NAME would run $VERSION"
   else step "AWS $ENV_NAME runs $VERSION"
   fi
@@ -391,5 +430,6 @@ target_rollback() {
   _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)" \
     "AppVersion=$version" \
     "ArtifactSha256=$(jq -r .ArtifactSha256 <<<"$previous")" \
-    "HostBundleSha256=$(jq -r .HostBundleSha256 <<<"$previous")"
+    "HostBundleSha256=$(jq -r .HostBundleSha256 <<<"$previous")" \
+    "ImageId=$(jq -r .ImageId <<<"$previous")"
 }

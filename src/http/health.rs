@@ -1,5 +1,14 @@
 //! Liveness and readiness, on the public port so the load balancer can
 //! check them.
+//!
+//! Readiness says what is wrong with *this* instance, never an outage that
+//! every instance shares: the load balancer, the Auto Scaling group (ELB
+//! health) and HAProxy act on it, and if it followed a shared PostgreSQL
+//! server, a 60-120 s RDS failover would take every instance out of service
+//! at once and get the whole fleet replaced. During such an outage API
+//! requests answer a fast 503 + `Retry-After` and recover by themselves; the
+//! deep check (the database answers) is the `db_up` metric and its alarm,
+//! for people. `hello_birthday_ready` exports this verdict as a gauge.
 
 use super::AppState;
 use super::error::ApiError;
@@ -23,14 +32,40 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// Readiness: not draining, and the database answers within a short timeout.
-pub async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Readiness: `Ok` when this instance can do its job as far as it alone
+/// decides, else why not. Not ready while it is
+/// - starting: it has not yet connected to its database (and migrated)
+///   since start-up. A release with a wrong URL, password or network path
+///   never gets traffic; a replacement started during a database outage
+///   keeps connecting and comes into service by itself when it returns;
+/// - draining before shutdown;
+/// - on SQLite, when that database, the instance's own file, does not answer.
+///
+/// A shared PostgreSQL server that goes away *after* start-up does not make
+/// the instance unready: every instance sees the same outage, API requests
+/// answer 503 + `Retry-After` and recover by themselves, and the deep check is
+/// the `db_up` metric and its alarm. A wedged runtime fails by not answering
+/// within the checker's timeout.
+pub async fn check(st: &AppState) -> Result<(), &'static str> {
     if st.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::NotReady("draining before shutdown"));
+        return Err("draining before shutdown");
     }
-    let timeout = READY_PING_TIMEOUT.min(st.db_timeout);
-    match tokio::time::timeout(timeout, st.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
-        _ => Err(ApiError::NotReady("the database does not answer")),
+    if !st.store.connected() {
+        return Err("starting: not yet connected to the database");
     }
+    if st.store.is_local() {
+        let timeout = READY_PING_TIMEOUT.min(st.db_timeout);
+        if !matches!(
+            tokio::time::timeout(timeout, st.store.ping()).await,
+            Ok(Ok(()))
+        ) {
+            return Err("the instance's own database does not answer");
+        }
+    }
+    Ok(())
+}
+
+pub async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    check(&st).await.map_err(ApiError::NotReady)?;
+    Ok(Json(json!({ "status": "ready" })))
 }

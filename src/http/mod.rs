@@ -11,7 +11,7 @@ mod health;
 mod hello;
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::startup::StoreHandle;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
@@ -42,7 +42,7 @@ pub fn utc_clock() -> Clock {
 pub type AppState = Arc<Shared>;
 
 pub struct Shared {
-    pub store: Store,
+    pub store: StoreHandle,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
@@ -75,6 +75,9 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    // Readiness as the load balancer sees it, so rules need not re-derive it.
+    let ready = health::check(&st).await.is_ok();
+    st.metrics.ready.set(i64::from(ready));
     let text = st
         .metrics
         .render(&st.store, st.db_timeout.min(Duration::from_secs(1)))

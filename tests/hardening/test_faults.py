@@ -1,7 +1,9 @@
 """Database faults under load: a PostgreSQL outage (the server crashes and
 comes back), a locked table (query deadline -> 503), and a full disk under
 SQLite. During a fault the service answers 503/507 problem+json, never 500;
-afterwards it recovers by itself and every acknowledged PUT is present."""
+afterwards it recovers by itself and every acknowledged PUT is present.
+Readiness stays 200 through a PostgreSQL outage: the database is shared, so
+its outage is no reason for a load balancer to take this instance out."""
 
 from __future__ import annotations
 
@@ -36,40 +38,46 @@ class PostgresOutage(ServiceTestCase):
         # -m immediate is a crash: no clean shutdown, recovery from the WAL.
         pg.stop("immediate")
         down_at = time.monotonic()
-        wait_until(lambda: readyz(svc.port) == 503, 5, what="/readyz 503 during the outage")
-        ready_503_after = time.monotonic() - down_at
         wait_until(lambda: load.count(503) >= 20, 10, what="PUTs answered 503 during the outage")
+        first_503_after = time.monotonic() - down_at
+        self.assertEqual(readyz(svc.port), 200, "a shared database outage leaves readiness alone")
         resp = put_dob(svc.port, "During", "1990-01-02")
         assert_problem(self, resp, (503,), retry_after=True)
         get = request(svc.port, "GET", "/hello/During")
         assert_problem(self, get, (503,), retry_after=True)
         self.assertEqual(request(svc.port, "GET", "/healthz").status, 200, "liveness needs no database")
         # Keep the database away for a while under load, not just an instant.
-        wait_until(lambda: time.monotonic() - down_at >= OUTAGE_SECONDS, OUTAGE_SECONDS + 1,
-                   what="the outage to last")
-        self.assertEqual(readyz(svc.port), 503)
+        # Readiness is sampled all along: not one 503 from a shared outage.
+        ready_statuses = []
+
+        def outage_lasted():
+            ready_statuses.append(readyz(svc.port))
+            return time.monotonic() - down_at >= OUTAGE_SECONDS
+        wait_until(outage_lasted, OUTAGE_SECONDS + 2, interval=0.1, what="the outage to last")
+        self.assertEqual(set(ready_statuses), {200}, f"/readyz during the outage: {ready_statuses}")
         outage = time.monotonic() - down_at
 
         acked_before = load.count(204)
         pg.start()
         up_at = time.monotonic()
-        wait_until(lambda: readyz(svc.port) == 200, 15, interval=0.05, what="/readyz 200 after recovery")
-        ready_after = time.monotonic() - up_at
-        wait_until(lambda: load.count(204) > acked_before, 15, interval=0.02,
-                   what="acknowledged PUTs after recovery")
+        try:
+            wait_until(lambda: load.count(204) > acked_before, 15, interval=0.02,
+                       what="acknowledged PUTs after recovery")
+        except AssertionError:
+            print(svc.logs()[-3000:], load.statuses, load.conn_errors)
+            raise
         write_after = time.monotonic() - up_at
         wait_until(lambda: load.count(204) >= acked_before + 200, 20, what="load to continue")
         load.stop()
 
         self.assertEqual(load.bad_errors, [], "non-503 or malformed errors under load")
         self.assertEqual(set(load.statuses) - {204, 503}, set(), load.statuses)
-        self.assertLess(ready_after, 10)
         self.assertLess(write_after, 10)
 
         present = set(pg.psql("SELECT username FROM users").split())
         missing = load.acked - present
-        self.report(f"outage {outage:.1f}s (/readyz 503 after {ready_503_after:.2f}s); "
-                    f"recovered: /readyz {ready_after:.2f}s, first 204 {write_after:.2f}s after restart; "
+        self.report(f"outage {outage:.1f}s (20 PUTs answered 503 after {first_503_after:.2f}s, /readyz 200 throughout); "
+                    f"recovered: first 204 {write_after:.2f}s after restart; "
                     f"statuses {dict(sorted(load.statuses.items()))}, connection errors {load.conn_errors}; "
                     f"acknowledged {len(load.acked)}, present {len(load.acked & present)}")
         self.assertEqual(missing, set(), f"{len(missing)} acknowledged PUTs lost")

@@ -211,7 +211,9 @@ configure_cloudwatch_agent() {
     {"file_path": "/var/log/hello-birthday/service.log", "log_group_name": "$CONF_LOG_GROUP", "log_stream_name": "{instance_id}/service"},
     {"file_path": "/var/log/hello-birthday-bootstrap.log", "log_group_name": "$CONF_LOG_GROUP", "log_stream_name": "{instance_id}/bootstrap"}
   ]}}},
-  "metrics": {"namespace": "HelloBirthday/Host", "append_dimensions": {"InstanceId": "\${aws:InstanceId}"},
+  "metrics": {"namespace": "HelloBirthday/Host",
+    "append_dimensions": {"InstanceId": "\${aws:InstanceId}", "AutoScalingGroupName": "\${aws:AutoScalingGroupName}"},
+    "aggregation_dimensions": [["AutoScalingGroupName"]],
     "metrics_collected": {"mem": {"measurement": ["mem_used_percent"]}, "disk": {"measurement": ["used_percent"], "resources": ["/"]}}}
 }
 EOF

@@ -19,6 +19,7 @@ OUTPUTS = {
     "RollbackTriggerAlarmArns": ARNS,
     "ServiceUrl": "https://hello.fake.example",
     "VaultArn": "arn:aws:backup:eu-central-1:111122223333:backup-vault:fake-dr",
+    "HealthCheckId": "00000000-1111-2222-3333-444444444444",
 }
 PARAMETERS = {"AppVersion": "0.9.0", "ArtifactSha256": "a" * 64, "HostBundleSha256": "b" * 64}
 
@@ -67,6 +68,8 @@ def main(argv):
     elif cmd == ["cloudformation", "describe-stack-events"]:
         print("AutoScalingGroup\tUPDATE_FAILED\tReceived 0 SUCCESS signal(s) out of 1. "
               "Unable to satisfy 100% MinSuccessfulInstancesPercent requirement")
+    elif cmd == ["ssm", "get-parameter"]:
+        print("ami-0123456789abcdef0")  # the newest Amazon Linux image
     elif cmd == ["s3", "cp"]:
         if args[-1] == "-":
             return 1  # nothing published yet

@@ -21,6 +21,8 @@
 7. moto's CloudFormation engine has no AWS::CloudWatch::Alarm or
    CompositeAlarm. They are accepted as records with the return values AWS
    documents (Ref: the alarm name; Arn), nothing is created in CloudWatch.
+8. Nor AWS::WAFv2::WebACL, WebACLAssociation or LoggingConfiguration: the
+   same kind of record (Arn of a regional web ACL), nothing is created.
 
 Everything else is stock moto.
 
@@ -174,9 +176,11 @@ class AlarmRecord(CloudFormationModel):
             return self.arn
         raise NotImplementedError(attribute_name)
 
+    name_property = "AlarmName"
+
     @classmethod
     def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
-        name = cloudformation_json["Properties"].get("AlarmName", resource_name)
+        name = cloudformation_json["Properties"].get(cls.name_property, resource_name)
         return cls(name, region_name, account_id)
 
     @classmethod
@@ -191,9 +195,20 @@ class AlarmRecord(CloudFormationModel):
 _resource_class_from_type = parsing.resource_class_from_type
 
 
+class WafRecord(AlarmRecord):
+    __module__ = "moto.wafv2.records"
+    name_property = "Name"
+
+    def __init__(self, name, region_name, account_id):
+        self.name = name
+        self.arn = f"arn:aws:wafv2:{region_name}:{account_id}:regional/webacl/{name}/00000000-0000-0000-0000-000000000000"
+
+
 def resource_class_from_type(resource_type):
     if resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
         return AlarmRecord
+    if resource_type in ("AWS::WAFv2::WebACL", "AWS::WAFv2::WebACLAssociation", "AWS::WAFv2::LoggingConfiguration"):
+        return WafRecord
     return _resource_class_from_type(resource_type)
 
 

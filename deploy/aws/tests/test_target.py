@@ -169,6 +169,17 @@ class EmulatorScenario(unittest.TestCase):
         self.assertOk(self.deploy("--release", self.bins["one"], "--write-checksum", "--version", "1.0.0"))
         for key in ("foundation", "network", "database", "edge", "monitoring", "app"):
             self.assertEqual(self.stack(key)["StackStatus"], "CREATE_COMPLETE", key)
+        # The Route 53 health-check alarm's stack is in us-east-1, fed the
+        # edge stack's health check; the image is pinned with the release.
+        edge_out = {o["OutputKey"]: o["OutputValue"] for o in self.stack("edge")["Outputs"]}
+        dns = self.session.client("cloudformation", endpoint_url=self.endpoint, region_name="us-east-1")
+        dns_stack = dns.describe_stacks(StackName=f"hello-birthday-{ENV}-dns-alarm")["Stacks"][0]
+        self.assertEqual(dns_stack["StackStatus"], "CREATE_COMPLETE")
+        self.assertIn({"ParameterKey": "HealthCheckId", "ParameterValue": edge_out["HealthCheckId"]},
+                      dns_stack["Parameters"])
+        image = self.s3_object("releases/1.0.0/image-id").decode().strip()
+        self.assertRegex(image, r"^ami-[0-9a-f]+$")
+        self.assertEqual(self.app_parameters()["ImageId"], image)
         binary = self.s3_object("releases/1.0.0/hello-birthday")
         self.assertEqual(sha256(binary), self.sha_of("one"))
         self.assertEqual(self.s3_object("releases/1.0.0/hello-birthday.sha256").decode(),
@@ -205,7 +216,7 @@ class EmulatorScenario(unittest.TestCase):
     def test_2_deploying_the_same_release_again_changes_nothing(self):
         proc = self.deploy("--release", self.bins["one"], "--version", "1.0.0")
         self.assertOk(proc)
-        self.assertEqual(proc.stdout.count("no changes"), 6, proc.stdout)
+        self.assertEqual(proc.stdout.count("no changes"), 7, proc.stdout)
         self.assertEqual(proc.stdout.count("already published (sha256 matches)"), 2, proc.stdout)
 
     def test_3_a_failed_smoke_test_puts_the_previous_release_back(self):
@@ -220,7 +231,7 @@ class EmulatorScenario(unittest.TestCase):
     def test_4_a_published_release_deploys_by_its_label(self):
         proc = self.deploy("--version", "2.0.0")
         self.assertOk(proc)
-        self.assertEqual(proc.stdout.count("no changes"), 5, proc.stdout)
+        self.assertEqual(proc.stdout.count("no changes"), 6, proc.stdout)
         params = self.app_parameters()
         self.assertEqual((params["AppVersion"], params["ArtifactSha256"]), ("2.0.0", self.sha_of("two")))
 
@@ -264,7 +275,7 @@ class ScriptedOutcomes(unittest.TestCase):
             return [json.loads(line) for line in f]
 
     def test_dry_run_plans_every_stack_and_calls_nothing(self):
-        for env_name, stacks in (("staging", 6), ("production", 7)):
+        for env_name, stacks in (("staging", 7), ("production", 8)):
             plan = drive("target_plan", env=self.env, dry_run=True, env_name=env_name)
             self.assertEqual(plan.returncode, 0, plan.stderr)
             self.assertIn("AppVersion=1.0.0", plan.stdout)

@@ -22,7 +22,7 @@ from cfn import (
     walk,
 )
 
-TPL = {name: load_template(name) for name in STACK_ORDER + ("dr-vault",)}
+TPL = {name: load_template(name) for name in STACK_ORDER + ("dr-vault", "dns-alarm", "bootstrap")}
 PARAMS = {env: load_parameters(env) for env in ENVIRONMENTS}
 HOST_SCRIPT = (ROOT / "deploy/aws/host/hello-birthday-aws.sh").read_text()
 TARGET_SH = (ROOT / "deploy/aws/target.sh").read_text()
@@ -57,9 +57,13 @@ class Structure(unittest.TestCase):
 
     def test_parameter_files_name_only_real_parameters_and_fill_the_required_ones(self):
         supplied_by_target = {"StackPrefix", "Environment", "AppVersion", "ArtifactSha256", "HostBundleSha256",
-                              "DrBackupVaultArn"}
+                              "DrBackupVaultArn", "ImageId"}
         for env, params in PARAMS.items():
-            self.assertEqual(set(params["stacks"]), set(STACK_ORDER), env)
+            # dr-vault (deployed in the DR Region) may take values too.
+            self.assertLessEqual(set(STACK_ORDER), set(params["stacks"]), env)
+            self.assertLessEqual(set(params["stacks"]), set(STACK_ORDER) | {"dr-vault"}, env)
+            for key in params["stacks"].get("dr-vault", {}):
+                self.assertIn(key, TPL["dr-vault"]["Parameters"], f"{env}: dr-vault has no parameter {key}")
             for stack in STACK_ORDER:
                 declared = TPL[stack]["Parameters"]
                 for key in params["stacks"][stack]:
@@ -114,7 +118,7 @@ class ZeroDowntime(unittest.TestCase):
     def test_rolling_update_replaces_one_instance_at_a_time_without_losing_capacity(self):
         rolling = self.asg["UpdatePolicy"]["AutoScalingRollingUpdate"]
         self.assertEqual(rolling["MaxBatchSize"], 1)
-        self.assertTrue(is_ref(rolling["MinInstancesInService"], "DesiredCapacity"))
+        self.assertTrue(is_ref(rolling["MinInstancesInService"], "MinSize"))
         self.assertEqual(rolling["MinSuccessfulInstancesPercent"], 100)
         self.assertIs(rolling["WaitOnResourceSignals"], True)
         self.assertTrue(5 <= iso_minutes(rolling["PauseTime"]) <= 60)
@@ -127,7 +131,7 @@ class ZeroDowntime(unittest.TestCase):
 
     def test_creation_waits_for_a_signal_from_every_instance(self):
         policy = self.asg["CreationPolicy"]
-        self.assertTrue(is_ref(policy["ResourceSignal"]["Count"], "DesiredCapacity"))
+        self.assertTrue(is_ref(policy["ResourceSignal"]["Count"], "MinSize"))
         self.assertGreaterEqual(iso_minutes(policy["ResourceSignal"]["Timeout"]), 10)
         self.assertEqual(policy["AutoScalingCreationPolicy"]["MinSuccessfulInstancesPercent"], 100)
 
@@ -139,11 +143,41 @@ class ZeroDowntime(unittest.TestCase):
 
     def test_each_environment_has_room_for_the_extra_instance_of_a_rolling_update(self):
         for env in ENVIRONMENTS:
-            lo, hi, want = (int(value("app", env, k)) for k in ("MinSize", "MaxSize", "DesiredCapacity"))
-            self.assertLessEqual(lo, want, env)
-            self.assertGreater(hi, want, f"{env}: MaxSize must exceed DesiredCapacity")
-        self.assertGreaterEqual(int(value("app", "production", "DesiredCapacity")), 2)
+            lo, hi = (int(value("app", env, k)) for k in ("MinSize", "MaxSize"))
+            self.assertGreater(hi, lo, f"{env}: MaxSize must exceed MinSize")
         self.assertGreaterEqual(int(value("app", "production", "MinSize")), 2)
+
+    def test_a_deploy_never_resets_a_scaled_out_group(self):
+        # CloudFormation applies every group-size property the template names
+        # on each update (documented under the AutoScalingScheduledAction update
+        # policy; aws-cdk stopped emitting DesiredCapacity for this reason), so
+        # with target tracking the template must not name DesiredCapacity at
+        # all: the group is created at MinSize and updates leave its size alone.
+        props = self.asg["Properties"]
+        self.assertNotIn("DesiredCapacity", props)
+        self.assertNotIn("DesiredCapacity", TPL["app"]["Parameters"])
+        for env in ENVIRONMENTS:
+            self.assertNotIn("DesiredCapacity", PARAMS[env]["stacks"]["app"], env)
+        self.assertNotIn("DesiredCapacity", str(self.asg.get("UpdatePolicy")) + str(self.asg.get("CreationPolicy")))
+        self.assertTrue(resources(TPL["app"], "AWS::AutoScaling::ScalingPolicy"), "target tracking owns the size")
+        self.assertIs(self.asg["UpdatePolicy"]["AutoScalingScheduledAction"]["IgnoreUnmodifiedGroupSizeProperties"], True)
+
+    def test_replacements_launch_before_terminating(self):
+        policy = self.asg["Properties"]["InstanceMaintenancePolicy"]
+        self.assertEqual(policy["MinHealthyPercentage"], 100)
+        self.assertGreater(policy["MaxHealthyPercentage"], 100)
+
+    def test_the_image_is_pinned_per_release_and_promoted(self):
+        image = TPL["app"]["Parameters"]["ImageId"]
+        self.assertEqual(image["Type"], "AWS::EC2::Image::Id", "an SSM 'latest' parameter re-resolves on every deploy")
+        self.assertNotIn("Default", image)
+        # target.sh reads the image recorded with the release and passes it on
+        # every app deploy and rollback; it resolves "latest" only when none is recorded.
+        self.assertIn('key="releases/$VERSION/image-id"', TARGET_SH)
+        self.assertEqual(TARGET_SH.count('"ImageId=$'), 2)
+        self.assertIn("ImageId}' <<<\"$app_json\")", TARGET_SH)
+        resolve = TARGET_SH.split("_pin_image() {", 1)[1].split("\n}\n", 1)[0]
+        self.assertLess(resolve.index('_aws s3 cp "s3://$bucket/$key"'), resolve.index("ssm get-parameter"))
 
     def test_user_data_verifies_the_release_and_signals_the_outcome(self):
         lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")
@@ -198,6 +232,34 @@ class ZeroDowntime(unittest.TestCase):
             self.assertLess(shutdown, drain + shutdown + 5)  # systemd stop timeout, below
         self.assertIn("stop_timeout=$((CONF_DRAIN_SECONDS + CONF_SHUTDOWN_TIMEOUT_SECONDS + 5))", HOST_SCRIPT)
         self.assertIn("TimeoutStopSec=$stop_timeout", HOST_SCRIPT)
+
+    def test_waf_guards_the_load_balancer(self):
+        edge = TPL["edge"]
+        acl = one(edge, "AWS::WAFv2::WebACL")["Properties"]
+        self.assertEqual(acl["Scope"], "REGIONAL")
+        assoc = one(edge, "AWS::WAFv2::WebACLAssociation")["Properties"]
+        self.assertEqual(assoc["ResourceArn"], {"Ref": "LoadBalancer"})
+        self.assertEqual(assoc["WebACLArn"], {"Fn::GetAtt": ["WebAcl", "Arn"]})
+        rules = {r["Name"]: r for r in acl["Rules"]}
+        rate = rules["rate-per-client-ip"]["Statement"]["RateBasedStatement"]
+        self.assertEqual(rate["AggregateKeyType"], "IP")
+        self.assertEqual(rate["Limit"], {"Ref": "WafRateLimitPer5Minutes"})
+        groups = {r["Statement"]["ManagedRuleGroupStatement"]["Name"] for r in acl["Rules"]
+                  if "ManagedRuleGroupStatement" in r["Statement"]}
+        self.assertEqual(groups, {"AWSManagedRulesAmazonIpReputationList", "AWSManagedRulesCommonRuleSet",
+                                  "AWSManagedRulesKnownBadInputsRuleSet"})
+        # Count mode first, switched by one parameter.
+        self.assertEqual(edge["Parameters"]["WafMode"]["Default"], "count")
+        for r in acl["Rules"]:
+            key = "Action" if "RateBasedStatement" in r["Statement"] else "OverrideAction"
+            if r["Name"] == "aws-known-bad-inputs":
+                self.assertEqual(r[key], {"None": {}})  # blocks from day one
+            else:
+                self.assertEqual(r[key]["Fn::If"][0], "WafBlocks", r["Name"])
+        self.assertEqual(len({r["Priority"] for r in acl["Rules"]}), len(acl["Rules"]))
+        logging = one(edge, "AWS::WAFv2::LoggingConfiguration")["Properties"]
+        self.assertEqual(logging["ResourceArn"], {"Fn::GetAtt": ["WebAcl", "Arn"]})
+        self.assertTrue(one(edge, "AWS::Logs::LogGroup")["Properties"]["LogGroupName"]["Fn::Sub"].startswith("aws-waf-logs-"))
 
     def test_alb_listeners(self):
         listeners = resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::Listener")
@@ -384,8 +446,7 @@ class Isolation(unittest.TestCase):
         self.assertEqual(lt["MetadataOptions"]["HttpPutResponseHopLimit"], 1)
         for bdm in lt["BlockDeviceMappings"]:
             self.assertIs(bdm["Ebs"]["Encrypted"], True)
-        self.assertEqual(TPL["app"]["Parameters"]["ImageId"]["Default"],
-                         "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+        self.assertIn("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64", TARGET_SH)
 
     def test_instance_role_is_least_privilege(self):
         role = one(TPL["app"], "AWS::IAM::Role")["Properties"]
@@ -400,12 +461,79 @@ class Isolation(unittest.TestCase):
                 self.assertIn(actions, [["cloudwatch:PutMetricData"], ["elasticloadbalancing:DescribeTargetHealth"]])
                 if actions == ["cloudwatch:PutMetricData"]:
                     self.assertIn("cloudwatch:namespace", statement["Condition"]["StringEquals"])
-        read = next(s for s in role["Policies"][0]["PolicyDocument"]["Statement"] if s["Sid"] == "ReadThisRelease")
-        self.assertEqual(read["Resource"]["Fn::Sub"][0], "${Bucket}/releases/${AppVersion}/*")
+        read = next(s for s in role["Policies"][0]["PolicyDocument"]["Statement"] if s["Sid"] == "ReadReleases")
+        self.assertEqual(read["Action"], "s3:GetObject")
+        self.assertEqual(read["Resource"]["Fn::Sub"][0], "${Bucket}/releases/*")
+
+    def test_an_update_rollback_can_still_fetch_the_old_release(self):
+        # The role must not change with AppVersion: during an update rollback
+        # the group launches old-release instances before the role's policy is
+        # rolled back, and a failed download ends in UPDATE_ROLLBACK_FAILED.
+        role = one(TPL["app"], "AWS::IAM::Role")
+        self.assertNotIn("AppVersion", str(role))
+        profile = one(TPL["app"], "AWS::IAM::InstanceProfile")
+        self.assertNotIn("AppVersion", str(profile))
+
+
+BURN_WINDOWS = ("ErrorBudgetBurn5m", "ErrorBudgetBurn1h", "LatencyBurn5m", "LatencyBurn1h")
 
 
 class Alarms(unittest.TestCase):
     mon = TPL["monitoring"]
+
+    def test_only_both_windows_together_page(self):
+        res = self.mon["Resources"]
+        for name in BURN_WINDOWS:
+            props = res[name]["Properties"]
+            self.assertNotIn("AlarmActions", props, f"{name} alone must not notify")
+            self.assertNotIn("OKActions", props, name)
+        for page in ("ErrorBudgetBurnPage", "LatencyBurnPage"):
+            self.assertIn("AlarmActions", res[page]["Properties"], page)
+        # The short windows stay the deploy's rollback triggers.
+        out = self.mon["Outputs"]["RollbackTriggerAlarmArns"]["Value"]["Fn::Join"][1]
+        self.assertEqual(out, [{"Fn::GetAtt": ["ErrorBudgetBurn5m", "Arn"]}, {"Fn::GetAtt": ["LatencyBurn5m", "Arn"]}])
+
+    def test_route53_health_check_alarm_is_created_in_us_east_1(self):
+        # Route 53 publishes HealthCheckStatus only in us-east-1 and both
+        # environments run elsewhere: the alarm is a stack of its own there.
+        self.assertNotIn("AWS/Route53", str(self.mon))
+        dns = TPL["dns-alarm"]
+        rule = dns["Rules"]["OnlyInUsEast1"]["Assertions"][0]["Assert"]
+        self.assertEqual(rule, {"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]})
+        alarm = one(dns, "AWS::CloudWatch::Alarm")["Properties"]
+        self.assertEqual((alarm["Namespace"], alarm["MetricName"]), ("AWS/Route53", "HealthCheckStatus"))
+        self.assertEqual(alarm["Dimensions"], [{"Name": "HealthCheckId", "Value": {"Ref": "HealthCheckId"}}])
+        self.assertEqual(alarm["AlarmActions"], [{"Ref": "AlarmTopic"}])  # a topic in the alarm's Region
+        self.assertNotIn("Condition", one(dns, "AWS::CloudWatch::Alarm"))
+        body = TARGET_SH.split("_deploy_dns_alarm() {", 1)[1].split("\n}\n", 1)[0]
+        self.assertIn("AWS_REGION_NAME=us-east-1", body)
+        self.assertIn('_stack_output "$(_stack_name edge)" HealthCheckId', body)
+        self.assertIn('"HealthCheckId=$hc"', body)
+        deploy = TARGET_SH.split("target_deploy() {", 1)[1]
+        self.assertLess(deploy.index("_deploy_stack edge "), deploy.index("_deploy_dns_alarm"))
+        for env in ENVIRONMENTS:
+            self.assertNotEqual(PARAMS[env]["region"], "us-east-1", "then the main stack could hold it")
+
+    def test_host_memory_and_disk_alarms_are_per_group(self):
+        group = one(TPL["app"], "AWS::AutoScaling::AutoScalingGroup")["Properties"]["AutoScalingGroupName"]
+        for name, metric in (("HostMemoryHigh", "mem_used_percent"), ("HostDiskHigh", "disk_used_percent")):
+            props = self.mon["Resources"][name]["Properties"]
+            self.assertEqual((props["Namespace"], props["MetricName"]), ("HelloBirthday/Host", metric))
+            self.assertEqual(props["Dimensions"], [{"Name": "AutoScalingGroupName", "Value": group}])
+            self.assertEqual(props["Statistic"], "Maximum")
+        # The agent publishes the per-group aggregate the alarms read.
+        self.assertIn('"aggregation_dimensions": [["AutoScalingGroupName"]]', HOST_SCRIPT)
+        self.assertIn('"AutoScalingGroupName": "\\${aws:AutoScalingGroupName}"', HOST_SCRIPT)
+
+    def test_every_alarm_links_a_runbook_that_exists(self):
+        for tpl in ("monitoring", "dns-alarm"):
+            for kind in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
+                for name, alarm in resources(TPL[tpl], kind).items():
+                    desc = alarm["Properties"]["AlarmDescription"]
+                    links = re.findall(r"docs/runbooks/[a-z0-9-]+\.md", desc)
+                    self.assertTrue(links, f"{tpl}.{name} has no runbook link")
+                    for link in links:
+                        self.assertTrue((ROOT / link).is_file(), f"{tpl}.{name}: {link} does not exist")
 
     def test_thresholds_match_the_slos(self):
         p = self.mon["Parameters"]
@@ -416,7 +544,7 @@ class Alarms(unittest.TestCase):
         for env in ENVIRONMENTS:
             for key in ("ErrorRatioPercentThreshold", "FastEnoughPercentThreshold", "LatencyObjectiveSeconds"):
                 self.assertNotIn(key, PARAMS[env]["stacks"]["monitoring"], "SLO thresholds are not per environment")
-            self.assertEqual(int(value("monitoring", env, "MinHealthyHosts")), int(value("app", env, "DesiredCapacity")))
+            self.assertEqual(int(value("monitoring", env, "MinHealthyHosts")), int(value("app", env, "MinSize")))
 
     def test_slo_document_uses_the_same_numbers(self):
         slo = ROOT / "docs" / "slo.md"
@@ -444,12 +572,147 @@ class Alarms(unittest.TestCase):
         metrics = {a["Properties"].get("MetricName") for a in alarms.values()}
         self.assertLessEqual({"TargetResponseTime", "UnHealthyHostCount", "HealthyHostCount", "CPUUtilization",
                               "FreeStorageSpace", "DatabaseConnections"}, metrics)
+        self.assertLessEqual({"FreeableMemory", "DaysToExpiry", "NumberOfCopyJobsFailed", "mem_used_percent",
+                              "disk_used_percent"}, metrics)
+        backup = str(self.mon["Resources"]["BackupJobsFailed"]["Properties"]["Metrics"])
+        self.assertIn("NumberOfBackupJobsFailed", backup)
+        self.assertIn("NumberOfBackupJobsAborted", backup)
+        vault = one(TPL["database"], "AWS::Backup::BackupVault")["Properties"]["BackupVaultName"]
+        self.assertEqual(backup.count(str(vault)), 2, "the alarm watches the database stack's vault")
         for name, alarm in list(alarms.items()) + list(resources(self.mon, "AWS::CloudWatch::CompositeAlarm").items()):
-            if name.endswith("1h"):
-                continue  # only feeds the composite page alarm
+            if name in BURN_WINDOWS:
+                continue  # only feed the composite page alarms (and the rollback triggers)
             self.assertIn("AlarmActions", alarm["Properties"], name)
         events = one(TPL["database"], "AWS::RDS::EventSubscription")["Properties"]
         self.assertIn("failover", events["EventCategories"])
+
+
+class Identity(unittest.TestCase):
+    boot = TPL["bootstrap"]
+
+    def trust(self, role):
+        return self.boot["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+
+    def test_bootstrap_is_deployed_by_an_administrator_not_the_pipeline(self):
+        self.assertNotIn("bootstrap", re.findall(r"_deploy_stack ([\w-]+) ", TARGET_SH))
+        self.assertTrue((ROOT / "docs/runbooks/aws-bootstrap.md").is_file())
+        provider = self.boot["Resources"]["GitHubOidcProvider"]
+        self.assertEqual(provider["Condition"], "CreateOidcProvider")
+        self.assertEqual(provider["Properties"]["Url"], "https://token.actions.githubusercontent.com")
+        self.assertEqual(provider["Properties"]["ClientIdList"], ["sts.amazonaws.com"])
+        self.assertEqual(set(self.boot["Outputs"]), {"OidcProviderArn", "CloudFormationRoleArn", "DeployRoleArn",
+                                                     "PlanRoleArn"})
+
+    def test_github_roles_trust_only_this_repository_and_environment(self):
+        for role in ("DeployRole", "PlanRole"):
+            [st] = self.trust(role)
+            self.assertEqual(st["Action"], "sts:AssumeRoleWithWebIdentity")
+            self.assertEqual(st["Condition"]["StringEquals"], {"token.actions.githubusercontent.com:aud": "sts.amazonaws.com"})
+            subs = st["Condition"]["StringLike"]["token.actions.githubusercontent.com:sub"]
+            for sub in re.findall(r"repo:[^'\"]*", str(subs)):
+                self.assertTrue(sub.startswith("repo:${GitHubRepository}:"), sub)
+                # Wildcards only in a tag pattern, never for repository or environment.
+                self.assertNotIn("*", sub.replace("refs/tags/v*", ""), sub)
+        deploy = self.trust("DeployRole")[0]["Condition"]["StringLike"]["token.actions.githubusercontent.com:sub"]["Fn::If"]
+        self.assertEqual(deploy[0], "RefInSubject")
+        with_ref, without = deploy[1]["Fn::If"], deploy[2]
+        self.assertEqual(with_ref[1], {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}:ref:refs/tags/v*"})
+        self.assertEqual(with_ref[2], {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}:ref:refs/heads/main"})
+        self.assertEqual(without, {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}"})
+
+    def statements(self, role):
+        res = self.boot["Resources"]
+        out = [s for p in res[role]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+        return out + res["ReadDeploymentState"]["Properties"]["PolicyDocument"]["Statement"]
+
+    def test_deploy_role_is_least_privilege_and_creates_nothing_itself(self):
+        allowed = set()
+        for st in self.statements("DeployRole"):
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            self.assertEqual(st["Effect"], "Allow")
+            self.assertNotEqual(st["Resource"], "*", st["Sid"])
+            for a in actions:
+                self.assertNotIn("*", a, st["Sid"])
+                allowed.add(a)
+        # What target.sh calls, and nothing that creates resources directly.
+        self.assertLessEqual({"cloudformation:CreateChangeSet", "cloudformation:ExecuteChangeSet",
+                              "cloudformation:DescribeChangeSet", "cloudformation:DescribeStacks",
+                              "cloudformation:DescribeStackEvents", "cloudformation:DeleteChangeSet",
+                              "s3:GetObject", "s3:PutObject", "ssm:GetParameter", "iam:PassRole"}, allowed)
+        self.assertFalse({a for a in allowed if a.split(":")[0] in ("ec2", "rds", "autoscaling", "elasticloadbalancing")})
+        self.assertNotIn("iam:CreateRole", allowed)
+        passrole = next(st for st in self.statements("DeployRole") if st["Action"] == "iam:PassRole")
+        self.assertEqual(passrole["Resource"], {"Fn::GetAtt": ["CloudFormationServiceRole", "Arn"]})
+        self.assertEqual(passrole["Condition"]["StringEquals"]["iam:PassedToService"], "cloudformation.amazonaws.com")
+        # target.sh hands CloudFormation the service role.
+        self.assertIn('args+=(--role-arn "$AWS_CFN_ROLE_ARN")', TARGET_SH)
+        for call in re.findall(r"_aws (\w+) ([a-z-]+)", TARGET_SH):
+            service, op = call
+            if service == "cloudformation" and op != "wait":
+                action = "cloudformation:" + "".join(w.capitalize() for w in op.split("-"))
+                self.assertIn(action, allowed, f"target.sh calls {op}")
+
+    def test_plan_role_cannot_execute(self):
+        deny = [st for st in self.statements("PlanRole") if st["Effect"] == "Deny"]
+        denied = {a for st in deny for a in st["Action"]}
+        self.assertLessEqual({"cloudformation:ExecuteChangeSet", "cloudformation:UpdateStack",
+                              "cloudformation:CreateStack", "cloudformation:DeleteStack", "s3:PutObject"}, denied)
+        allowed = {a for st in self.statements("PlanRole") if st["Effect"] == "Allow"
+                   for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+        self.assertIn("cloudformation:CreateChangeSet", allowed)
+        self.assertNotIn("cloudformation:ExecuteChangeSet", allowed)
+
+    def test_service_role_creates_only_this_environments_roles(self):
+        sts = self.boot["Resources"]["CloudFormationServiceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        for st in sts:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            if any(a.startswith("iam:") and a != "iam:CreateServiceLinkedRole" for a in actions):
+                for r in st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]:
+                    self.assertIn("${StackPrefix}-${Environment}-", r["Fn::Sub"], st["Sid"])
+            if "iam:AttachRolePolicy" in actions:
+                self.assertIn("iam:PolicyARN", st["Condition"]["ArnEquals"])
+            if any(a.startswith("s3:") for a in actions):
+                self.assertNotEqual(st["Resource"], "*", st["Sid"])
+
+
+class Backups(unittest.TestCase):
+    def test_vaults_are_locked_compliance_only_in_production_after_a_grace_period(self):
+        for tpl, stack in (("database", "database"), ("dr-vault", "dr-vault")):
+            vault = one(TPL[tpl], "AWS::Backup::BackupVault")["Properties"]
+            lock = vault["LockConfiguration"]["Fn::If"]
+            self.assertEqual(lock[0], "VaultLocked")
+            self.assertEqual(lock[1]["ChangeableForDays"]["Fn::If"][1], {"Ref": "VaultLockGraceDays"})
+            self.assertGreaterEqual(lock[1]["MinRetentionDays"], 7)
+            self.assertGreaterEqual(TPL[tpl]["Parameters"]["VaultLockGraceDays"]["MinValue"], 3)
+            self.assertEqual(TPL[tpl]["Parameters"]["VaultLockMode"]["Default"], "governance")
+        prod = PARAMS["production"]["stacks"]
+        self.assertEqual(prod["database"]["VaultLockMode"], "compliance")
+        self.assertGreaterEqual(int(prod["database"]["VaultLockGraceDays"]), 7)
+        self.assertEqual(prod["dr-vault"]["VaultLockMode"], "compliance")
+        self.assertIn(PARAMS["staging"]["stacks"]["database"].get("VaultLockMode", "governance"), ("governance", "none"))
+        # The plan keeps recovery points at least as long as the lock's minimum.
+        for env in ENVIRONMENTS:
+            self.assertGreaterEqual(int(value("database", env, "BackupRetentionDays")), 7)
+
+    def test_failed_backup_jobs_notify(self):
+        rule = one(TPL["database"], "AWS::Events::Rule")["Properties"]
+        self.assertEqual(rule["EventPattern"]["source"], ["aws.backup"])
+        self.assertIn("Backup Job State Change", rule["EventPattern"]["detail-type"])
+        self.assertIn("Copy Job State Change", rule["EventPattern"]["detail-type"])
+        self.assertIn("FAILED", rule["EventPattern"]["detail"]["state"])
+        self.assertEqual(rule["Targets"][0]["Arn"],
+                         {"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-foundation-AlarmTopicArn"}})
+        topic_policy = one(TPL["foundation"], "AWS::SNS::TopicPolicy")["Properties"]["PolicyDocument"]["Statement"]
+        self.assertTrue(any("events.amazonaws.com" in str(s["Principal"]) for s in topic_policy))
+        key = one(TPL["foundation"], "AWS::KMS::Key")["Properties"]["KeyPolicy"]["Statement"]
+        self.assertTrue(any("events.amazonaws.com" in str(s["Principal"]) and "kms:GenerateDataKey*" in s["Action"]
+                            for s in key))
+
+    def test_restore_runbook_covers_each_backup(self):
+        text = (ROOT / "docs/runbooks/backup-restore.md").read_text()
+        for needle in ("restore-db-instance-to-point-in-time", "start-restore-job", "RestoreFromSnapshot",
+                       "Vault Lock"):
+            self.assertIn(needle, text)
 
 
 if __name__ == "__main__":

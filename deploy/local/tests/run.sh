@@ -17,6 +17,8 @@
 #                  it stops any instance
 # zero-downtime is also the good-release canary (promoted at the end of its
 # window) and checks that redeploying the previous release skips the canary.
+#   db-restart     PostgreSQL restarted under load: no instance marked DOWN,
+#                  errors only within the database's own window (db-restart.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -26,7 +28,7 @@ usage() {
 Usage: deploy/local/tests/run.sh [--binary PATH] [--report-dir DIR] [SCENARIO...]
 
 Scenarios: smoke canary-share zero-downtime canary-errors canary-latency
-           canary-inconclusive lb-unreachable bad-release crash
+           canary-inconclusive lb-unreachable bad-release crash db-restart
            (default: all, in that order)
 
   --binary PATH      service binary (default: target/debug/hello-birthday, built if needed)
@@ -48,13 +50,13 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --save-examples) EXAMPLES=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    smoke|zero-downtime|bad-release|crash|canary-share|canary-errors|canary-latency|canary-inconclusive|lb-unreachable)
+    smoke|zero-downtime|bad-release|crash|canary-share|canary-errors|canary-latency|canary-inconclusive|lb-unreachable|db-restart)
       SCENARIOS+=("$1"); shift ;;
     *) usage >&2; exit 2 ;;
   esac
 done
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(smoke canary-share zero-downtime canary-errors canary-latency
-  canary-inconclusive lb-unreachable bad-release crash)
+  canary-inconclusive lb-unreachable bad-release crash db-restart)
 RATE=${LOADGEN_RATE:-300}
 CONNS=${LOADGEN_CONNECTIONS:-24}
 WINDOW=${CANARY_TEST_WINDOW:-12}
@@ -496,6 +498,11 @@ for scenario in "${SCENARIOS[@]}"; do
     assert_fleet "$(instance_field "$STATE" s1 release)"
     check "$failures client failures (in flight on $victim at the kill: $inflight); HAProxy retried $retries, redispatched $redisp"
     RESULTS+=("crash: kill -9 of $victim with $inflight request(s) in flight: $failures client failures of $(summary crash .requests) requests (bound: $CONNS), HAProxy retries $retries, redispatches $redisp, DOWN after $(( (k1 - k0) / 1000000 )) ms, healed")
+    ;;
+
+  db-restart)
+    # shellcheck source=deploy/local/tests/db-restart.sh
+    . "$ROOT/deploy/local/tests/db-restart.sh"
     ;;
   esac
 done
