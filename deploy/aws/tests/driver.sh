@@ -14,7 +14,7 @@ fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 TARGET=aws
 ENV_NAME=${ENV_NAME:-staging}
-VERSION=${VERSION:-0.0.0-test}
+VERSION=${VERSION-0.0.0-test}
 ARTIFACT=${ARTIFACT:-}
 DRY_RUN=${DRY_RUN:-0}
 ARTIFACT_SHA256=""

@@ -7,6 +7,10 @@ name ends with $FAKE_AWS_FAIL_SUFFIX fail their update wait and are then
 reported as UPDATE_ROLLBACK_COMPLETE, with the failure events CloudFormation
 gives for an instance that never signalled. Any call not scripted here exits
 2, so an unexpected call fails the test.
+
+FAKE_AWS_APP=noparams answers the app stack without its release parameters
+(which release runs cannot be known); FAKE_AWS_RECORD is the content of the
+deployment record deployments/<env>/previous.json (absent: 404).
 """
 
 import json
@@ -41,10 +45,13 @@ def main(argv):
     if cmd == ["cloudformation", "describe-stacks"]:
         query = opt(args, "--query") or ""
         if query == "Stacks[0]":
+            params = PARAMETERS
+            if stack.endswith("-app") and os.environ.get("FAKE_AWS_APP") == "noparams":
+                params = {}
             print(json.dumps({
                 "StackName": stack,
                 "StackStatus": state.get(stack, "UPDATE_COMPLETE"),
-                "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in PARAMETERS.items()],
+                "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
             }))
         elif "Outputs" in query:
             print(next(v for k, v in OUTPUTS.items() if f"'{k}'" in query))
@@ -67,9 +74,17 @@ def main(argv):
     elif cmd == ["cloudformation", "describe-stack-events"]:
         print("AutoScalingGroup\tUPDATE_FAILED\tReceived 0 SUCCESS signal(s) out of 1. "
               "Unable to satisfy 100% MinSuccessfulInstancesPercent requirement")
+    elif cmd == ["cloudformation", "set-stack-policy"]:
+        pass
     elif cmd == ["s3", "cp"]:
         if args[-1] == "-":
-            return 1  # nothing published yet
+            if args[-2].endswith("/previous.json") and os.environ.get("FAKE_AWS_RECORD"):
+                print(os.environ["FAKE_AWS_RECORD"])
+                return 0
+            # Nothing published yet: what the CLI says for a missing key.
+            print(f"fatal error: An error occurred (404) when calling the HeadObject operation: Key "
+                  f"\"{args[-2].split('/', 3)[-1]}\" does not exist", file=sys.stderr)
+            return 1
     else:
         print(f"fake aws: unscripted call {argv}", file=sys.stderr)
         return 2
