@@ -533,6 +533,12 @@ target_rollback() {
     record=$(_record_read "$bucket") || exit 1
   fi
   [ -n "$record" ] || die "aws target: no previous release recorded for $ENV_NAME; nothing to roll back to"
+  # A deploy interrupted mid-update (job cancelled or timed out) leaves
+  # CloudFormation working: let it finish (or roll back) first.
+  if [[ "$(_stack_status "$(_stack_name app)")" == *_IN_PROGRESS ]]; then
+    step "rollback: $(_stack_name app) is still changing; waiting for CloudFormation to finish"
+    _aws cloudformation wait stack-update-complete --stack-name "$(_stack_name app)" 2>/dev/null || true
+  fi
   current=$(_app_running) || exit 1
   [ -n "$current" ] || die "aws target: $(_stack_name app) does not exist; nothing to roll back"
   running=$(jq -r .AppVersion <<<"$current")
