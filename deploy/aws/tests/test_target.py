@@ -247,9 +247,9 @@ class EmulatorScenario(unittest.TestCase):
         # keeps 1.0.0 as the rollback target, never the bad 2.0.0.
         proc = self.deploy("--version", "1.0.0")
         self.assertOk(proc)
-        self.assertIn("1.0.0 is the recorded rollback target: record kept", proc.stdout)
         self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
         self.assertEqual(self.record()["AppVersion"], "1.0.0")
+        self.assertIn("1.0.0 is the recorded rollback target: record kept", proc.stdout)
         # The pipeline's rollback: deploy.sh --rollback --version <release being undone>.
         self.assertOk(self.deploy("--version", "2.0.0"))
         proc = self.deploy("--rollback", "--version", "2.0.0")
@@ -299,9 +299,11 @@ class EmulatorScenario(unittest.TestCase):
         proc = self.deploy("--release", three, "--write-checksum", "--version", "3.0.0", "--plan", plan_file)
         self.assertOk(proc)
         self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
-        self.assertEqual(self.s3_object("releases/3.0.0/hello-birthday.sha256").decode().split()[0],
-                         sha256(open(three, "rb").read()))
-        plan = json.load(open(plan_file))
+        with open(three, "rb") as f:
+            self.assertEqual(self.s3_object("releases/3.0.0/hello-birthday.sha256").decode().split()[0],
+                             sha256(f.read()))
+        with open(plan_file) as f:
+            plan = json.load(f)
         stacks = {s["key"]: s for s in plan["stacks"]}
         self.assertEqual((plan["version"], plan["environment"]), ("3.0.0", ENV))
         self.assertEqual(stacks["monitoring"]["outcome"], "changes")
