@@ -197,7 +197,8 @@ _cs_changes() {
 # CloudFormation's own reasons when the stack rolls back.
 _cs_execute() {
   local stack=$1 cs=$2 type=$3 final
-  run _aws cloudformation execute-change-set --stack-name "$stack" --change-set-name "$cs"
+  run _aws cloudformation execute-change-set --stack-name "$stack" --change-set-name "$cs" \
+    || die "aws target: execute-change-set $cs of $stack failed"
   local waiter="stack-update-complete"
   [ "$type" = CREATE ] && waiter="stack-create-complete"
   if ! _aws cloudformation wait "$waiter" --stack-name "$stack" 2>/dev/null; then
@@ -262,7 +263,7 @@ _deploy_stack() {
   fi
   status=$(_stack_status "$stack") || exit 1
   type=$(_cs_type "$stack" "$status") || exit 1
-  cs="deploy-$(date -u +%Y%m%d%H%M%S)"
+  cs="deploy-$(date -u +%Y%m%d%H%M%S)-$key"
   step "stack $stack: $type change set $cs (${template#"$ROOT"/})"
   _protect_stack "$key"
   _cs_create "$stack" "$type" "$cs" "$template" "$params" "$rollback"
@@ -600,7 +601,7 @@ target_make_plan() {
     || die "aws target: $(_stack_name foundation) does not exist: the first creation of an environment is a deploy without --plan (docs/runbooks/deploy-rollback.md)"
   bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName) || exit 1
   _publish_release "$bucket" "$work"
-  cs="plan-$(date -u +%Y%m%d%H%M%S)"
+  local stamp; stamp=$(date -u +%Y%m%d%H%M%S)
   local entries="$work/entries" key region stack status type template params rollback fp changed="" extra
   : >"$entries"
   while read -r key region; do
@@ -622,6 +623,8 @@ target_make_plan() {
     else
       step "plan: stack $stack ($type)"
     fi
+    # One name per stack and plan (the emulator looks change sets up by name alone).
+    cs="plan-$stamp-$key"
     _cs_create "$stack" "$type" "$cs" "$template" "$params" "$rollback"
     case "$CS_OUTCOME" in
       none) echo "    no changes" ;;
@@ -716,7 +719,7 @@ target_execute_plan() {
       template="$ROOT/$(jq -r .template <<<"$entry")"
       params=$(jq -c .parameters <<<"$entry")
       rollback=$(jq -c '.rollbackConfiguration // empty' <<<"$entry")
-      cs="exec-$(date -u +%Y%m%d%H%M%S)"
+      cs="exec-$(date -u +%Y%m%d%H%M%S)-$key"
       _cs_create "$stack" "$type" "$cs" "$template" "$params" "$rollback"
       [ "$CS_OUTCOME" != failed ] || die "aws target: re-computed change set for $stack failed: $CS_REASON"
       if [ "$outcome" = failed ] || [ "$(_plan_changes "$entry")" != "$( [ "$CS_OUTCOME" = changes ] && _cs_changes "$CS_JSON" | sort)" ]; then

@@ -10,7 +10,9 @@ gives for an instance that never signalled. Any call not scripted here exits
 
 FAKE_AWS_APP=noparams answers the app stack without its release parameters
 (which release runs cannot be known); FAKE_AWS_RECORD is the content of the
-deployment record deployments/<env>/previous.json (absent: 404).
+deployment record deployments/<env>/previous.json (absent: 404). Uploaded
+*.sha256 files are kept and read back. FAKE_AWS_EXEC_CHANGES=replace makes
+change sets computed at execution (named exec-*) differ from planned ones.
 """
 
 import json
@@ -60,9 +62,12 @@ def main(argv):
     elif cmd == ["cloudformation", "create-change-set"]:
         print(f"arn:aws:cloudformation:eu-west-1:111122223333:changeSet/{opt(args, '--change-set-name')}/1")
     elif cmd == ["cloudformation", "describe-change-set"]:
-        print(json.dumps({"Status": "CREATE_COMPLETE", "Changes": [{"ResourceChange": {
+        replacement = "False"
+        if (opt(args, "--change-set-name") or "").startswith("exec-") and os.environ.get("FAKE_AWS_EXEC_CHANGES") == "replace":
+            replacement = "True"
+        print(json.dumps({"Status": "CREATE_COMPLETE", "ExecutionStatus": "AVAILABLE", "Changes": [{"ResourceChange": {
             "Action": "Modify", "LogicalResourceId": "LaunchTemplate", "ResourceType": "AWS::EC2::LaunchTemplate",
-            "Replacement": "False"}}]}))
+            "Replacement": replacement}}]}))
     elif cmd == ["cloudformation", "execute-change-set"]:
         pass
     elif cmd == ["cloudformation", "wait"]:
@@ -77,9 +82,16 @@ def main(argv):
     elif cmd == ["cloudformation", "set-stack-policy"]:
         pass
     elif cmd == ["s3", "cp"]:
+        if args[-1].endswith(".sha256") and args[-1].startswith("s3://"):
+            with open(args[-2]) as f:
+                state[args[-1]] = f.read().strip()
+            json.dump(state, open(state_path, "w"))
         if args[-1] == "-":
             if args[-2].endswith("/previous.json") and os.environ.get("FAKE_AWS_RECORD"):
                 print(os.environ["FAKE_AWS_RECORD"])
+                return 0
+            if args[-2] in state:
+                print(state[args[-2]])
                 return 0
             # Nothing published yet: what the CLI says for a missing key.
             print(f"fatal error: An error occurred (404) when calling the HeadObject operation: Key "

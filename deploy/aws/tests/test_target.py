@@ -459,6 +459,35 @@ class ScriptedOutcomes(unittest.TestCase):
         self.assertIn("refusing to guess", proc.stderr)
         self.assertIsNone(self.first(lambda c: "create-change-set" in c))
 
+    def test_an_execution_runs_the_planned_change_sets_or_refuses_a_different_change(self):
+        plan = os.path.join(self.tmp, "plan.json")
+        proc = drive("target_make_plan", "--aws-params", self.params, env=dict(self.env, PLAN_FILE=plan),
+                     artifact=self.artifact)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse([c for c in self.calls() if "execute-change-set" in c])
+        with open(plan) as f:
+            stacks = json.load(f)["stacks"]
+        self.assertEqual([s["provisional"] for s in stacks], [False] + [True] * 5)
+        # Executed as planned: the foundation's planned change set, then each
+        # later stack computed again and found the same.
+        open(self.log, "w").close()
+        proc = drive("target_execute_plan", "--aws-params", self.params, env=dict(self.env, PLAN_FILE=plan))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        executed = [c[c.index("--change-set-name") + 1] for c in self.calls() if "execute-change-set" in c]
+        self.assertEqual(executed[0], stacks[0]["changeSet"])
+        self.assertEqual(len(executed), 6)
+        self.assertEqual(proc.stdout.count("same changes as planned"), 5)
+        # A later stack whose change turns out different: refused after the
+        # foundation, nothing else executed.
+        open(self.log, "w").close()
+        proc = drive("target_execute_plan", "--aws-params", self.params,
+                     env=dict(self.env, PLAN_FILE=plan, FAKE_AWS_EXEC_CHANGES="replace"))
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("refusing: hello-birthday-staging-network's change after foundation's differs from the approved plan",
+                      proc.stderr)
+        executed = [c for c in self.calls() if "execute-change-set" in c]
+        self.assertEqual(len(executed), 1)
+
     def test_unknown_target_option_is_refused(self):
         proc = drive("target_plan", "--regoin", "x", env=self.env)
         self.assertNotEqual(proc.returncode, 0)
