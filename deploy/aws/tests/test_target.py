@@ -326,7 +326,7 @@ class EmulatorScenario(unittest.TestCase):
         self.assertEqual((self.record()["AppVersion"], self.record()["ReplacedBy"]), ("1.0.0", "3.0.0"))
 
         # Planned, then production changes under it: the execution refuses.
-        proc = self.deploy("--release", self.bins["two"], "--version", "2.0.0", "--plan", plan_file)
+        proc = self.deploy("--release", self.bins["two"], "--write-checksum", "--version", "2.0.0", "--plan", plan_file)
         self.assertOk(proc)
         self.assertOk(self.deploy("--version", "1.0.0"))
         proc = self.deploy("--execute-plan", plan_file, "--version", "2.0.0")
