@@ -94,7 +94,8 @@ class StagingLoad(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertIn("load: ok: 0 of 80 failed (allowed 0)", proc.stdout)
         self.assertIn("server-side p99 per minute 12 ms, 20 ms", proc.stdout)
-        calls = [json.loads(line) for line in open(self.log)]
+        with open(self.log) as f:
+            calls = [json.loads(line) for line in f]
         self.assertGreaterEqual(len(calls), 2)  # polled until CloudWatch had the minutes
         call = calls[-1]
         self.assertEqual(call[:2], ["cloudwatch", "get-metric-statistics"])
