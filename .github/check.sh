@@ -17,8 +17,10 @@ Checks the CI/CD pipeline, the release artifact and the container image.
 Without arguments runs, in order:
   actionlint   lint .github/workflows (actionlint, with shellcheck on run: blocks)
   workflows    structural tests of the workflows (.github/tests): gate order,
-               per-environment concurrency, OIDC only, one artifact, no drift
-               from scripts/ci.sh
+               deploy/tests/rollback one job per environment, plan before
+               approval, roles for main and v* only, OIDC only, one artifact,
+               timeouts, no drift from scripts/ci.sh; and the pipeline's
+               scripts (.github/scripts: staging load, plan summary)
   deny         cargo deny check licenses bans sources (deny.toml); advisories
                too, offline, when a RustSec database is already on this machine
   release      scripts/release.sh: static binary, SHA-256, SBOM, empty-chroot run

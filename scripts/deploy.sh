@@ -32,6 +32,15 @@ Usage: scripts/deploy.sh --target local|aws (--release PATH | --version V) [opti
                      go on when the canary saw too little traffic to judge
                      (default: stop and put the canary back)
   --no-canary        emergencies only: roll out WITHOUT canary analysis
+  --plan FILE        publish the release and prepare every change without
+                     executing any; write the plan to FILE (targets with
+                     target_make_plan: aws)
+  --execute-plan FILE
+                     execute exactly the changes of that plan, or refuse when
+                     the environment changed since; then smoke test as usual
+  --rollback         return to the recorded previous release (no artifact
+                     needed); with --version V, only when V is what runs.
+                     The record of what "previous" is stays as it was
   -h, --help         this help
 
 Target options (passed to target_args):
@@ -67,6 +76,7 @@ TARGET="" ARTIFACT="" ARTIFACT_SHA256="" VERSION="" ENV_NAME=staging DRY_RUN=0
 WRITE_CHECKSUM=0 SMOKE=1
 CANARY=1 CANARY_WEIGHT=10 CANARY_WINDOW="" CANARY_ALLOW_INCONCLUSIVE=0
 TARGET_ARGS=()
+PLAN_FILE="" EXECUTE_PLAN="" ROLLBACK=0
 while [ $# -gt 0 ]; do
   case $1 in
     --target) TARGET=${2:?--target needs a value}; shift 2 ;;
@@ -80,6 +90,9 @@ while [ $# -gt 0 ]; do
     --canary-window) CANARY_WINDOW=${2:?--canary-window needs seconds}; shift 2 ;;
     --canary-allow-inconclusive) CANARY_ALLOW_INCONCLUSIVE=1; shift ;;
     --no-canary) CANARY=0; shift ;;
+    --plan) PLAN_FILE=${2:?--plan needs a file}; shift 2 ;;
+    --execute-plan) EXECUTE_PLAN=${2:?--execute-plan needs a file}; shift 2 ;;
+    --rollback) ROLLBACK=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) TARGET_ARGS+=("$1"); shift ;;
   esac
@@ -90,7 +103,21 @@ if ! [[ $TARGET =~ ^[a-z0-9-]+$ ]] || [ ! -f "$ROOT/deploy/$TARGET/target.sh" ];
   die "unknown target '$TARGET' (no deploy/$TARGET/target.sh)"
 fi
 case $ENV_NAME in staging|production) ;; *) die "--env must be staging or production" ;; esac
-[ -n "$ARTIFACT" ] || [ -n "$VERSION" ] || die "give --release PATH or --version V"
+check_mode_options() {
+  local modes=$ROLLBACK
+  [ -z "$PLAN_FILE" ] || modes=$((modes + 1))
+  [ -z "$EXECUTE_PLAN" ] || modes=$((modes + 1))
+  [ "$modes" -le 1 ] || die "--plan, --execute-plan and --rollback exclude each other"
+  if [ -n "$PLAN_FILE" ]; then [ -n "$ARTIFACT" ] || die "--plan publishes what it plans: give --release PATH"; fi
+  if [ -n "$EXECUTE_PLAN" ] || [ "$ROLLBACK" = 1 ]; then
+    [ -z "$ARTIFACT" ] || die "--execute-plan and --rollback take no --release (the release is already published)"
+  fi
+  if [ -n "$EXECUTE_PLAN" ]; then [ -f "$EXECUTE_PLAN" ] || die "plan $EXECUTE_PLAN not found"; fi
+  return 0
+}
+check_mode_options
+[ -n "$ARTIFACT" ] || [ -n "$VERSION" ] || [ -n "$EXECUTE_PLAN" ] || [ "$ROLLBACK" = 1 ] \
+  || die "give --release PATH or --version V"
 
 # Canary settings, exported for the target. --no-canary is for emergencies
 # and says so loudly, at the start and at the end.
@@ -132,8 +159,10 @@ if [ -n "$ARTIFACT" ]; then
   fi
   [ -n "$VERSION" ] || VERSION="sha-${ARTIFACT_SHA256:0:12}"
 fi
-[[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "bad release label '$VERSION' (letters, digits, . _ -)"
-step "release $VERSION"
+if [ -n "$VERSION" ] || { [ -z "$EXECUTE_PLAN" ] && [ "$ROLLBACK" = 0 ]; }; then
+  [[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "bad release label '$VERSION' (letters, digits, . _ -)"
+  step "release $VERSION"
+fi
 
 export ROOT TARGET ENV_NAME ARTIFACT ARTIFACT_SHA256 VERSION DRY_RUN
 # shellcheck source=deploy/local/target.sh
@@ -150,11 +179,47 @@ fi
 
 target_args "${TARGET_ARGS[@]}"
 
+# --plan, --execute-plan, --rollback: the target must implement them.
+mode_function() {
+  local fn=$1
+  declare -F "$fn" >/dev/null || die "deploy/$TARGET/target.sh does not define $fn (needed by this option)"
+}
+# --plan: prepare, print and write the plan; change nothing that runs.
+if [ -n "$PLAN_FILE" ]; then
+  mode_function target_make_plan
+  step "plan"
+  target_plan
+  target_make_plan "$PLAN_FILE"
+  exit 0
+fi
+# --rollback: back to the recorded previous release, then the smoke test.
+if [ "$ROLLBACK" = 1 ]; then
+  step "roll back${VERSION:+ $VERSION}"
+  target_rollback || die "rollback failed: the fleet needs attention"
+  [ "$DRY_RUN" = 1 ] && exit 0
+  if [ "$SMOKE" = 1 ]; then
+    url=$(target_url)
+    step "smoke test against $url"
+    ${DEPLOY_SMOKE:-"$ROOT/scripts/smoke.sh"} "$url" || die "smoke test failed after the rollback: the fleet needs attention"
+  fi
+  step "rolled back in $(( $(date +%s) - START ))s"
+  exit 0
+fi
+# The roll-out: a prepared plan, or a deploy.
+rollout() {
+  if [ -n "$EXECUTE_PLAN" ]; then
+    mode_function target_execute_plan
+    target_execute_plan "$EXECUTE_PLAN"
+  else
+    target_deploy
+  fi
+}
+
 step "plan"
 target_plan
 
 step "roll out"
-if ! target_deploy; then
+if ! rollout; then
   die "roll-out of $VERSION to $TARGET failed after $(( $(date +%s) - START ))s (see above; the target restored what it had changed)"
 fi
 

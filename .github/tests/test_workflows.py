@@ -139,6 +139,50 @@ def ci_problems(doc: dict) -> list[str]:
     return problems
 
 
+REF_GUARD = "github.ref == 'refs/heads/main' || startsWith(github.ref, 'refs/tags/v')"
+ROOT = WORKFLOWS.parents[1]
+# Worst case of one deploy job, in minutes (.github/PIPELINE.md, "Timeouts"):
+# three stack waits that each reach the AWS CLI waiter's 60-minute bound
+# (a database change, an app update that fails and is rolled back by
+# CloudFormation, the job's own rollback), plus 16 for the other stacks'
+# change sets, the smoke test and the staging load with its metrics wait.
+WORST_CASE_DEPLOY_MINUTES = 3 * 60 + 16
+
+
+def expr(value) -> str:
+    v = str(value or "").strip()
+    if v.startswith("${{") and v.endswith("}}"):
+        v = v[3:-2].strip()
+    return v
+
+
+def guarded(job: dict) -> bool:
+    """The job's `if` admits only main and v* tags (and may add more
+    conditions with &&, never widen it with ||)."""
+    cond = expr(job.get("if"))
+    return cond == REF_GUARD or cond.startswith(f"({REF_GUARD}) && ")
+
+
+def steps(job: dict) -> list[dict]:
+    return job.get("steps", [])
+
+
+def step_running(job: dict, pattern: str) -> dict | None:
+    return next((s for s in steps(job) if re.search(pattern, s.get("run", ""))), None)
+
+
+def creds(job: dict) -> dict | None:
+    return next((s for s in steps(job) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")), None)
+
+
+def slo_thresholds() -> tuple[str, str]:
+    """(availability objective as a ratio, latency threshold in ms) from docs/slo.md."""
+    text = (ROOT / "docs" / "slo.md").read_text(encoding="utf-8")
+    avail = re.search(r"\| availability \|[^|]*\| ([\d.]+)% \|", text).group(1)
+    latency = re.search(r"answered within (\d+) ms", text).group(1)
+    return str(round(float(avail) / 100, 6)), latency
+
+
 def cd_problems(doc: dict) -> list[str]:
     problems = pin_problems(doc, "cd")
     jobs = doc["jobs"]
@@ -157,85 +201,145 @@ def cd_problems(doc: dict) -> list[str]:
     builders = [n for n, j in jobs.items() if "scripts/release.sh" in runs(j)]
     if len(builders) != 1:
         problems.append(f"cd: exactly one job must build the release, found {builders}")
-    else:
-        build = builders[0]
-        ci = [n for n, j in jobs.items() if j.get("uses") == "./.github/workflows/ci.yml"]
-        if not ci or ci[0] not in needs(jobs[build]):
-            problems.append("cd: the build job must need the CI workflow (./.github/workflows/ci.yml)")
+        return problems
+    build = builders[0]
+    ci = [n for n, j in jobs.items() if j.get("uses") == "./.github/workflows/ci.yml"]
+    if not ci or ci[0] not in needs(jobs[build]):
+        problems.append("cd: the build job must need the CI workflow (./.github/workflows/ci.yml)")
     for name, job in jobs.items():
         if name not in builders and re.search(r"\bcargo (build|install)\b|release\.sh", runs(job)):
             problems.append(f"cd:{name}: rebuilds instead of promoting the built artifact")
 
-    deployers = {n: deploy_env(j) for n, j in jobs.items() if deploy_env(j)}
-    smokers = {n: smoke_env(jobs, n) for n in jobs if smoke_env(jobs, n)}
-    staging_smoke = [n for n, e in smokers.items() if e == "staging"]
-    if not staging_smoke:
-        problems.append("cd: no job smoke-tests staging after deploying it")
-    if not any(e == "production" for e in smokers.values()):
-        problems.append("cd: no job smoke-tests production after deploying it")
-
-    for name, env in deployers.items():
-        job = jobs[name]
-        # Same artifact: downloaded, checksum verified, before deploy.sh.
-        # A rollback redeploys the previous release, already in the bucket.
-        is_rollback = "PREVIOUS" in runs(job)
-        if not is_rollback:
-            body = runs(job)
-            if not any(u.startswith("actions/download-artifact@") for u in uses(job)):
-                problems.append(f"cd:{name}: does not download the built artifact")
-            if "sha256sum -c" not in body or body.index("sha256sum -c") > body.index("scripts/deploy.sh"):
-                problems.append(f"cd:{name}: does not verify the artifact's SHA-256 before deploying")
-        # OIDC role assumption, and the right to ask for the token.
-        creds = [s for s in job.get("steps", []) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
-        if not creds or "role-to-assume" not in creds[0].get("with", {}):
-            problems.append(f"cd:{name}: must assume an AWS role (configure-aws-credentials role-to-assume)")
-        if job.get("permissions", {}).get("id-token") != "write":
-            problems.append(f"cd:{name}: needs permissions id-token: write for OIDC")
-        if env == "production":
-            # The gate: after staging's smoke test, behind the environment.
-            anc = ancestors(jobs, name)
-            if not any(s in anc for s in staging_smoke):
-                problems.append(f"cd:{name}: deploys to production without staging's smoke test before it")
-            if environment(job) not in ("production", "production-rollback"):
-                problems.append(f"cd:{name}: deploys to production outside the production environments")
-        elif environment(job) != env:
-            problems.append(f"cd:{name}: deploys to {env} outside the {env} environment")
-
-    forward = [n for n, e in deployers.items() if e == "production" and "PREVIOUS" not in runs(jobs[n])]
-    if not forward:
-        problems.append("cd: no job deploys the new release to production")
-    for name in forward:
-        if environment(jobs[name]) != "production":
-            problems.append(f"cd:{name}: the production deploy must use the 'production' environment (manual approval)")
-        if not set(needs(jobs[name])) & set(staging_smoke):
-            problems.append(f"cd:{name}: the production deploy must need staging's smoke job directly")
+    # Roles: OIDC only, and only for main and v* tags, checked in the workflow.
+    role_jobs = [n for n, j in jobs.items() if creds(j)]
     for name, job in jobs.items():
-        if environment(job) == "production" and name not in forward:
-            problems.append(f"cd:{name}: only the production deploy may use the 'production' environment")
+        has_token = job.get("permissions", {}).get("id-token") == "write"
+        if has_token and name not in role_jobs:
+            problems.append(f"cd:{name}: has id-token: write but assumes no role")
+        if name in role_jobs:
+            if not has_token:
+                problems.append(f"cd:{name}: needs permissions id-token: write for OIDC")
+            if "role-to-assume" not in creds(job).get("with", {}):
+                problems.append(f"cd:{name}: must assume an AWS role (configure-aws-credentials role-to-assume)")
+            if not guarded(job):
+                problems.append(f"cd:{name}: takes an AWS role without `if: {REF_GUARD}` (main and v* tags only)")
 
-    # No overlap: deploy, smoke and rollback of one environment share a queue.
-    for name, env in {**deployers, **smokers}.items():
-        conc = jobs[name].get("concurrency")
+    # One job per environment deploys, tests and rolls back: nothing of
+    # another run can land in between, and no separate job can be cancelled
+    # while pending.
+    units = {}
+    for env in ("staging", "production"):
+        forward = [n for n, j in jobs.items()
+                   if re.search(rf"scripts/deploy\.sh\b[^\n]*--env \"?(\$DEPLOY_ENV|{env})\b", runs(j))
+                   and (j.get("env", {}).get("DEPLOY_ENV", env) == env)
+                   and re.search(r"--release |--execute-plan ", runs(j)) and "--plan " not in runs(j)]
+        if len(forward) != 1:
+            problems.append(f"cd: exactly one job must deploy {env}, found {forward}")
+            continue
+        name = forward[0]
+        job = jobs[name]
+        units[env] = name
+        deploy_step = step_running(job, r"scripts/deploy\.sh\b[^\n]*(--release |--execute-plan )")
+        if not deploy_step.get("id"):
+            problems.append(f"cd:{name}: the deploy step needs an id (the rollback step tests its outcome)")
+        if "scripts/smoke.sh" not in runs(job):
+            problems.append(f"cd:{name}: the {env} smoke test must run in the job that deployed it")
+        rollback = step_running(job, r"scripts/deploy\.sh\b[^\n]*--rollback\b")
+        if not rollback:
+            problems.append(f"cd:{name}: the {env} rollback must run in the job that deployed it")
+        else:
+            cond = expr(rollback.get("if"))
+            for needed in ("failure()", "cancelled()", f"steps.{deploy_step.get('id')}.outcome != 'skipped'"):
+                if needed not in cond:
+                    problems.append(f"cd:{name}: the rollback step must run on failure or cancellation "
+                                    f"after the deploy started (missing {needed})")
+            if '--version "$RELEASE"' not in rollback["run"]:
+                problems.append(f"cd:{name}: the rollback must name this job's release (--version \"$RELEASE\") "
+                                "so it never undoes another run's deploy")
+            if "--no-rollback-triggers" not in rollback["run"]:
+                problems.append(f"cd:{name}: the rollback must run without rollback triggers")
+            if steps(job).index(rollback) != len(steps(job)) - 1:
+                problems.append(f"cd:{name}: the rollback must be the last step")
+        if re.search(r"\|\| true", runs(job)) or "PREVIOUS" in runs(job):
+            problems.append(f"cd:{name}: the rollback target comes from the deployment record, not the live service")
+        conc = job.get("concurrency")
         if not isinstance(conc, dict) or conc.get("group") != f"deploy-{env}":
             problems.append(f"cd:{name}: must hold concurrency group deploy-{env}")
         elif conc.get("cancel-in-progress") is not False:
             problems.append(f"cd:{name}: a deploy must never be cancelled halfway (cancel-in-progress: false)")
-
-    # id-token only where a role is assumed.
+        if environment(job) != env:
+            problems.append(f"cd:{name}: deploys to {env} outside the {env} environment")
+        # Time: the job outlasts the deploy's bounded waits; the session outlasts the job.
+        minutes = int(job.get("timeout-minutes", 360))
+        session = int(creds(job).get("with", {}).get("role-duration-seconds", 3600)) if creds(job) else 0
+        if minutes < WORST_CASE_DEPLOY_MINUTES:
+            problems.append(f"cd:{name}: timeout-minutes {minutes} below the worst case {WORST_CASE_DEPLOY_MINUTES}")
+        if session < minutes * 60:
+            problems.append(f"cd:{name}: role-duration-seconds {session} shorter than the job ({minutes} min)")
     for name, job in jobs.items():
-        if job.get("permissions", {}).get("id-token") == "write" and name not in deployers:
-            problems.append(f"cd:{name}: has id-token: write but assumes no role")
+        if name not in units.values() and re.search(r"scripts/(deploy|smoke)\.sh\b", runs(job)) \
+                and "--plan " not in runs(job):
+            problems.append(f"cd:{name}: deploys or tests an environment outside its deploy job")
+    if set(units) != {"staging", "production"}:
+        return problems
+    staging, production = units["staging"], units["production"]
 
-    # Rollback: runs when that environment's deploy or smoke test failed.
-    for env in ("staging", "production"):
-        rollbacks = [n for n, e in deployers.items() if e == env and "PREVIOUS" in runs(jobs[n])]
-        if not rollbacks:
-            problems.append(f"cd: no rollback job for {env}")
-        for name in rollbacks:
-            cond = str(jobs[name].get("if", ""))
-            watched = [n for n in needs(jobs[name]) if n in deployers or n in smokers]
-            if "always()" not in cond or not all(f"needs.{n}.result == 'failure'" in cond for n in watched) or len(watched) < 2:
-                problems.append(f"cd:{name}: must run when {env}'s deploy or smoke job failed")
+    # Staging: the artifact verified before the deploy; load against the SLOs.
+    body = runs(jobs[staging])
+    if not any(u.startswith("actions/download-artifact@") for u in uses(jobs[staging])):
+        problems.append(f"cd:{staging}: does not download the built artifact")
+    if "sha256sum -c" not in body or body.index("sha256sum -c") > body.index("scripts/deploy.sh"):
+        problems.append(f"cd:{staging}: does not verify the artifact's SHA-256 before deploying")
+    avail, latency = slo_thresholds()
+    load = step_running(jobs[staging], r"\.github/scripts/staging_load\.py")
+    if not load:
+        problems.append(f"cd:{staging}: no load test on staging (.github/scripts/staging_load.py)")
+    else:
+        for needed in (f"--availability {avail}", f"--p99-ms {latency}", "--load-balancer"):
+            if needed not in load["run"]:
+                problems.append(f"cd:{staging}: the staging load must use {needed} (docs/slo.md)")
+        if steps(jobs[staging]).index(load) < steps(jobs[staging]).index(step_running(jobs[staging], "scripts/deploy.sh")):
+            problems.append(f"cd:{staging}: the load runs before the deploy")
+
+    # Production: planned before approval, executed exactly after it.
+    planners = [n for n, j in jobs.items() if re.search(r"scripts/deploy\.sh\b[^\n]*--plan (\S+)", runs(j))]
+    if len(planners) != 1:
+        problems.append(f"cd: exactly one job must plan production (deploy.sh --plan), found {planners}")
+        return problems
+    plan = planners[0]
+    pjob = jobs[plan]
+    if pjob.get("env", {}).get("DEPLOY_ENV") != "production":
+        problems.append(f"cd:{plan}: must plan production")
+    if staging not in ancestors(jobs, plan):
+        problems.append(f"cd:{plan}: plans production before staging's tests passed")
+    if environment(pjob) == "production":
+        problems.append(f"cd:{plan}: the plan must come before the approval, outside the 'production' environment")
+    if "vars.AWS_PLAN_ROLE_ARN" not in str((creds(pjob) or {}).get("with", {}).get("role-to-assume")):
+        problems.append(f"cd:{plan}: must plan with the plan role (vars.AWS_PLAN_ROLE_ARN), which cannot execute")
+    summary = step_running(pjob, r"plan_summary\.py[^\n]*>> \"\$GITHUB_STEP_SUMMARY\"")
+    if not summary or "STAGING_URL" not in summary["run"] or "needs." not in str(pjob.get("env", {}).get("STAGING_URL")):
+        problems.append(f"cd:{plan}: the run summary must show the plan and the manual staging tests with the staging URL")
+    plan_file = re.search(r"--plan (\S+)", runs(pjob)).group(1)
+    uploads = [s for s in steps(pjob) if s.get("uses", "").startswith("actions/upload-artifact@")]
+    if not uploads or uploads[0]["with"].get("path") != plan_file:
+        problems.append(f"cd:{plan}: must upload the plan {plan_file}")
+    job = jobs[production]
+    if plan not in needs(job):
+        problems.append(f"cd:{production}: must need the plan job")
+    if environment(job) != "production":
+        problems.append(f"cd:{production}: the production deploy must use the 'production' environment (manual approval)")
+    if f"--execute-plan {plan_file}" not in runs(job):
+        problems.append(f"cd:{production}: must execute the approved plan ({plan_file}), nothing else")
+    downloads = [s for s in steps(job) if s.get("uses", "").startswith("actions/download-artifact@")]
+    if not uploads or not any(d["with"].get("name") == uploads[0]["with"].get("name") for d in downloads):
+        problems.append(f"cd:{production}: must download the plan artifact")
+    if ".artifactSha256" not in runs(job) or "$SHA256" not in runs(job):
+        problems.append(f"cd:{production}: must check that the plan is for the artifact built")
+    if "vars.AWS_DEPLOY_ROLE_ARN" not in str((creds(job) or {}).get("with", {}).get("role-to-assume")):
+        problems.append(f"cd:{production}: must execute with the deploy role (vars.AWS_DEPLOY_ROLE_ARN)")
+    for name, j in jobs.items():
+        if environment(j) == "production" and name != production:
+            problems.append(f"cd:{name}: only the production deploy may use the 'production' environment")
     return problems
 
 
@@ -259,55 +363,119 @@ class WorkflowTests(unittest.TestCase):
 
     def test_gate_order_spelled_out(self) -> None:
         jobs = self.cd["jobs"]
-        self.assertIn("smoke-staging", needs(jobs["deploy-production"]))
-        self.assertEqual(environment(jobs["deploy-production"]), "production")
-        self.assertIn("deploy-staging", needs(jobs["smoke-staging"]))
-        self.assertIn("deploy-production", needs(jobs["smoke-production"]))
-        self.assertEqual(
-            ancestors(jobs, "deploy-production"),
-            {"ci", "build", "deploy-staging", "smoke-staging"},
-        )
+        self.assertEqual(needs(jobs["staging"]), ["build"])
+        self.assertEqual(ancestors(jobs, "plan-production"), {"ci", "build", "staging"})
+        self.assertEqual(ancestors(jobs, "production"), {"ci", "build", "staging", "plan-production"})
+        self.assertEqual(environment(jobs["production"]), "production")
 
     # The same rules catch broken workflows.
-    def test_rejects_production_without_staging_smoke(self) -> None:
-        self.cd["jobs"]["deploy-production"]["needs"] = ["build"]
-        self.assertProblem(cd_problems(self.cd), "without staging's smoke test")
+    def test_rejects_production_without_staging(self) -> None:
+        self.cd["jobs"]["plan-production"]["needs"] = ["build"]
+        self.assertProblem(cd_problems(self.cd), "plans production before staging's tests passed")
 
     def test_rejects_production_without_environment_gate(self) -> None:
-        del self.cd["jobs"]["deploy-production"]["environment"]
+        del self.cd["jobs"]["production"]["environment"]
         self.assertProblem(cd_problems(self.cd), "must use the 'production' environment")
 
+    def test_rejects_deploy_test_and_rollback_in_separate_jobs(self) -> None:
+        # Today's workflow before this rule: smoke and rollback jobs apart
+        # from the deploy, each queueing on its own.
+        job = self.cd["jobs"]["staging"]
+        smoke = next(s for s in job["steps"] if "scripts/smoke.sh" in s.get("run", ""))
+        job["steps"].remove(smoke)
+        self.cd["jobs"]["smoke-staging"] = {"needs": ["staging"], "runs-on": "ubuntu-24.04", "steps": [smoke]}
+        problems = cd_problems(self.cd)
+        self.assertProblem(problems, "staging: the staging smoke test must run in the job that deployed it")
+        self.assertProblem(problems, "smoke-staging: deploys or tests an environment outside its deploy job")
+
+    def test_rejects_a_rollback_that_is_not_this_jobs_or_keeps_triggers(self) -> None:
+        rollback = self.cd["jobs"]["production"]["steps"][-1]
+        rollback["if"] = "${{ failure() }}"
+        rollback["run"] = 'scripts/deploy.sh --target aws --env "$DEPLOY_ENV" --rollback'
+        problems = cd_problems(self.cd)
+        self.assertProblem(problems, "missing cancelled()")
+        self.assertProblem(problems, "never undoes another run's deploy")
+        self.assertProblem(problems, "without rollback triggers")
+
+    def test_rejects_a_rollback_target_read_from_the_live_service(self) -> None:
+        self.cd["jobs"]["staging"]["steps"].insert(3, {"run": 'previous=$(curl -fsS "$BASE_URL/healthz" | jq -r .release || true)'})
+        self.assertProblem(cd_problems(self.cd), "comes from the deployment record")
+
     def test_rejects_overlapping_deploys(self) -> None:
-        del self.cd["jobs"]["smoke-staging"]["concurrency"]
-        self.assertProblem(cd_problems(self.cd), "smoke-staging: must hold concurrency group deploy-staging")
-        self.cd["jobs"]["deploy-production"]["concurrency"]["cancel-in-progress"] = True
+        del self.cd["jobs"]["staging"]["concurrency"]
+        self.assertProblem(cd_problems(self.cd), "staging: must hold concurrency group deploy-staging")
+        self.cd["jobs"]["production"]["concurrency"]["cancel-in-progress"] = True
         self.assertProblem(cd_problems(self.cd), "never be cancelled halfway")
 
+    def test_rejects_roles_for_any_branch(self) -> None:
+        for name in ("staging", "plan-production", "production"):
+            self.cd = load("cd.yml")
+            del self.cd["jobs"][name]["if"]
+            self.assertProblem(cd_problems(self.cd), f"{name}: takes an AWS role without")
+        self.cd = load("cd.yml")
+        self.cd["jobs"]["staging"]["if"] = f"${{{{ {REF_GUARD} || github.event_name == 'workflow_dispatch' }}}}"
+        self.assertProblem(cd_problems(self.cd), "staging: takes an AWS role without")
+
+    def test_rejects_blind_approval(self) -> None:
+        del self.cd["jobs"]["plan-production"]
+        self.cd["jobs"]["production"]["needs"] = ["build", "staging"]
+        self.assertProblem(cd_problems(self.cd), "exactly one job must plan production")
+        self.cd = load("cd.yml")
+        for s in self.cd["jobs"]["production"]["steps"]:
+            if "--execute-plan" in s.get("run", ""):
+                s["run"] = 'scripts/deploy.sh --target aws --env "$DEPLOY_ENV" --version "$RELEASE"'
+        self.assertProblem(cd_problems(self.cd), "exactly one job must deploy production")
+        self.cd = load("cd.yml")
+        self.cd["jobs"]["plan-production"]["environment"]["name"] = "production"
+        self.assertProblem(cd_problems(self.cd), "the plan must come before the approval")
+        self.cd = load("cd.yml")
+        step = creds(self.cd["jobs"]["plan-production"])
+        step["with"]["role-to-assume"] = "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+        self.assertProblem(cd_problems(self.cd), "must plan with the plan role")
+        self.cd = load("cd.yml")
+        self.cd["jobs"]["plan-production"]["steps"] = [
+            s for s in self.cd["jobs"]["plan-production"]["steps"] if "plan_summary" not in s.get("run", "")]
+        self.assertProblem(cd_problems(self.cd), "the run summary must show the plan")
+
+    def test_rejects_staging_tests_without_the_slo_load(self) -> None:
+        job = self.cd["jobs"]["staging"]
+        load_step = next(s for s in job["steps"] if "staging_load.py" in s.get("run", ""))
+        load_step["run"] = load_step["run"].replace("--availability 0.999", "--availability 0.99")
+        self.assertProblem(cd_problems(self.cd), "--availability 0.999")
+        job["steps"].remove(load_step)
+        self.assertProblem(cd_problems(self.cd), "no load test on staging")
+
+    def test_rejects_short_timeouts_and_sessions(self) -> None:
+        self.cd["jobs"]["staging"]["timeout-minutes"] = 45
+        self.assertProblem(cd_problems(self.cd), "staging: timeout-minutes 45 below the worst case")
+        self.cd = load("cd.yml")
+        del creds(self.cd["jobs"]["production"])["with"]["role-duration-seconds"]
+        self.assertProblem(cd_problems(self.cd), "production: role-duration-seconds 3600 shorter than the job")
+
     def test_rejects_long_lived_keys_and_broad_oidc(self) -> None:
-        step = next(s for s in self.cd["jobs"]["deploy-staging"]["steps"] if "configure-aws-credentials" in s.get("uses", ""))
+        step = creds(self.cd["jobs"]["staging"])
         step["with"]["aws-access-key-id"] = "${{ secrets.AWS_ACCESS_KEY_ID }}"
         self.assertProblem(cd_problems(self.cd), "long-lived AWS keys")
         self.cd = load("cd.yml")
         self.cd["permissions"]["id-token"] = "write"
         self.assertProblem(cd_problems(self.cd), "not be granted workflow-wide")
         self.cd = load("cd.yml")
-        del self.cd["jobs"]["deploy-production"]["permissions"]["id-token"]
-        self.assertProblem(cd_problems(self.cd), "deploy-production: needs permissions id-token: write")
+        del self.cd["jobs"]["production"]["permissions"]["id-token"]
+        self.assertProblem(cd_problems(self.cd), "production: needs permissions id-token: write")
 
     def test_rejects_rebuilding_or_unverified_artifact(self) -> None:
-        self.cd["jobs"]["deploy-production"]["steps"].insert(0, {"run": "cargo build --release"})
-        self.assertProblem(cd_problems(self.cd), "deploy-production: rebuilds")
+        self.cd["jobs"]["production"]["steps"].insert(0, {"run": "cargo build --release"})
+        self.assertProblem(cd_problems(self.cd), "production: rebuilds")
         self.cd = load("cd.yml")
-        for s in self.cd["jobs"]["deploy-staging"]["steps"]:
+        for s in self.cd["jobs"]["staging"]["steps"]:
             if "sha256sum -c" in s.get("run", ""):
                 s["run"] = "true"
-        self.assertProblem(cd_problems(self.cd), "deploy-staging: does not verify")
-
-    def test_rejects_missing_rollback(self) -> None:
-        self.cd["jobs"]["rollback-production"]["if"] = "failure()"
-        self.assertProblem(cd_problems(self.cd), "rollback-production: must run when")
-        del self.cd["jobs"]["rollback-staging"]
-        self.assertProblem(cd_problems(self.cd), "no rollback job for staging")
+        self.assertProblem(cd_problems(self.cd), "staging: does not verify")
+        self.cd = load("cd.yml")
+        for s in self.cd["jobs"]["production"]["steps"]:
+            if ".artifactSha256" in s.get("run", ""):
+                s["run"] = "true"
+        self.assertProblem(cd_problems(self.cd), "must check that the plan is for the artifact built")
 
     def test_rejects_unpinned_action(self) -> None:
         self.cd["jobs"]["build"]["steps"][0]["uses"] = "actions/checkout@v4"

@@ -12,14 +12,17 @@
 #
 # Options (target_args): --aws-params FILE (default
 # deploy/aws/parameters/$ENV_NAME.json), --region R, --stack-prefix P,
-# --no-rollback-triggers (to ship a fix while those alarms fire),
-# --monitoring-minutes N (how long CloudFormation watches them afterwards).
+# --no-rollback-triggers (to ship a fix while those alarms fire; a rollback
+# never sets them), --monitoring-minutes N (how long CloudFormation watches
+# them afterwards). Plan, then execute (deploy.sh --plan/--execute-plan):
+# target_make_plan FILE creates every stack's change set without executing
+# it; target_execute_plan FILE executes exactly those, or refuses.
 # Environment: AWS_CLI (default: aws on PATH, else .venv/bin/aws).
 set -euo pipefail
 
 # Run directly (--help or by mistake): explain, since it only works sourced.
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   echo
   echo "Use it through: scripts/deploy.sh --target aws --env staging|production --release PATH --version V [options above]"
   case "${1:-}" in -h|--help) exit 0 ;; *) exit 2 ;; esac
@@ -138,30 +141,14 @@ _stack_failures() {
     --output text 2>/dev/null | head -n 15 || true
 }
 
-# _deploy_stack KEY TEMPLATE ROLLBACK_JSON [KEY=VALUE...]
-_deploy_stack() {
-  local key=$1 template=$2 rollback=$3; shift 3
-  local stack status type cs params reason final
-  stack=$(_stack_name "$key")
-  params=$(_stack_parameters_json "$key" "$@")
-  if [ "${DRY_RUN:-0}" = 1 ]; then
-    local extra=()
-    [ -n "$rollback" ] && extra=(--rollback-configuration "$rollback")
-    step "stack $stack <- ${template#"$ROOT"/}"
-    run "$AWS_CLI" --region "$AWS_REGION_NAME" cloudformation create-change-set --stack-name "$stack" \
-      --template-body "file://$template" --parameters "$params" --capabilities CAPABILITY_IAM "${extra[@]}"
-    return 0
-  fi
-  status=$(_stack_status "$stack")
-  case "$status" in
-    NONE|REVIEW_IN_PROGRESS) type=CREATE ;;
-    ROLLBACK_COMPLETE|ROLLBACK_FAILED|DELETE_FAILED)
-      die "aws target: stack $stack is $status (its creation failed). Delete it, then deploy again: aws cloudformation delete-stack --region $AWS_REGION_NAME --stack-name $stack" ;;
-    *_IN_PROGRESS) die "aws target: stack $stack is busy ($status); wait for it to finish" ;;
-    *) type=UPDATE ;;
-  esac
-  cs="deploy-$(date -u +%Y%m%d%H%M%S)"
-  step "stack $stack: $type change set $cs (${template#"$ROOT"/})"
+# _cs_create STACK TYPE CHANGE_SET TEMPLATE PARAMS_JSON ROLLBACK_JSON
+# Creates a change set and waits until CloudFormation has computed it. Sets
+# CS_OUTCOME: "changes" (CS_JSON holds the description), "none" (identical
+# update; the change set is deleted again) or "failed" (CS_REASON says why).
+# Called plainly, never from `if`, so set -e stays on inside.
+_cs_create() {
+  local stack=$1 type=$2 cs=$3 template=$4 params=$5 rollback=$6
+  CS_OUTCOME="" CS_JSON="" CS_REASON=""
   local tmp; tmp=$(mktemp); printf '%s' "$params" >"$tmp"
   local args=(cloudformation create-change-set --stack-name "$stack" --change-set-name "$cs"
     --change-set-type "$type" --template-body "file://$template" --parameters "file://$tmp"
@@ -171,40 +158,52 @@ _deploy_stack() {
   # The bootstrap stack's CloudFormationRoleArn: CloudFormation, not the
   # caller, then holds the rights to create the resources.
   [ -n "${AWS_CFN_ROLE_ARN:-}" ] && args+=(--role-arn "$AWS_CFN_ROLE_ARN")
-  local out
-  if ! out=$(run _aws "${args[@]}" --output text --query Id 2>&1); then
-    rm -f "$tmp"
+  local out rc=0
+  out=$(run _aws "${args[@]}" --output text --query Id 2>&1) || rc=$?
+  rm -f "$tmp"
+  if [ "$rc" != 0 ]; then
     # An identical update is refused here by some endpoints, and reported
     # as a FAILED change set (below) by others.
-    if [[ "$out" == *"No updates are to be performed"* ]]; then
-      echo "    no changes"
-      return 0
-    fi
-    die "aws target: create-change-set for $stack failed: $out"
+    if [[ "$out" == *"No updates are to be performed"* ]]; then CS_OUTCOME=none; return 0; fi
+    CS_OUTCOME=failed CS_REASON="create-change-set: $out"
+    return 0
   fi
-  rm -f "$tmp"
   printf '%s\n' "$out"
   # One describe call per poll gives the status and, once ready, the changes.
-  local cs_json cs_status deadline=$((SECONDS + 600))
+  local cs_status deadline=$((SECONDS + 600))
   while :; do
-    cs_json=$(_aws cloudformation describe-change-set --stack-name "$stack" --change-set-name "$cs" --output json)
-    cs_status=$(jq -r .Status <<<"$cs_json")
+    CS_JSON=$(_aws cloudformation describe-change-set --stack-name "$stack" --change-set-name "$cs" --output json) \
+      || { CS_OUTCOME=failed CS_REASON="describe-change-set $cs failed"; return 0; }
+    cs_status=$(jq -r .Status <<<"$CS_JSON")
     case "$cs_status" in
-      CREATE_COMPLETE) break ;;
+      CREATE_COMPLETE) CS_OUTCOME=changes; return 0 ;;
       FAILED)
-        reason=$(jq -r '.StatusReason // "unknown reason"' <<<"$cs_json")
-        if [[ "$reason" == *"didn't contain changes"* || "$reason" == *"No updates are to be performed"* ]]; then
+        CS_REASON=$(jq -r '.StatusReason // "unknown reason"' <<<"$CS_JSON")
+        if [[ "$CS_REASON" == *"didn't contain changes"* || "$CS_REASON" == *"No updates are to be performed"* ]]; then
           _aws cloudformation delete-change-set --stack-name "$stack" --change-set-name "$cs" >/dev/null 2>&1 || true
-          echo "    no changes"
-          return 0
+          CS_OUTCOME=none
+        else
+          CS_OUTCOME=failed
         fi
-        die "aws target: change set for $stack failed: $reason" ;;
+        return 0 ;;
     esac
-    [ "$SECONDS" -lt "$deadline" ] || die "aws target: change set for $stack still $cs_status after 10 minutes"
+    [ "$SECONDS" -lt "$deadline" ] || { CS_OUTCOME=failed CS_REASON="still $cs_status after 10 minutes"; return 0; }
     sleep 5
   done
-  jq -r '.Changes[].ResourceChange | "    \(.Action)\t\(.LogicalResourceId)\t\(.ResourceType)\t\(.Replacement // "-")"' <<<"$cs_json"
-  run _aws cloudformation execute-change-set --stack-name "$stack" --change-set-name "$cs"
+}
+
+# The changes of a described change set, one line each (also what a plan
+# compares: action, resource, type, replacement).
+_cs_changes() {
+  jq -r '.Changes[].ResourceChange | "\(.Action)\t\(.LogicalResourceId)\t\(.ResourceType)\t\(.Replacement // "-")"' <<<"$1"
+}
+
+# _cs_execute STACK CHANGE_SET TYPE: execute, wait, and stop with
+# CloudFormation's own reasons when the stack rolls back.
+_cs_execute() {
+  local stack=$1 cs=$2 type=$3 final
+  run _aws cloudformation execute-change-set --stack-name "$stack" --change-set-name "$cs" \
+    || die "aws target: execute-change-set $cs of $stack failed"
   local waiter="stack-update-complete"
   [ "$type" = CREATE ] && waiter="stack-create-complete"
   if ! _aws cloudformation wait "$waiter" --stack-name "$stack" 2>/dev/null; then
@@ -217,6 +216,70 @@ _deploy_stack() {
     esac
   fi
   echo "    $type complete"
+}
+
+# Change-set type for a stack in state $2, or die when it cannot be changed.
+_cs_type() {
+  case "$2" in
+    NONE|REVIEW_IN_PROGRESS) echo CREATE ;;
+    ROLLBACK_COMPLETE|ROLLBACK_FAILED|DELETE_FAILED)
+      die "aws target: stack $1 is $2 (its creation failed). Delete it, then deploy again: aws cloudformation delete-stack --region $AWS_REGION_NAME --stack-name $1" ;;
+    *_IN_PROGRESS) die "aws target: stack $1 is busy ($2); wait for it to finish" ;;
+    *) echo UPDATE ;;
+  esac
+}
+
+# Stateful stacks (their data or addresses cannot be recreated): a stack
+# policy lets CloudFormation update them in place but never replace or delete
+# the database, its backup vault, the VPC or a subnet. Changing one of those
+# on purpose takes an explicit set-stack-policy first (runbook).
+AWS_STATEFUL_STACKS="network database"
+_stack_policy() {
+  jq -cn '{Statement: [
+    {Effect: "Allow", Action: "Update:*", Principal: "*", Resource: "*"},
+    {Effect: "Deny", Action: ["Update:Replace", "Update:Delete"], Principal: "*", Resource: "*",
+     Condition: {StringEquals: {ResourceType: ["AWS::RDS::DBInstance", "AWS::Backup::BackupVault",
+                                               "AWS::EC2::VPC", "AWS::EC2::Subnet"]}}}]}'
+}
+
+# Sets the stack policy on a stateful stack that exists (idempotent).
+_protect_stack() {
+  local key=$1 stack
+  [[ " $AWS_STATEFUL_STACKS " == *" $key "* ]] || return 0
+  stack=$(_stack_name "$key")
+  [ "$(_stack_status "$stack")" != NONE ] || return 0
+  run _aws cloudformation set-stack-policy --stack-name "$stack" --stack-policy-body "$(_stack_policy)"
+  echo "    stack policy: no replacement or deletion of the database, backup vault, VPC or subnets"
+}
+
+# _deploy_stack KEY TEMPLATE ROLLBACK_JSON [KEY=VALUE...]
+_deploy_stack() {
+  local key=$1 template=$2 rollback=$3; shift 3
+  local stack status type cs params
+  stack=$(_stack_name "$key")
+  params=$(_stack_parameters_json "$key" "$@") || exit 1
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    local extra=()
+    [ -n "$rollback" ] && extra=(--rollback-configuration "$rollback")
+    step "stack $stack <- ${template#"$ROOT"/}"
+    run "$AWS_CLI" --region "$AWS_REGION_NAME" cloudformation create-change-set --stack-name "$stack" \
+      --template-body "file://$template" --parameters "$params" --capabilities CAPABILITY_IAM "${extra[@]}"
+    return 0
+  fi
+  status=$(_stack_status "$stack") || exit 1
+  type=$(_cs_type "$stack" "$status") || exit 1
+  cs="deploy-$(date -u +%Y%m%d%H%M%S)-$key"
+  step "stack $stack: $type change set $cs (${template#"$ROOT"/})"
+  _protect_stack "$key"
+  _cs_create "$stack" "$type" "$cs" "$template" "$params" "$rollback"
+  case "$CS_OUTCOME" in
+    none) echo "    no changes"; return 0 ;;
+    failed) die "aws target: change set for $stack failed: $CS_REASON" ;;
+  esac
+  _cs_changes "$CS_JSON" | sed 's/^/    /'
+  _cs_execute "$stack" "$cs" "$type"
+  [ "$type" = CREATE ] && _protect_stack "$key"
+  return 0
 }
 
 # --- release artifacts -----------------------------------------------------------
@@ -347,6 +410,84 @@ target_plan() {
   _aws_check_placeholders
 }
 
+# --- the deployment record ------------------------------------------------------
+# s3://<artifacts>/deployments/<env>/previous.json is the rollback target: the
+# release the app stack ran before the last deploy that replaced it (AppVersion
+# and its two checksums, read from the app stack's own parameters, i.e. what
+# CloudFormation runs) and ReplacedBy, the release that replaced it. It is
+# written before the first stack changes, never by a rollback, and never when
+# the release being deployed is the recorded one (a rollback by label):
+# rolling back does not change what "previous" means.
+
+# What the app stack runs, as record JSON; empty when there is no app stack.
+# Dies when it cannot be known: no deploy starts without its rollback target.
+_app_running() {
+  local json
+  json=$(_stack_json "$(_stack_name app)") || exit 1
+  [ -n "$json" ] || return 0
+  case "$(jq -r .StackStatus <<<"$json")" in
+    *_IN_PROGRESS|*_FAILED) die "aws target: $(_stack_name app) is $(jq -r .StackStatus <<<"$json"): which release it runs is not settled; wait, or repair it first" ;;
+  esac
+  jq -ce '(.Parameters // []) | map({(.ParameterKey): .ParameterValue}) | add // {}
+    | {AppVersion, ArtifactSha256, HostBundleSha256, ImageId}
+    | select(.AppVersion and .ArtifactSha256 and .HostBundleSha256)' <<<"$json" \
+    || die "aws target: cannot tell which release $(_stack_name app) runs (no AppVersion and checksums in its parameters): no rollback target, nothing deployed"
+}
+
+# The record in bucket $1; empty when there is none yet.
+_record_read() {
+  local err rc=0 out
+  err=$(mktemp)
+  out=$(_aws s3 cp "s3://$1/deployments/$ENV_NAME/previous.json" - 2>"$err") || rc=$?
+  if [ "$rc" != 0 ] && ! grep -qE '404|Not Found|NoSuchKey' "$err"; then
+    cat "$err" >&2; rm -f "$err"
+    die "aws target: cannot read the deployment record s3://$1/deployments/$ENV_NAME/previous.json"
+  fi
+  rm -f "$err"
+  [ "$rc" = 0 ] && printf '%s\n' "$out"
+  return 0
+}
+
+# _record_previous CURRENT_JSON WORK_DIR: before anything changes, record
+# what runs now as the rollback target of $VERSION (see above).
+_record_previous() {
+  local current=$1 work=$2 bucket recorded cur_v
+  cur_v=$(jq -r .AppVersion <<<"$current")
+  bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName) || exit 1
+  recorded=$(_record_read "$bucket") || exit 1
+  if [ "$cur_v" = "$VERSION" ]; then
+    echo "    $ENV_NAME already runs $VERSION; rollback record kept ($(jq -r '.AppVersion // "none"' <<<"${recorded:-null}"))"
+    return 0
+  fi
+  if [ -n "$recorded" ] && [ "$(jq -r .AppVersion <<<"$recorded")" = "$VERSION" ]; then
+    echo "    $VERSION is the recorded rollback target: record kept (a rollback does not change what \"previous\" means)"
+    return 0
+  fi
+  AWS_PREVIOUS_RELEASE=$(jq -c --arg v "$VERSION" '. + {ReplacedBy: $v}' <<<"$current")
+  printf '%s\n' "$AWS_PREVIOUS_RELEASE" >"$work/previous.json"
+  run _aws s3 cp --only-show-errors "$work/previous.json" "s3://$bucket/deployments/$ENV_NAME/previous.json" \
+    || die "aws target: cannot write the deployment record; nothing deployed"
+  echo "    previous release: $cur_v (the rollback target, recorded before any change)"
+}
+
+# Reads the rollback target (or says there is none) before the first change.
+_deploy_record_step() {
+  local work=$1 current
+  step "rollback target (deployment record, from the app stack's parameters)"
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "    dry run: would record the release $(_stack_name app) runs in deployments/$ENV_NAME/previous.json"
+    return 0
+  fi
+  current=$(_app_running) || exit 1
+  if [ -z "$current" ]; then
+    echo "    no app stack yet: a first deploy has nothing to roll back to"
+    return 0
+  fi
+  _record_previous "$current" "$work"
+}
+
+# --- the interface deploy.sh calls, continued --------------------------------------
+
 target_deploy() {
   _aws_init
   _aws_check_placeholders
@@ -356,12 +497,14 @@ target_deploy() {
   # shellcheck disable=SC2064 # expand now: $work is a local
   trap "rm -rf '$work'; trap - RETURN" RETURN
 
+  _deploy_record_step "$work"
+
   if [ -n "$AWS_DR_REGION" ]; then
     local main_region=$AWS_REGION_NAME
     AWS_REGION_NAME=$AWS_DR_REGION
     _deploy_stack dr-vault "$AWS_TEMPLATE_DIR/dr-vault.yaml" ""
     if [ "${DRY_RUN:-0}" = 1 ]; then dr_vault="<VaultArn of $(_stack_name dr-vault)>"
-    else dr_vault=$(_stack_output "$(_stack_name dr-vault)" VaultArn)
+    else dr_vault=$(_stack_output "$(_stack_name dr-vault)" VaultArn) || exit 1
     fi
     AWS_REGION_NAME=$main_region
   fi
@@ -369,7 +512,7 @@ target_deploy() {
   _deploy_stack foundation "$AWS_TEMPLATE_DIR/foundation.yaml" ""
 
   if [ "${DRY_RUN:-0}" = 1 ]; then bucket="<ArtifactsBucketName of $(_stack_name foundation)>"
-  else bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName)
+  else bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName) || exit 1
   fi
   _publish_release "$bucket" "$work"
   _pin_image "$bucket" "$work"
@@ -384,25 +527,24 @@ target_deploy() {
   _deploy_dns_alarm
   _deploy_stack monitoring "$AWS_TEMPLATE_DIR/monitoring.yaml" ""
 
-  # Remember what runs now, so target_rollback can return to it.
-  local app_json=""
-  [ "${DRY_RUN:-0}" = 1 ] || app_json=$(_stack_json "$(_stack_name app)")
-  if [ -n "$app_json" ]; then
-    AWS_PREVIOUS_RELEASE=$(jq -c '.Parameters | map({(.ParameterKey): .ParameterValue}) | add
-      | {AppVersion, ArtifactSha256, HostBundleSha256, ImageId}' <<<"$app_json")
-    if [ "$(jq -r .AppVersion <<<"$AWS_PREVIOUS_RELEASE")" != "$VERSION" ]; then
-      printf '%s\n' "$AWS_PREVIOUS_RELEASE" >"$work/previous.json"
-      run _aws s3 cp --only-show-errors "$work/previous.json" "s3://$bucket/deployments/$ENV_NAME/previous.json"
-      echo "    previous release: $(jq -r .AppVersion <<<"$AWS_PREVIOUS_RELEASE")"
-    fi
-  fi
-
-  _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)" \
+  local rollback; rollback=$(_rollback_configuration) || exit 1
+  _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$rollback" \
     "AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256" "ImageId=$IMAGE_ID"
+  _aws_after_app
   if [ "${DRY_RUN:-0}" = 1 ]; then step "dry run: AWS $ENV_NAME would run $VERSION"
   else step "AWS $ENV_NAME runs $VERSION"
   fi
 }
+
+# Hook after the app stack of a deploy (plain or planned) has run its
+# rolling update, before deploy.sh's smoke test: the place for canary
+# analysis. deploy/aws/canary.sh, when present, is sourced here and may
+# redefine it; failing it (die) fails the deploy, and deploy.sh rolls back.
+_aws_after_app() { return 0; }
+if [ -r "$ROOT/deploy/aws/canary.sh" ]; then
+  # shellcheck source=/dev/null
+  . "$ROOT/deploy/aws/canary.sh"
+fi
 
 target_url() {
   _aws_init
@@ -414,22 +556,238 @@ target_url() {
   echo "$url"
 }
 
+# Returns the app stack to the recorded previous release. VERSION, when set,
+# is the release being undone: the rollback refuses when something else runs
+# (another deploy's work is never rolled back). Always without rollback
+# triggers: while the bad release's alarms still fire, CloudFormation would
+# otherwise roll the rollback back. Never writes the record.
 target_rollback() {
   _aws_init
-  local previous=$AWS_PREVIOUS_RELEASE bucket version
-  if [ -z "$previous" ] && [ "${DRY_RUN:-0}" != 1 ]; then
-    bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName)
-    previous=$(_aws s3 cp "s3://$bucket/deployments/$ENV_NAME/previous.json" - 2>/dev/null || true)
+  local record=$AWS_PREVIOUS_RELEASE bucket current running target replaced
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    step "rollback: would redeploy the recorded previous release, without rollback triggers"
+    return 0
   fi
-  if [ -z "$previous" ]; then
-    [ "${DRY_RUN:-0}" = 1 ] && { step "rollback: would redeploy the recorded previous release"; return 0; }
-    die "aws target: no previous release recorded for $ENV_NAME; nothing to roll back to"
+  if [ -z "$record" ]; then
+    bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName) || exit 1
+    record=$(_record_read "$bucket") || exit 1
   fi
-  version=$(jq -r .AppVersion <<<"$previous")
-  step "rollback: redeploy $version to $(_stack_name app)"
-  _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)" \
-    "AppVersion=$version" \
-    "ArtifactSha256=$(jq -r .ArtifactSha256 <<<"$previous")" \
-    "HostBundleSha256=$(jq -r .HostBundleSha256 <<<"$previous")" \
-    "ImageId=$(jq -r .ImageId <<<"$previous")"
+  [ -n "$record" ] || die "aws target: no previous release recorded for $ENV_NAME; nothing to roll back to"
+  # A deploy interrupted mid-update (job cancelled or timed out) leaves
+  # CloudFormation working: let it finish (or roll back) first.
+  if [[ "$(_stack_status "$(_stack_name app)")" == *_IN_PROGRESS ]]; then
+    step "rollback: $(_stack_name app) is still changing; waiting for CloudFormation to finish"
+    _aws cloudformation wait stack-update-complete --stack-name "$(_stack_name app)" 2>/dev/null || true
+  fi
+  current=$(_app_running) || exit 1
+  [ -n "$current" ] || die "aws target: $(_stack_name app) does not exist; nothing to roll back"
+  running=$(jq -r .AppVersion <<<"$current")
+  target=$(jq -r .AppVersion <<<"$record")
+  replaced=$(jq -r '.ReplacedBy // ""' <<<"$record")
+  if [ "$running" = "$target" ]; then
+    step "rollback: $ENV_NAME already runs $target, the recorded rollback target: nothing to do"
+    return 0
+  fi
+  if [ -n "${VERSION:-}" ] && [ "$running" != "$VERSION" ]; then
+    die "aws target: $ENV_NAME runs $running, not $VERSION: refusing to roll back a deploy that is not the one being undone"
+  fi
+  if [ "$running" != "$replaced" ]; then
+    die "aws target: the record says $target was replaced by ${replaced:-an unrecorded release}, but $ENV_NAME runs $running: refusing to guess (deploy the release you want by label: --version V)"
+  fi
+  step "rollback: redeploy $target to $(_stack_name app) (replacing $running)"
+  echo "    rollback triggers: off for a rollback (the alarms of $running may still be firing)"
+  _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" '{"RollbackTriggers":[]}' \
+    "AppVersion=$target" \
+    "ArtifactSha256=$(jq -r .ArtifactSha256 <<<"$record")" \
+    "HostBundleSha256=$(jq -r .HostBundleSha256 <<<"$record")" \
+    "ImageId=$(jq -r '.ImageId // empty' <<<"$record")"
+}
+
+# --- plan, then execute ---------------------------------------------------------
+# A plan is made before approval by a role that may create change sets but
+# not execute them; the approved run executes exactly those, or refuses.
+
+# What must not change between a plan and its execution: the stack's status,
+# last update and parameters. NONE for a stack that does not exist.
+_stack_fingerprint() {
+  local json
+  json=$(_stack_json "$1") || exit 1
+  if [ -z "$json" ]; then echo NONE; return 0; fi
+  jq -cS '{StackStatus, Updated: (.LastUpdatedTime // .CreationTime),
+           Parameters: ((.Parameters // []) | sort_by(.ParameterKey) | map([.ParameterKey, .ParameterValue]))}' <<<"$json" \
+    | sha256sum | cut -c1-16
+}
+
+# The stacks, in dependency order: KEY REGION.
+_stack_keys() {
+  [ -z "$AWS_DR_REGION" ] || echo "dr-vault $AWS_DR_REGION"
+  local key
+  for key in foundation network database edge monitoring app; do echo "$key $AWS_REGION_NAME"; done
+}
+
+# target_make_plan FILE: publish the artifact, create every stack's change
+# set (none executed), print them and write the plan to FILE.
+target_make_plan() {
+  local file=${1:?target_make_plan needs a file}
+  _aws_init
+  _aws_check_placeholders
+  [ "${DRY_RUN:-0}" != 1 ] || die "aws target: a plan asks AWS; --plan and --dry-run exclude each other"
+  [ -n "${ARTIFACT:-}" ] || die "aws target: a plan publishes the artifact it plans: give --release PATH"
+  local work main_region=$AWS_REGION_NAME bucket cs
+  work=$(mktemp -d)
+  # shellcheck disable=SC2064 # expand now: $work is a local
+  trap "rm -rf '$work'; trap - RETURN" RETURN
+  [ "$(_stack_status "$(_stack_name foundation)")" != NONE ] \
+    || die "aws target: $(_stack_name foundation) does not exist: the first creation of an environment is a deploy without --plan (docs/runbooks/deploy-rollback.md)"
+  bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName) || exit 1
+  _publish_release "$bucket" "$work"
+  _pin_image "$bucket" "$work"
+  local stamp; stamp=$(date -u +%Y%m%d%H%M%S)
+  local entries="$work/entries" key region stack status type template params rollback fp changed="" extra
+  : >"$entries"
+  while read -r key region; do
+    AWS_REGION_NAME=$region
+    stack=$(_stack_name "$key")
+    template="$AWS_TEMPLATE_DIR/$key.yaml"
+    status=$(_stack_status "$stack") || exit 1
+    type=$(_cs_type "$stack" "$status") || exit 1
+    fp=$(_stack_fingerprint "$stack") || exit 1
+    extra=() rollback=""
+    case $key in
+      database) [ -z "$AWS_DR_REGION" ] || extra=("DrBackupVaultArn=$(AWS_REGION_NAME=$AWS_DR_REGION _stack_output "$(_stack_name dr-vault)" VaultArn)") ;;
+      app) extra=("AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256" "ImageId=$IMAGE_ID")
+           rollback=$(_rollback_configuration) || exit 1 ;;
+    esac
+    params=$(_stack_parameters_json "$key" "${extra[@]}")
+    if [ -n "$changed" ]; then
+      step "plan: stack $stack ($type), provisional: computed before the change of $changed is executed"
+    else
+      step "plan: stack $stack ($type)"
+    fi
+    # One name per stack and plan (the emulator looks change sets up by name alone).
+    cs="plan-$stamp-$key"
+    _cs_create "$stack" "$type" "$cs" "$template" "$params" "$rollback"
+    case "$CS_OUTCOME" in
+      none) echo "    no changes" ;;
+      changes) _cs_changes "$CS_JSON" | sed 's/^/    /' ;;
+      failed)
+        [ -n "$changed" ] || die "aws target: change set for $stack failed: $CS_REASON"
+        echo "    cannot be computed until $changed's change is executed: $CS_REASON" ;;
+    esac
+    jq -cn --arg key "$key" --arg region "$region" --arg stack "$stack" --arg type "$type" \
+      --arg fp "$fp" --arg cs "$cs" --arg outcome "$CS_OUTCOME" --arg reason "$CS_REASON" \
+      --arg after "$changed" --arg template "${template#"$ROOT"/}" --arg tsha "$(_sha256 "$template")" \
+      --argjson params "$params" --arg rollback "$rollback" \
+      --arg changes "$([ "$CS_OUTCOME" = changes ] && _cs_changes "$CS_JSON")" '
+      {key: $key, region: $region, stack: $stack, type: $type, fingerprint: $fp,
+       changeSet: (if $outcome == "changes" then $cs else null end), outcome: $outcome,
+       reason: (if $reason == "" then null else $reason end),
+       provisional: ($after != ""), after: (if $after == "" then null else $after end),
+       template: $template, templateSha256: $tsha, parameters: $params,
+       rollbackConfiguration: (if $rollback == "" then null else ($rollback | fromjson) end),
+       changes: ($changes | split("\n") | map(select(. != "") | split("\t")
+                 | {action: .[0], logicalId: .[1], type: .[2], replacement: .[3]}))}' >>"$entries"
+    [ "$CS_OUTCOME" = none ] || changed=$key
+  done < <(_stack_keys)
+  AWS_REGION_NAME=$main_region
+  jq -s --arg env "$ENV_NAME" --arg region "$AWS_REGION_NAME" --arg prefix "$AWS_PREFIX" --arg v "$VERSION" \
+    --arg sha "$RELEASE_SHA256" --arg host "$HOST_SHA256" --arg at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --arg triggers "$AWS_ROLLBACK_TRIGGERS" '
+    {environment: $env, region: $region, stackPrefix: $prefix, version: $v,
+     artifactSha256: $sha, hostBundleSha256: $host, createdAt: $at,
+     rollbackTriggers: ($triggers == "1"), stacks: .}' "$entries" >"$file"
+  step "plan written to $file: $(jq '[.stacks[] | select(.outcome != "none")] | length' "$file") stack(s) to change, nothing executed"
+}
+
+# The planned changes of one stack, as _cs_changes prints them, sorted.
+_plan_changes() { jq -r '.changes[] | "\(.action)\t\(.logicalId)\t\(.type)\t\(.replacement)"' <<<"$1" | sort; }
+
+# target_execute_plan FILE: refuse when the plan is not for this environment
+# and release, or when any stack changed since the plan; then execute the
+# planned change sets in order. A stack planned after an earlier stack's
+# unexecuted change is re-computed once that change ran, and executed only
+# when its changes are the planned ones.
+target_execute_plan() {
+  local file=${1:?target_execute_plan needs a file}
+  _aws_init
+  _aws_check_placeholders
+  [ "${DRY_RUN:-0}" != 1 ] || die "aws target: --execute-plan and --dry-run exclude each other"
+  [ -r "$file" ] || die "aws target: plan $file not readable"
+  jq -e --arg env "$ENV_NAME" --arg region "$AWS_REGION_NAME" --arg prefix "$AWS_PREFIX" --arg v "${VERSION:-}" '
+    .environment == $env and .region == $region and .stackPrefix == $prefix and ($v == "" or .version == $v)' "$file" >/dev/null \
+    || die "aws target: plan $file is for $(jq -r '"\(.environment) in \(.region), release \(.version)"' "$file"), not $ENV_NAME in $AWS_REGION_NAME${VERSION:+, release $VERSION}"
+  VERSION=$(jq -r .version "$file")
+  RELEASE_SHA256=$(jq -r .artifactSha256 "$file")
+  HOST_SHA256=$(jq -r .hostBundleSha256 "$file")
+  local work main_region=$AWS_REGION_NAME entry key region stack fp now drift="" n i
+  work=$(mktemp -d)
+  # shellcheck disable=SC2064 # expand now: $work is a local
+  trap "rm -rf '$work'; trap - RETURN" RETURN
+  n=$(jq '.stacks | length' "$file")
+
+  step "check that $ENV_NAME is still what was planned ($(jq -r .createdAt "$file"))"
+  for ((i = 0; i < n; i++)); do
+    entry=$(jq -c ".stacks[$i]" "$file")
+    AWS_REGION_NAME=$(jq -r .region <<<"$entry")
+    stack=$(jq -r .stack <<<"$entry")
+    fp=$(jq -r .fingerprint <<<"$entry")
+    now=$(_stack_fingerprint "$stack") || exit 1
+    [ "$now" = "$fp" ] || drift+=" $stack"
+    [ "$(_sha256 "$ROOT/$(jq -r .template <<<"$entry")")" = "$(jq -r .templateSha256 <<<"$entry")" ] \
+      || drift+=" $(jq -r .template <<<"$entry")(template)"
+  done
+  AWS_REGION_NAME=$main_region
+  [ -z "$drift" ] || die "aws target: refusing: changed since the plan:$drift. Plan again (nothing executed)"
+  echo "    unchanged: every stack and template as planned"
+
+  local bucket published
+  bucket=$(_stack_output "$(_stack_name foundation)" ArtifactsBucketName) || exit 1
+  published=$(_aws s3 cp "s3://$bucket/releases/$VERSION/hello-birthday.sha256" - 2>/dev/null | cut -d' ' -f1) || true
+  [ "$published" = "$RELEASE_SHA256" ] \
+    || die "aws target: release $VERSION in s3://$bucket is ${published:-missing}, the plan says $RELEASE_SHA256"
+
+  _deploy_record_step "$work"
+
+  local changed="" outcome cs type template params rollback
+  for ((i = 0; i < n; i++)); do
+    entry=$(jq -c ".stacks[$i]" "$file")
+    key=$(jq -r .key <<<"$entry") region=$(jq -r .region <<<"$entry") stack=$(jq -r .stack <<<"$entry")
+    outcome=$(jq -r .outcome <<<"$entry") type=$(jq -r .type <<<"$entry") cs=$(jq -r '.changeSet // ""' <<<"$entry")
+    AWS_REGION_NAME=$region
+    step "execute: stack $stack"
+    if [ "$(jq -r .provisional <<<"$entry")" = true ] && [ -n "$changed" ]; then
+      # Planned before an earlier stack's change ran: compute it again now.
+      template="$ROOT/$(jq -r .template <<<"$entry")"
+      params=$(jq -c .parameters <<<"$entry")
+      rollback=$(jq -c '.rollbackConfiguration // empty' <<<"$entry")
+      cs="exec-$(date -u +%Y%m%d%H%M%S)-$key"
+      _cs_create "$stack" "$type" "$cs" "$template" "$params" "$rollback"
+      [ "$CS_OUTCOME" != failed ] || die "aws target: re-computed change set for $stack failed: $CS_REASON"
+      if [ "$outcome" = failed ] || [ "$(_plan_changes "$entry")" != "$( [ "$CS_OUTCOME" = changes ] && _cs_changes "$CS_JSON" | sort)" ]; then
+        echo "    planned:" >&2; _plan_changes "$entry" | sed 's/^/      /' >&2
+        echo "    now:" >&2; [ "$CS_OUTCOME" = changes ] && _cs_changes "$CS_JSON" | sed 's/^/      /' >&2
+        die "aws target: refusing: $stack's change after ${changed}'s differs from the approved plan. Plan again (stacks before it are done)"
+      fi
+      outcome=$CS_OUTCOME
+      echo "    re-computed after $changed: same changes as planned"
+    elif [ "$outcome" = changes ]; then
+      local desc
+      desc=$(_aws cloudformation describe-change-set --stack-name "$stack" --change-set-name "$cs" --output json) \
+        || die "aws target: planned change set $cs of $stack is gone: plan again"
+      jq -e '.Status == "CREATE_COMPLETE" and .ExecutionStatus == "AVAILABLE"' <<<"$desc" >/dev/null \
+        || die "aws target: planned change set $cs of $stack is $(jq -r '"\(.Status)/\(.ExecutionStatus)"' <<<"$desc"): plan again"
+    fi
+    if [ "$outcome" = none ]; then
+      echo "    no changes"
+      continue
+    fi
+    _cs_changes "$(jq -c '{Changes: [.changes[] | {ResourceChange: {Action: .action, LogicalResourceId: .logicalId, ResourceType: .type, Replacement: .replacement}}]}' <<<"$entry")" | sed 's/^/    /'
+    _protect_stack "$key"
+    _cs_execute "$stack" "$cs" "$type"
+    [ "$type" = CREATE ] && _protect_stack "$key"
+    [ "$key" = app ] && _aws_after_app
+    changed=$key
+  done
+  AWS_REGION_NAME=$main_region
+  step "AWS $ENV_NAME runs $VERSION (plan $(basename "$file") executed)"
 }

@@ -3,18 +3,19 @@
 # provides to a target (step, die, run and the variables), sources
 # deploy/aws/target.sh and calls one of its functions.
 #   driver.sh FUNCTION [TARGET_OPTIONS...]
-#   env: ENV_NAME VERSION ARTIFACT DRY_RUN (ARTIFACT_SHA256 is computed)
+#   env: ENV_NAME VERSION ARTIFACT DRY_RUN (ARTIFACT_SHA256 is computed);
+#   PLAN_FILE, when set, is passed to the function (target_*_plan FILE)
 set -euo pipefail
 
 if [ "${1:-}" = -h ] || [ "${1:-}" = --help ] || [ $# -lt 1 ]; then
-  sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 TARGET=aws
 ENV_NAME=${ENV_NAME:-staging}
-VERSION=${VERSION:-0.0.0-test}
+VERSION=${VERSION-0.0.0-test}
 ARTIFACT=${ARTIFACT:-}
 DRY_RUN=${DRY_RUN:-0}
 ARTIFACT_SHA256=""
@@ -34,4 +35,4 @@ source "$ROOT/deploy/aws/target.sh"
 
 fn=$1; shift
 target_args "$@"
-"$fn"
+"$fn" ${PLAN_FILE:+"$PLAN_FILE"}

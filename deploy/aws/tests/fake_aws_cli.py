@@ -7,6 +7,12 @@ name ends with $FAKE_AWS_FAIL_SUFFIX fail their update wait and are then
 reported as UPDATE_ROLLBACK_COMPLETE, with the failure events CloudFormation
 gives for an instance that never signalled. Any call not scripted here exits
 2, so an unexpected call fails the test.
+
+FAKE_AWS_APP=noparams answers the app stack without its release parameters
+(which release runs cannot be known); FAKE_AWS_RECORD is the content of the
+deployment record deployments/<env>/previous.json (absent: 404). Uploaded
+*.sha256 files are kept and read back. FAKE_AWS_EXEC_CHANGES=replace makes
+change sets computed at execution (named exec-*) differ from planned ones.
 """
 
 import json
@@ -42,10 +48,13 @@ def main(argv):
     if cmd == ["cloudformation", "describe-stacks"]:
         query = opt(args, "--query") or ""
         if query == "Stacks[0]":
+            params = PARAMETERS
+            if stack.endswith("-app") and os.environ.get("FAKE_AWS_APP") == "noparams":
+                params = {}
             print(json.dumps({
                 "StackName": stack,
                 "StackStatus": state.get(stack, "UPDATE_COMPLETE"),
-                "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in PARAMETERS.items()],
+                "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
             }))
         elif "Outputs" in query:
             print(next(v for k, v in OUTPUTS.items() if f"'{k}'" in query))
@@ -54,9 +63,12 @@ def main(argv):
     elif cmd == ["cloudformation", "create-change-set"]:
         print(f"arn:aws:cloudformation:eu-west-1:111122223333:changeSet/{opt(args, '--change-set-name')}/1")
     elif cmd == ["cloudformation", "describe-change-set"]:
-        print(json.dumps({"Status": "CREATE_COMPLETE", "Changes": [{"ResourceChange": {
+        replacement = "False"
+        if (opt(args, "--change-set-name") or "").startswith("exec-") and os.environ.get("FAKE_AWS_EXEC_CHANGES") == "replace":
+            replacement = "True"
+        print(json.dumps({"Status": "CREATE_COMPLETE", "ExecutionStatus": "AVAILABLE", "Changes": [{"ResourceChange": {
             "Action": "Modify", "LogicalResourceId": "LaunchTemplate", "ResourceType": "AWS::EC2::LaunchTemplate",
-            "Replacement": "False"}}]}))
+            "Replacement": replacement}}]}))
     elif cmd == ["cloudformation", "execute-change-set"]:
         pass
     elif cmd == ["cloudformation", "wait"]:
@@ -70,9 +82,24 @@ def main(argv):
               "Unable to satisfy 100% MinSuccessfulInstancesPercent requirement")
     elif cmd == ["ssm", "get-parameter"]:
         print("ami-0123456789abcdef0")  # the newest Amazon Linux image
+    elif cmd == ["cloudformation", "set-stack-policy"]:
+        pass
     elif cmd == ["s3", "cp"]:
+        if args[-1].endswith(".sha256") and args[-1].startswith("s3://"):
+            with open(args[-2]) as f:
+                state[args[-1]] = f.read().strip()
+            json.dump(state, open(state_path, "w"))
         if args[-1] == "-":
-            return 1  # nothing published yet
+            if args[-2].endswith("/previous.json") and os.environ.get("FAKE_AWS_RECORD"):
+                print(os.environ["FAKE_AWS_RECORD"])
+                return 0
+            if args[-2] in state:
+                print(state[args[-2]])
+                return 0
+            # Nothing published yet: what the CLI says for a missing key.
+            print(f"fatal error: An error occurred (404) when calling the HeadObject operation: Key "
+                  f"\"{args[-2].split('/', 3)[-1]}\" does not exist", file=sys.stderr)
+            return 1
     else:
         print(f"fake aws: unscripted call {argv}", file=sys.stderr)
         return 2

@@ -223,6 +223,7 @@ class EmulatorScenario(unittest.TestCase):
         proc = self.deploy("--release", self.bins["two"], "--write-checksum", "--version", "2.0.0", smoke="false")
         self.assertFailed(proc, "smoke test failed on 2.0.0; rolled back")
         self.assertIn("rollback: redeploy 1.0.0", proc.stdout)
+        self.assertIn("rollback triggers: off for a rollback", proc.stdout)
         self.assertEqual(self.stack("app")["StackStatus"], "UPDATE_COMPLETE")
         params = self.app_parameters()
         self.assertEqual((params["AppVersion"], params["ArtifactSha256"]), ("1.0.0", self.sha_of("one")))
@@ -240,11 +241,111 @@ class EmulatorScenario(unittest.TestCase):
         self.assertFailed(proc, "Releases are immutable")
         self.assertEqual(self.app_parameters()["AppVersion"], "2.0.0")
 
+    def record(self):
+        return json.loads(self.s3_object(f"deployments/{ENV}/previous.json"))
+
     def test_6_rollback_from_a_new_process_uses_the_record_in_s3(self):
-        proc = drive("target_rollback", "--aws-params", self.params, env=self.env)
+        proc = drive("target_rollback", "--aws-params", self.params, env=self.env, version="2.0.0")
         self.assertOk(proc)
         params = self.app_parameters()
         self.assertEqual((params["AppVersion"], params["ArtifactSha256"]), ("1.0.0", self.sha_of("one")))
+        self.assertEqual((self.record()["AppVersion"], self.record()["ReplacedBy"]), ("1.0.0", "2.0.0"))
+
+    def test_7_rolling_back_does_not_change_what_previous_means(self):
+        self.assertOk(self.deploy("--version", "2.0.0"))
+        self.assertEqual(self.record()["AppVersion"], "1.0.0")
+        # A rollback by label (what the pipeline and the runbook used to run)
+        # keeps 1.0.0 as the rollback target, never the bad 2.0.0.
+        proc = self.deploy("--version", "1.0.0")
+        self.assertOk(proc)
+        self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
+        self.assertEqual(self.record()["AppVersion"], "1.0.0")
+        self.assertIn("1.0.0 is the recorded rollback target: record kept", proc.stdout)
+        # The pipeline's rollback: deploy.sh --rollback --version <release being undone>.
+        self.assertOk(self.deploy("--version", "2.0.0"))
+        proc = self.deploy("--rollback", "--version", "2.0.0")
+        self.assertOk(proc)
+        self.assertIn("rollback triggers: off for a rollback", proc.stdout)
+        self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
+        self.assertEqual(self.record(), {"AppVersion": "1.0.0", "ArtifactSha256": self.sha_of("one"),
+                                         "HostBundleSha256": self.app_parameters()["HostBundleSha256"],
+                                         "ReplacedBy": "2.0.0"})
+        # Again: nothing to undo, and 2.0.0 is not what runs.
+        proc = self.deploy("--rollback")
+        self.assertOk(proc)
+        self.assertIn("already runs 1.0.0, the recorded rollback target: nothing to do", proc.stdout)
+        proc = self.deploy("--rollback", "--version", "2.0.0")
+        self.assertOk(proc)
+        self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
+
+    def test_8_stateful_stacks_carry_a_stack_policy(self):
+        cfn = self.client("cloudformation")
+        for key in ("network", "database"):
+            body = cfn.get_stack_policy(StackName=f"hello-birthday-{ENV}-{key}").get("StackPolicyBody")
+            self.assertTrue(body, key)
+            deny = [st for st in json.loads(body)["Statement"] if st["Effect"] == "Deny"]
+            self.assertEqual(len(deny), 1)
+            self.assertEqual(sorted(deny[0]["Action"]), ["Update:Delete", "Update:Replace"])
+            types = deny[0]["Condition"]["StringEquals"]["ResourceType"]
+            template = (AWS_DIR / "templates" / f"{key}.yaml").read_text()
+            for needed in {"network": ("AWS::EC2::VPC", "AWS::EC2::Subnet"),
+                           "database": ("AWS::RDS::DBInstance", "AWS::Backup::BackupVault")}[key]:
+                self.assertIn(f"Type: {needed}\n", template)
+                self.assertIn(needed, types)
+        self.assertFalse(cfn.get_stack_policy(StackName=f"hello-birthday-{ENV}-app").get("StackPolicyBody"))
+
+    def test_9_a_plan_changes_nothing_and_its_execution_runs_exactly_it(self):
+        three = os.path.join(self.tmp.name, "three", "hello-birthday")
+        os.makedirs(os.path.dirname(three))
+        with open(three, "wb") as f:
+            f.write(os.urandom(64 * 1024))
+        # An infrastructure change too (monitoring), so the app stack's change
+        # set is computed before an earlier stack's change is executed.
+        with open(self.params) as f:
+            params = json.load(f)
+        params["stacks"]["monitoring"]["MinHealthyHosts"] = 1
+        with open(self.params, "w") as f:
+            json.dump(params, f)
+        plan_file = os.path.join(self.tmp.name, "plan.json")
+        proc = self.deploy("--release", three, "--write-checksum", "--version", "3.0.0", "--plan", plan_file)
+        self.assertOk(proc)
+        self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
+        with open(three, "rb") as f:
+            self.assertEqual(self.s3_object("releases/3.0.0/hello-birthday.sha256").decode().split()[0],
+                             sha256(f.read()))
+        with open(plan_file) as f:
+            plan = json.load(f)
+        stacks = {s["key"]: s for s in plan["stacks"]}
+        self.assertEqual((plan["version"], plan["environment"]), ("3.0.0", ENV))
+        self.assertEqual(stacks["monitoring"]["outcome"], "changes")
+        self.assertFalse(stacks["monitoring"]["provisional"])
+        self.assertEqual((stacks["app"]["outcome"], stacks["app"]["provisional"], stacks["app"]["after"]),
+                         ("changes", True, "monitoring"))
+        self.assertEqual(stacks["network"]["outcome"], "none")
+        cfn = self.client("cloudformation")
+        pending = cfn.list_change_sets(StackName=f"hello-birthday-{ENV}-monitoring")["Summaries"]
+        self.assertIn(stacks["monitoring"]["changeSet"], [c["ChangeSetName"] for c in pending])
+        self.assertNotIn("execute-change-set", proc.stdout)
+
+        proc = self.deploy("--execute-plan", plan_file, "--version", "3.0.0")
+        self.assertOk(proc)
+        self.assertIn("unchanged: every stack and template as planned", proc.stdout)
+        self.assertIn("re-computed after monitoring: same changes as planned", proc.stdout)
+        self.assertEqual(self.app_parameters()["AppVersion"], "3.0.0")
+        mon = {p["ParameterKey"]: p["ParameterValue"] for p in self.stack("monitoring")["Parameters"]}
+        self.assertEqual(mon["MinHealthyHosts"], "1")
+        self.assertEqual((self.record()["AppVersion"], self.record()["ReplacedBy"]), ("1.0.0", "3.0.0"))
+
+        # Planned, then production changes under it: the execution refuses.
+        proc = self.deploy("--release", self.bins["two"], "--write-checksum", "--version", "2.0.0", "--plan", plan_file)
+        self.assertOk(proc)
+        self.assertOk(self.deploy("--version", "1.0.0"))
+        proc = self.deploy("--execute-plan", plan_file, "--version", "2.0.0")
+        self.assertFailed(proc, "refusing: changed since the plan: hello-birthday-staging-app")
+        self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
+        # And a plan is for one release only.
+        proc = self.deploy("--execute-plan", plan_file, "--version", "3.0.0")
+        self.assertFailed(proc, "not staging in eu-west-1, release 3.0.0")
 
 
 class ScriptedOutcomes(unittest.TestCase):
@@ -321,7 +422,82 @@ class ScriptedOutcomes(unittest.TestCase):
         proc = drive("target_deploy", "--aws-params", self.params, env=self.env, version="9.9.9")
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("release 9.9.9 is not published for staging", proc.stderr)
-        self.assertFalse([c for c in self.calls() if "hello-birthday-staging-app" in c])
+        self.assertFalse([c for c in self.calls() if "create-change-set" in c and "hello-birthday-staging-app" in c])
+
+    def first(self, predicate):
+        return next((i for i, c in enumerate(self.calls()) if predicate(c)), None)
+
+    def test_the_rollback_target_is_recorded_before_any_stack_changes(self):
+        proc = drive("target_deploy", "--aws-params", self.params, env=self.env, artifact=self.artifact)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        record = self.first(lambda c: c[-1].endswith("/deployments/staging/previous.json") and c[2:4] == ["s3", "cp"])
+        change = self.first(lambda c: "create-change-set" in c)
+        self.assertIsNotNone(record)
+        self.assertLess(record, change)
+
+    def test_an_unknown_rollback_target_stops_the_deploy_before_it_starts(self):
+        proc = drive("target_deploy", "--aws-params", self.params, env=dict(self.env, FAKE_AWS_APP="noparams"),
+                     artifact=self.artifact)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("cannot tell which release hello-birthday-staging-app runs", proc.stderr)
+        self.assertIsNone(self.first(lambda c: "create-change-set" in c or c[-1].startswith("s3://")))
+
+    def rollback(self, record, version):
+        env = dict(self.env, FAKE_AWS_RECORD=json.dumps(record))
+        return drive("target_rollback", "--aws-params", self.params, env=env, version=version)
+
+    def test_a_rollback_runs_without_rollback_triggers_and_says_so(self):
+        record = {"AppVersion": "0.8.0", "ArtifactSha256": "c" * 64, "HostBundleSha256": "d" * 64,
+                  "ReplacedBy": "0.9.0"}
+        proc = self.rollback(record, "0.9.0")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("rollback triggers: off for a rollback", proc.stdout)
+        app = [c for c in self.calls() if "create-change-set" in c and "hello-birthday-staging-app" in c]
+        self.assertEqual(len(app), 1)
+        self.assertEqual(json.loads(app[0][app[0].index("--rollback-configuration") + 1]), {"RollbackTriggers": []})
+
+    def test_a_rollback_never_undoes_another_deploy(self):
+        # The fake app stack runs 0.9.0. This run's release (1.0.0) never
+        # got there: nothing of it to undo, and 0.9.0 is someone else's.
+        record = {"AppVersion": "0.8.0", "ArtifactSha256": "c" * 64, "HostBundleSha256": "d" * 64,
+                  "ReplacedBy": "0.9.0"}
+        proc = self.rollback(record, "1.0.0")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("runs 0.9.0, not 1.0.0: refusing", proc.stderr)
+        # A record about another deploy than what runs: no guessing.
+        proc = self.rollback(dict(record, ReplacedBy="0.8.5"), "")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("refusing to guess", proc.stderr)
+        self.assertIsNone(self.first(lambda c: "create-change-set" in c))
+
+    def test_an_execution_runs_the_planned_change_sets_or_refuses_a_different_change(self):
+        plan = os.path.join(self.tmp, "plan.json")
+        proc = drive("target_make_plan", "--aws-params", self.params, env=dict(self.env, PLAN_FILE=plan),
+                     artifact=self.artifact)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse([c for c in self.calls() if "execute-change-set" in c])
+        with open(plan) as f:
+            stacks = json.load(f)["stacks"]
+        self.assertEqual([s["provisional"] for s in stacks], [False] + [True] * 5)
+        # Executed as planned: the foundation's planned change set, then each
+        # later stack computed again and found the same.
+        open(self.log, "w").close()
+        proc = drive("target_execute_plan", "--aws-params", self.params, env=dict(self.env, PLAN_FILE=plan))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        executed = [c[c.index("--change-set-name") + 1] for c in self.calls() if "execute-change-set" in c]
+        self.assertEqual(executed[0], stacks[0]["changeSet"])
+        self.assertEqual(len(executed), 6)
+        self.assertEqual(proc.stdout.count("same changes as planned"), 5)
+        # A later stack whose change turns out different: refused after the
+        # foundation, nothing else executed.
+        open(self.log, "w").close()
+        proc = drive("target_execute_plan", "--aws-params", self.params,
+                     env=dict(self.env, PLAN_FILE=plan, FAKE_AWS_EXEC_CHANGES="replace"))
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("refusing: hello-birthday-staging-network's change after foundation's differs from the approved plan",
+                      proc.stderr)
+        executed = [c for c in self.calls() if "execute-change-set" in c]
+        self.assertEqual(len(executed), 1)
 
     def test_unknown_target_option_is_refused(self):
         proc = drive("target_plan", "--regoin", "x", env=self.env)

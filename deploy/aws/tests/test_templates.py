@@ -295,7 +295,8 @@ class ZeroDowntime(unittest.TestCase):
     def test_app_stack_deploys_carry_the_fast_burn_rollback_triggers(self):
         out = TPL["monitoring"]["Outputs"]["RollbackTriggerAlarmArns"]["Value"]["Fn::Join"][1]
         self.assertEqual(out, [{"Fn::GetAtt": ["ErrorBudgetBurn5m", "Arn"]}, {"Fn::GetAtt": ["LatencyBurn5m", "Arn"]}])
-        self.assertIn('_deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)"', TARGET_SH)
+        self.assertIn('rollback=$(_rollback_configuration) || exit 1', TARGET_SH)
+        self.assertIn('_deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$rollback"', TARGET_SH)
 
 
 class Durability(unittest.TestCase):
