@@ -34,6 +34,8 @@ AWS_MONITORING_MINUTES=10
 RELEASE_SHA256="" HOST_SHA256=""
 # Set by target_deploy for target_rollback in the same run; also kept in S3.
 AWS_PREVIOUS_RELEASE=""
+# shellcheck source=deploy/aws/canary.sh
+. "$ROOT/deploy/aws/canary.sh"
 
 target_args() {
   while [ $# -gt 0 ]; do
@@ -307,6 +309,7 @@ target_plan() {
   else
     echo "     rollback triggers: none (--no-rollback-triggers)"
   fi
+  aws_canary_plan
   _aws_check_placeholders
 }
 
@@ -358,6 +361,8 @@ target_deploy() {
     fi
   fi
 
+  # The new release first on the canary group (deploy/aws/canary.sh).
+  aws_canary_step "$AWS_PREVIOUS_RELEASE" || return 1
   _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$(_rollback_configuration)" \
     "AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256"
   if [ "${DRY_RUN:-0}" = 1 ]; then step "dry run: AWS $ENV_NAME would run $VERSION"
