@@ -30,7 +30,7 @@ fi
 # shellcheck disable=SC2034 # read by scripts/deploy.sh: this target judges a canary
 TARGET_CANARY=1
 AWS_CANARY_WINDOW_DEFAULT=300
-AWS_CANARY_LOAD_PID=""
+AWS_CANARY_LOAD_PID="" AWS_CANARY_LOAD_CODES=""
 
 _canary_period() { printf '%s\n' "${AWS_CANARY_PERIOD:-60}"; }
 
@@ -91,13 +91,17 @@ _canary_look() {
 }
 
 # Staging has no users: a steady, bounded synthetic load (GET /hello/<user>
-# of a few users, 404 or 200, both judged), for the window only.
+# of a few users, 404 or 200, both judged), for the window only. Its own
+# status codes (000: no answer) are kept: the client's view includes the
+# load balancer's 5xx, which CloudWatch cannot attribute to a target group.
 _canary_load_start() {
   local url=$1 seconds=$2 rate=${AWS_CANARY_LOAD_RATE:-20}
   local total=$((rate * seconds))
+  AWS_CANARY_LOAD_CODES=$(mktemp)
   echo "    synthetic load: $rate requests/s for ${seconds}s at $url (at most $total requests)"
-  curl --silent --output /dev/null --max-time 5 --rate "$rate/s" \
-    "$url/hello/canaryload[1-$total]" >/dev/null 2>&1 &
+  # Line-buffered, so what was answered before the stop is counted.
+  stdbuf -oL curl --silent --output /dev/null --max-time 5 --rate "$rate/s" --write-out '%{http_code}\n' \
+    "$url/hello/canaryload[1-$total]" >"$AWS_CANARY_LOAD_CODES" 2>/dev/null &
   AWS_CANARY_LOAD_PID=$!
 }
 
@@ -106,6 +110,9 @@ _canary_load_stop() {
   kill "$AWS_CANARY_LOAD_PID" 2>/dev/null || true
   wait "$AWS_CANARY_LOAD_PID" 2>/dev/null || true
   AWS_CANARY_LOAD_PID=""
+  awk '{ n++ } /^(5|000)/ { bad++ } END { printf "    synthetic load: %d requests, %d answered 5xx or not at all (either side, load balancer included)\n", n, bad }' \
+    "$AWS_CANARY_LOAD_CODES"
+  rm -f "$AWS_CANARY_LOAD_CODES"
 }
 
 # _canary_set_weight PCT: the canary's share of the listener's requests.

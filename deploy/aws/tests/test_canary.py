@@ -113,10 +113,11 @@ if aws_canary_step "$PREVIOUS"; then echo "STEP: roll out"; else echo "STEP: sto
 
 class LoopbackCounter(http.server.BaseHTTPRequestHandler):
     paths = []
+    status = 404
 
     def do_GET(self):  # noqa: N802 - http.server's name
         LoopbackCounter.paths.append(self.path)
-        self.send_response(404)
+        self.send_response(LoopbackCounter.status)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -130,7 +131,7 @@ class CanaryStep(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.tmp = tmp.name
         self.log = os.path.join(self.tmp, "calls.log")
-        LoopbackCounter.paths = []
+        LoopbackCounter.paths, LoopbackCounter.status = [], 404
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoopbackCounter)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.addCleanup(self.server.server_close)
@@ -191,15 +192,18 @@ class CanaryStep(unittest.TestCase):
         self.assertStarted(sets)
         # Weight back to 0; the main roll-out (not part of the step) deletes the group.
         self.assertEqual([(k, p.get("CanaryWeight")) for k, p in sets[2:]], [("edge", "0")])
+        # Looks until the window (3 "minutes") is covered, each over the
+        # whole interval so far from the same start (a look may cover more
+        # than one new period when the previous one took longer).
         looks = self.looks()
-        self.assertEqual(len(looks), 3, proc.stdout)
-        starts = set()
-        for i, look in enumerate(looks, 1):
+        self.assertGreaterEqual(len(looks), 1, proc.stdout)
+        starts, periods = set(), []
+        for look in looks:
             queries = json.loads(look[look.index("--metric-data-queries") + 1])
             start, end = look[look.index("--start-time") + 1], look[look.index("--end-time") + 1]
             starts.add(start)
-            periods = {q["MetricStat"]["Period"] for q in queries}
-            self.assertEqual(periods, {i}, "one period over the whole interval so far")
+            (period,) = {q["MetricStat"]["Period"] for q in queries}
+            periods.append(period)
             self.assertLess(start, end)
             by_id = {q["Id"]: q["MetricStat"] for q in queries}
             self.assertEqual(by_id["canary_p99"]["Stat"], "p99")
@@ -210,9 +214,12 @@ class CanaryStep(unittest.TestCase):
             self.assertEqual(by_id["baseline_requests"]["Metric"]["Dimensions"][0]["Value"],
                              "targetgroup/hello-birthday-staging/73e2d6bc24d8a067")
         self.assertEqual(len(starts), 1, "every look covers the same start")
+        self.assertEqual(periods, sorted(set(periods)), "each look covers more")
+        self.assertEqual(periods[-1], 3, "the pass covers the whole window")
         # Staging: the synthetic load reached its (loopback) URL.
         self.assertGreater(len(LoopbackCounter.paths), 10)
         self.assertTrue(all(p.startswith("/hello/canaryload") for p in LoopbackCounter.paths))
+        self.assertRegex(proc.stdout, r"synthetic load: [1-9][0-9]* requests, 0 answered 5xx or not at all")
 
     def test_a_canary_failing_requests_is_stopped_at_the_first_look_and_removed(self):
         proc = self.step([ERRORS, PASS])
@@ -224,6 +231,12 @@ class CanaryStep(unittest.TestCase):
         sets = self.change_sets()
         self.assertStarted(sets)
         self.assertRemoved(sets)
+
+    def test_the_synthetic_load_counts_what_the_client_saw(self):
+        LoopbackCounter.status = 502  # as the load balancer answers for a target that reset the connection
+        proc = self.step([ERRORS])
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertRegex(proc.stdout, r"synthetic load: ([1-9][0-9]*) requests, \1 answered 5xx or not at all")
 
     def test_a_slow_canary_fails_on_latency(self):
         proc = self.step([PASS, SLOW])
