@@ -27,7 +27,7 @@ Usage: scripts/deploy.sh --target local|aws (--release PATH | --version V) [opti
   --no-smoke         skip the smoke test after the roll-out
   --canary-weight P  share of the traffic, in percent, the canary takes (default 10)
   --canary-window S  how long the canary is judged before it is promoted
-                     (default: the target's, local 60 s)
+                     (default: the target's, local 60 s, aws 300 s in whole minutes)
   --canary-allow-inconclusive
                      go on when the canary saw too little traffic to judge
                      (default: stop and put the canary back)

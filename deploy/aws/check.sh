@@ -2,12 +2,15 @@
 # Every check of the AWS deployment, as run by scripts/ci.sh (stage "aws"):
 #   1. cfn-lint on every template: no error, no warning, no informational finding
 #   2. checkov on every template: no failed check (skips are inline, with a reason)
-#   3. property tests of the templates and parameter files (test_templates.py)
+#   3. property tests of the templates and parameter files (test_templates.py,
+#      test_canary_templates.py for the canary's resources)
 #   4. the instance-side script (test_host.py)
 #   5. the deploy target: scripts/deploy.sh --target aws against moto on
 #      127.0.0.1, plus scripted CloudFormation outcomes (test_target.py)
-#   6. the architecture diagram still renders from its code
-# Usage: deploy/aws/check.sh [--fast]   (--fast: skip 5, the slow one)
+#   6. the canary step (canary.sh) and its verdict from recorded CloudWatch
+#      answers (test_canary.py)
+#   7. the architecture diagram still renders from its code
+# Usage: deploy/aws/check.sh [--fast]   (--fast: skip 5 and 6, the slow ones)
 set -euo pipefail
 
 AWS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,7 +19,7 @@ VENV=$ROOT/.venv/bin
 FAST=0
 
 case "${1:-}" in
-  -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --fast) FAST=1 ;;
   "") ;;
   *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
@@ -51,7 +54,7 @@ step "checkov"
   --skip-download --compact --quiet --output cli
 
 step "property tests of the templates"
-(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates)
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates test_canary_templates)
 
 step "instance-side script"
 (cd deploy/aws/tests && "$VENV/python" -m unittest test_host)
@@ -61,6 +64,9 @@ if [ "$FAST" = 1 ]; then
 else
   step "deploy target against moto on 127.0.0.1, and scripted outcomes"
   (cd deploy/aws/tests && "$VENV/python" -m unittest -v test_target)
+  step "canary step and its verdict from CloudWatch answers"
+  command -v curl >/dev/null || die "curl missing (the staging canary's synthetic load)"
+  (cd deploy/aws/tests && "$VENV/python" -m unittest -v test_canary)
 fi
 
 step "architecture diagram renders"

@@ -39,6 +39,8 @@ AWS_AMI_PARAMETER=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default
 RELEASE_SHA256="" HOST_SHA256=""
 # Set by target_deploy for target_rollback in the same run; also kept in S3.
 AWS_PREVIOUS_RELEASE=""
+# shellcheck source=deploy/aws/canary.sh
+. "$ROOT/deploy/aws/canary.sh"
 
 target_args() {
   while [ $# -gt 0 ]; do
@@ -407,6 +409,7 @@ target_plan() {
   else
     echo "     rollback triggers: none (--no-rollback-triggers)"
   fi
+  aws_canary_plan
   _aws_check_placeholders
 }
 
@@ -527,6 +530,8 @@ target_deploy() {
   _deploy_dns_alarm
   _deploy_stack monitoring "$AWS_TEMPLATE_DIR/monitoring.yaml" ""
 
+  # The new release first on the canary group (deploy/aws/canary.sh).
+  aws_canary_step "$AWS_PREVIOUS_RELEASE" || return 1
   local rollback; rollback=$(_rollback_configuration) || exit 1
   _deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$rollback" \
     "AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256" "ImageId=$IMAGE_ID"

@@ -30,12 +30,18 @@ Usage:
                      --baseline-requests N --baseline-errors N --baseline-p99-ms MS
                      --elapsed S --window S
       judge aggregate figures (CloudWatch: counts and p99 per target group)
+  verdict.py cloudwatch --metric-data FILE --elapsed S --window S
+      judge the answer of `aws cloudwatch get-metric-data` (JSON) to the
+      queries deploy/aws/canary.sh asks: ids {canary,baseline}_{requests,
+      errors,p99} (RequestCount, HTTPCode_Target_5XX_Count sums and
+      TargetResponseTime p99 in seconds, per target group)
 
 Prints one line: "<decision> <reason>; <figures>". Exit 0 for every decision
 (the caller acts on the first word), 2 on bad input.
 """
 
 import argparse
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -214,6 +220,27 @@ def parse_haproxy(lines, canary, since):
     return groups[0], groups[1]
 
 
+def parse_cloudwatch(doc):
+    """(canary, baseline) Groups from a get-metric-data answer. Counts are
+    summed over the periods returned; a p99 over several periods is their
+    maximum (the exact p99 needs one period over the whole interval, which is
+    what canary.sh asks for). No datapoint: no requests, p99 unknown."""
+    values = {r["Id"]: [float(v) for v in r.get("Values", [])] for r in doc.get("MetricDataResults", [])}
+
+    def side(name):
+        missing = [k for k in ("requests", "errors", "p99") if f"{name}_{k}" not in values]
+        if missing:
+            raise ValueError(f"get-metric-data answer lacks {', '.join(f'{name}_{k}' for k in missing)}")
+        p99 = values[f"{name}_p99"]
+        return Group(
+            round(sum(values[f"{name}_requests"])),
+            round(sum(values[f"{name}_errors"])),
+            1000 * max(p99) if p99 else None,
+        )
+
+    return side("canary"), side("baseline")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="source", required=True)
@@ -227,7 +254,9 @@ def main(argv=None):
         g.add_argument(f"--{side}-requests", type=int, required=True)
         g.add_argument(f"--{side}-errors", type=int, required=True)
         g.add_argument(f"--{side}-p99-ms", type=float)
-    for p in (h, g):
+    c = sub.add_parser("cloudwatch")
+    c.add_argument("--metric-data", required=True, help="JSON answer of aws cloudwatch get-metric-data")
+    for p in (h, g, c):
         p.add_argument("--elapsed", type=float, required=True, help="seconds of the window so far")
         p.add_argument("--window", type=float, required=True, help="length of the window, seconds")
     a = ap.parse_args(argv)
@@ -240,6 +269,13 @@ def main(argv=None):
             print(f"verdict.py: cannot read {a.log}: {e}", file=sys.stderr)
             return 2
         canary, baseline = parse_haproxy(text.splitlines(), a.canary, a.since)
+    elif a.source == "cloudwatch":
+        try:
+            with open(a.metric_data, encoding="utf-8") as f:
+                canary, baseline = parse_cloudwatch(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"verdict.py: cannot use {a.metric_data}: {e}", file=sys.stderr)
+            return 2
     else:
         canary = Group(a.canary_requests, a.canary_errors, a.canary_p99_ms)
         baseline = Group(a.baseline_requests, a.baseline_errors, a.baseline_p99_ms)

@@ -56,6 +56,8 @@ def base_env(**extra):
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_EC2_METADATA_DISABLED="true",
+        # The canary step has its own tests (test_canary.py); these judge the stacks.
+        CANARY="0",
     )
     env.update(extra)
     return env
@@ -135,7 +137,7 @@ class EmulatorScenario(unittest.TestCase):
     def deploy(self, *args, smoke=None):
         """scripts/deploy.sh --target aws ...; smoke: None (skip) or a command."""
         env = dict(self.env)
-        options = ["--target", "aws", "--env", ENV, *args, "--aws-params", self.params]
+        options = ["--target", "aws", "--env", ENV, "--no-canary", *args, "--aws-params", self.params]
         if smoke is None:
             options.append("--no-smoke")
         else:
