@@ -95,10 +95,11 @@ impl StoreHandle {
     }
 
     fn store(&self) -> Result<&Store, StoreError> {
-        self.inner
-            .store
-            .get()
-            .ok_or_else(|| StoreError::Unavailable(CONNECTING.into()))
+        self.inner.store.get().ok_or_else(|| {
+            StoreError::Unavailable(
+                Box::<dyn std::error::Error + Send + Sync>::from(CONNECTING).into(),
+            )
+        })
     }
 
     pub fn backend(&self) -> &'static str {
