@@ -605,7 +605,7 @@ target_rollback() {
     "AppVersion=$target" \
     "ArtifactSha256=$(jq -r .ArtifactSha256 <<<"$record")" \
     "HostBundleSha256=$(jq -r .HostBundleSha256 <<<"$record")" \
-    "ImageId=$(jq -r '.ImageId // empty' <<<"$record")"
+    "ImageId=$(jq -r --argjson cur "$current" '.ImageId // $cur.ImageId' <<<"$record")"
 }
 
 # --- plan, then execute ---------------------------------------------------------

@@ -175,8 +175,12 @@ class ZeroDowntime(unittest.TestCase):
         # target.sh reads the image recorded with the release and passes it on
         # every app deploy and rollback; it resolves "latest" only when none is recorded.
         self.assertIn('key="releases/$VERSION/image-id"', TARGET_SH)
-        self.assertEqual(TARGET_SH.count('"ImageId=$'), 2)
-        self.assertIn("ImageId}' <<<\"$app_json\")", TARGET_SH)
+        # deploy, plan and rollback; a record written before images were
+        # pinned falls back to the image the running release uses.
+        self.assertEqual(TARGET_SH.count('"ImageId=$'), 3)
+        self.assertIn("'.ImageId // $cur.ImageId'", TARGET_SH)
+        running = TARGET_SH.split("_app_running() {", 1)[1].split("\n}\n", 1)[0]
+        self.assertIn("{AppVersion, ArtifactSha256, HostBundleSha256, ImageId}", running)
         resolve = TARGET_SH.split("_pin_image() {", 1)[1].split("\n}\n", 1)[0]
         self.assertLess(resolve.index('_aws s3 cp "s3://$bucket/$key"'), resolve.index("ssm get-parameter"))
 
@@ -605,6 +609,13 @@ class Identity(unittest.TestCase):
         self.assertEqual(set(self.boot["Outputs"]), {"OidcProviderArn", "CloudFormationRoleArn", "DeployRoleArn",
                                                      "PlanRoleArn"})
 
+    def test_deploy_role_session_outlasts_the_deploy_job(self):
+        # cd.yml asks for role-duration-seconds; STS refuses more than the
+        # role's MaxSessionDuration, so every deploy would fail at login.
+        cd = (ROOT / ".github/workflows/cd.yml").read_text()
+        asked = max(int(x) for x in re.findall(r"role-duration-seconds: (\d+)", cd))
+        self.assertGreaterEqual(self.boot["Resources"]["DeployRole"]["Properties"]["MaxSessionDuration"], asked)
+
     def test_github_roles_trust_only_this_repository_and_environment(self):
         for role in ("DeployRole", "PlanRole"):
             [st] = self.trust(role)
@@ -629,10 +640,15 @@ class Identity(unittest.TestCase):
 
     def test_deploy_role_is_least_privilege_and_creates_nothing_itself(self):
         allowed = set()
+        # Read-only actions without resource-level permissions, for the
+        # canary and the staging load check: the only ones allowed on "*".
+        unscoped = {"cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics",
+                    "elasticloadbalancing:DescribeTargetHealth"}
         for st in self.statements("DeployRole"):
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             self.assertEqual(st["Effect"], "Allow")
-            self.assertNotEqual(st["Resource"], "*", st["Sid"])
+            if st["Resource"] == "*":
+                self.assertLessEqual(set(actions), unscoped, st["Sid"])
             for a in actions:
                 self.assertNotIn("*", a, st["Sid"])
                 allowed.add(a)
@@ -641,24 +657,36 @@ class Identity(unittest.TestCase):
                               "cloudformation:DescribeChangeSet", "cloudformation:DescribeStacks",
                               "cloudformation:DescribeStackEvents", "cloudformation:DeleteChangeSet",
                               "s3:GetObject", "s3:PutObject", "ssm:GetParameter", "iam:PassRole"}, allowed)
-        self.assertFalse({a for a in allowed if a.split(":")[0] in ("ec2", "rds", "autoscaling", "elasticloadbalancing")})
+        self.assertFalse({a for a in allowed - unscoped
+                          if a.split(":")[0] in ("ec2", "rds", "autoscaling", "elasticloadbalancing")})
         self.assertNotIn("iam:CreateRole", allowed)
         passrole = next(st for st in self.statements("DeployRole") if st["Action"] == "iam:PassRole")
         self.assertEqual(passrole["Resource"], {"Fn::GetAtt": ["CloudFormationServiceRole", "Arn"]})
         self.assertEqual(passrole["Condition"]["StringEquals"]["iam:PassedToService"], "cloudformation.amazonaws.com")
         # target.sh hands CloudFormation the service role.
         self.assertIn('args+=(--role-arn "$AWS_CFN_ROLE_ARN")', TARGET_SH)
-        for call in re.findall(r"_aws (\w+) ([a-z-]+)", TARGET_SH):
-            service, op = call
-            if service == "cloudformation" and op != "wait":
-                action = "cloudformation:" + "".join(w.capitalize() for w in op.split("-"))
-                self.assertIn(action, allowed, f"target.sh calls {op}")
+        canary_sh = (ROOT / "deploy/aws/canary.sh").read_text()
+        iam_service = {"cloudformation": "cloudformation", "cloudwatch": "cloudwatch", "elbv2": "elasticloadbalancing"}
+        for service, op in re.findall(r"_aws (\w+) ([a-z-]+)", TARGET_SH + canary_sh):
+            if service in iam_service and op != "wait":
+                action = iam_service[service] + ":" + "".join(w.capitalize() for w in op.split("-"))
+                self.assertIn(action, allowed, f"the aws target calls {service} {op}")
 
     def test_plan_role_cannot_execute(self):
         deny = [st for st in self.statements("PlanRole") if st["Effect"] == "Deny"]
-        denied = {a for st in deny for a in st["Action"]}
+        denied = {a for st in deny for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
         self.assertLessEqual({"cloudformation:ExecuteChangeSet", "cloudformation:UpdateStack",
-                              "cloudformation:CreateStack", "cloudformation:DeleteStack", "s3:PutObject"}, denied)
+                              "cloudformation:CreateStack", "cloudformation:DeleteStack", "s3:DeleteObject"}, denied)
+        # The plan job publishes the release it plans, and writes nothing else.
+        puts = [st for st in self.statements("PlanRole") if "s3:PutObject" in str(st["Action"])]
+        allow = [st for st in puts if st["Effect"] == "Allow"]
+        self.assertEqual(len(allow), 1)
+        self.assertTrue(allow[0]["Resource"]["Fn::Sub"].endswith("/releases/*"))
+        self.assertTrue(any(st["Effect"] == "Deny" and st.get("NotResource") == allow[0]["Resource"] for st in puts))
+        # Trusted only for the plan job's environment: not pull requests, not other jobs.
+        [st] = self.trust("PlanRole")
+        self.assertEqual(st["Condition"]["StringLike"]["token.actions.githubusercontent.com:sub"],
+                         {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}-plan"})
         allowed = {a for st in self.statements("PlanRole") if st["Effect"] == "Allow"
                    for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
         self.assertIn("cloudformation:CreateChangeSet", allowed)
