@@ -11,29 +11,10 @@
 
 use crate::support::{
     Backend, PgCluster, TestApp, database_on, fresh_postgres_database, require_postgres,
-    spawn_with, test_config, wait_until,
+    require_postgres_binaries, spawn_with, test_config, wait_until,
 };
 use hello_birthday::app::Application;
 use std::time::Duration;
-
-/// Own-cluster tests need the server binaries even with `TEST_DATABASE_URL`.
-fn require_pg_binaries() -> bool {
-    if !require_postgres() {
-        return false;
-    }
-    let found = std::process::Command::new("pg_ctl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || std::env::var("CI").as_deref() != Ok("true"),
-        "the outage tests start and stop their own cluster: pg_ctl is missing"
-    );
-    if !found {
-        eprintln!("SKIPPED: pg_ctl not found; the outage tests need their own cluster");
-    }
-    found
-}
 
 fn stop(cluster: &PgCluster) {
     let (dir, port) = (cluster.dir.clone(), cluster.port);
@@ -88,8 +69,9 @@ async fn gauge(app: &TestApp, name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hb_skip_postgres, ignore = "HB_SKIP_POSTGRES=1")]
 async fn postgres_outage_is_503_and_heals_by_itself() {
-    if !require_pg_binaries() {
+    if !require_postgres_binaries() {
         return;
     }
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
@@ -136,8 +118,9 @@ async fn postgres_outage_is_503_and_heals_by_itself() {
 /// maintenance) must not exit: it serves, stays ready, answers the API with
 /// 503 and connects, migrates and serves once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hb_skip_postgres, ignore = "HB_SKIP_POSTGRES=1")]
 async fn started_during_an_outage_comes_into_service_by_itself() {
-    if !require_pg_binaries() {
+    if !require_postgres_binaries() {
         return;
     }
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
@@ -183,6 +166,7 @@ async fn started_during_an_outage_comes_into_service_by_itself() {
 /// A server that answers and refuses is no outage: waiting would not help,
 /// so start-up fails at once (systemd restarts with a re-read configuration).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hb_skip_postgres, ignore = "HB_SKIP_POSTGRES=1")]
 async fn a_database_that_does_not_exist_fails_start_up_at_once() {
     if !require_postgres() {
         return;
