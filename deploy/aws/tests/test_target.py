@@ -271,6 +271,7 @@ class EmulatorScenario(unittest.TestCase):
         self.assertEqual(self.app_parameters()["AppVersion"], "1.0.0")
         self.assertEqual(self.record(), {"AppVersion": "1.0.0", "ArtifactSha256": self.sha_of("one"),
                                          "HostBundleSha256": self.app_parameters()["HostBundleSha256"],
+                                         "ImageId": self.app_parameters()["ImageId"],
                                          "ReplacedBy": "2.0.0"})
         # Again: nothing to undo, and 2.0.0 is not what runs.
         proc = self.deploy("--rollback")
