@@ -108,7 +108,7 @@ _stack_json() {
 # Stack status, or NONE when the stack does not exist.
 _stack_status() {
   local json
-  json=$(_stack_json "$1")
+  json=$(_stack_json "$1") || exit 1
   if [ -z "$json" ]; then echo NONE; else jq -r .StackStatus <<<"$json"; fi
 }
 
@@ -209,7 +209,7 @@ _cs_execute() {
   local waiter="stack-update-complete"
   [ "$type" = CREATE ] && waiter="stack-create-complete"
   if ! _aws cloudformation wait "$waiter" --stack-name "$stack" 2>/dev/null; then
-    final=$(_stack_status "$stack")
+    final=$(_stack_status "$stack") || exit 1
     echo "CloudFormation reasons for $stack:" >&2
     _stack_failures "$stack" | sed 's/^/    /' >&2
     case "$final" in
@@ -372,7 +372,7 @@ _pin_image() {
 _deploy_dns_alarm() {
   local hc main_region=$AWS_REGION_NAME
   if [ "${DRY_RUN:-0}" = 1 ]; then hc="<HealthCheckId of $(_stack_name edge)>"
-  else hc=$(_stack_output "$(_stack_name edge)" HealthCheckId)
+  else hc=$(_stack_output "$(_stack_name edge)" HealthCheckId) || exit 1
   fi
   AWS_REGION_NAME=us-east-1
   _deploy_stack dns-alarm "$AWS_TEMPLATE_DIR/dns-alarm.yaml" "" "HealthCheckId=$hc" \
@@ -384,7 +384,7 @@ _rollback_configuration() {
   [ "$AWS_ROLLBACK_TRIGGERS" = 1 ] || { echo '{"RollbackTriggers":[]}'; return 0; }
   local arns
   if [ "${DRY_RUN:-0}" = 1 ]; then arns="<RollbackTriggerAlarmArns of $(_stack_name monitoring)>"
-  else arns=$(_stack_output "$(_stack_name monitoring)" RollbackTriggerAlarmArns)
+  else arns=$(_stack_output "$(_stack_name monitoring)" RollbackTriggerAlarmArns) || exit 1
   fi
   jq -cn --arg arns "$arns" --argjson m "$AWS_MONITORING_MINUTES" \
     '{RollbackTriggers: ($arns | split(",") | map({Arn: ., Type: "AWS::CloudWatch::Alarm"})), MonitoringTimeInMinutes: $m}'
@@ -663,7 +663,7 @@ target_make_plan() {
       app) extra=("AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256" "ImageId=$IMAGE_ID")
            rollback=$(_rollback_configuration) || exit 1 ;;
     esac
-    params=$(_stack_parameters_json "$key" "${extra[@]}")
+    params=$(_stack_parameters_json "$key" "${extra[@]}") || exit 1
     if [ -n "$changed" ]; then
       step "plan: stack $stack ($type), provisional: computed before the change of $changed is executed"
     else
