@@ -79,6 +79,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which requests get a log line of their own.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RequestLog {
+    /// Every answer with status 400 or above and every request slower than
+    /// SLOW_REQUEST_MS, at most 100 lines a second (the rest are counted);
+    /// the others are counted in the metrics and in the summary line.
+    Errors,
+    /// One line per request (debugging; about 150 bytes each).
+    All,
+    /// No request lines (the summary line still comes).
+    Off,
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "hello-birthday",
@@ -127,6 +140,18 @@ pub struct Config {
     /// Log level or tracing filter (e.g. info, debug, hello_birthday=debug).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Which requests are logged one by one (needs LOG_LEVEL info for target http).
+    #[arg(long, env = "REQUEST_LOG", value_enum, default_value_t = RequestLog::Errors)]
+    pub request_log: RequestLog,
+
+    /// A request slower than this is logged even when it succeeded (the latency SLO's threshold).
+    #[arg(long, env = "SLOW_REQUEST_MS", default_value_t = 100)]
+    pub slow_request_ms: u64,
+
+    /// Seconds between request summary lines (counts by status class; 0: none).
+    #[arg(long, env = "LOG_SUMMARY_SECONDS", default_value_t = 60)]
+    pub log_summary_seconds: u64,
 
     /// After SIGTERM: seconds during which readiness is 503 but requests are still served.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]

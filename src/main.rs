@@ -10,7 +10,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    let _logs = match telemetry::init(config.log_format, &config.log_level) {
+    let _logs = match telemetry::init(&config) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("hello-birthday: {e:#}");

@@ -9,14 +9,15 @@
 //! its first request only hyper's timer applies.
 
 use crate::metrics::Metrics;
+use crate::telemetry::RateLimit;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -295,55 +296,9 @@ pub fn record(metrics: &Metrics, ending: Ending) {
 const LOG_PER_SECOND: u64 = 10;
 static LOG_LIMIT: RateLimit = RateLimit::new(LOG_PER_SECOND);
 
-/// A fixed one-second window, lock-free: good enough to bound log volume.
-struct RateLimit {
-    per_second: u64,
-    window: AtomicU64,
-    used: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimit {
-    const fn new(per_second: u64) -> Self {
-        Self {
-            per_second,
-            window: AtomicU64::new(0),
-            used: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines left out since the last one allowed)` if a line may be
-    /// written now.
-    fn allow(&self) -> Option<u64> {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1;
-        if self.window.swap(now, Ordering::Relaxed) != now {
-            self.used.store(0, Ordering::Relaxed);
-        }
-        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_counts_what_it_leaves_out() {
-        let limit = RateLimit::new(3);
-        let allowed: Vec<_> = (0..10).map(|_| limit.allow()).collect();
-        // Lines within one second; the test is far shorter than a second
-        // unless the window rolls over mid-way, which only allows more.
-        assert!(allowed.iter().filter(|a| a.is_some()).count() >= 3);
-        assert!(allowed.iter().filter(|a| a.is_some()).count() < 10);
-        assert_eq!(allowed[0], Some(0));
-    }
 
     #[test]
     fn evicts_the_oldest_silent_connection_and_never_a_used_one() {
