@@ -137,9 +137,23 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("hb:{:08x}-{n:x}", crate::build::instance_nonce()))
-        .expect("hex is a valid header value")
+    // Written by hand: `format!` plus parsing the header back took about 1%
+    // of a GET's CPU time in a profile.
+    let mut buf = [0u8; 3 + 8 + 1 + 16];
+    buf[..3].copy_from_slice(b"hb:");
+    let nonce = crate::build::instance_nonce();
+    for (i, b) in buf[3..11].iter_mut().enumerate() {
+        *b = HEX[(nonce >> (28 - 4 * i) & 0xf) as usize];
+    }
+    buf[11] = b'-';
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for (i, b) in buf[12..12 + digits].iter_mut().enumerate() {
+        *b = HEX[(n >> (4 * (digits - 1 - i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf[..12 + digits]).expect("hex is a valid header value")
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Framing that a proxy in front could read differently from us (RFC 9112
 /// 3.2 and 6.1): no Host on HTTP/1.1, two Hosts, a Transfer-Encoding other
@@ -314,4 +328,24 @@ fn problem_for_bare_405(resp: Response) -> Response {
         problem.headers_mut().insert(header::ALLOW, allow);
     }
     problem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_the_nonce_and_a_hex_counter() {
+        let nonce = crate::build::instance_nonce();
+        let first = request_id(&HeaderMap::new());
+        let second = request_id(&HeaderMap::new());
+        for id in [&first, &second] {
+            let text = id.to_str().unwrap();
+            let (prefix, counter) = text.split_once('-').unwrap();
+            assert_eq!(prefix, format!("hb:{nonce:08x}"));
+            assert!(u64::from_str_radix(counter, 16).is_ok(), "{text}");
+            assert!(counter == "0" || !counter.starts_with('0'), "{text}");
+        }
+        assert_ne!(first, second);
+    }
 }
