@@ -533,6 +533,7 @@ def make_targets(args, workdir: Path, pg: Postgres | None) -> list[Target]:
             env = {"PORT": str(port), "METRICS_PORT": str(free_port()),
                    "BIND_ADDR": "127.0.0.1", "DATABASE_URL": url,
                    "LOG_FORMAT": "json", "LOG_LEVEL": args.log_level,
+                   "REQUEST_LOG": args.request_log,
                    "DRAIN_SECONDS": "0", "SHUTDOWN_TIMEOUT_SECONDS": "10",
                    "RELEASE": "bench"}
             t.server = Server(name, [service], env, port, workdir / f"service-{name}.log",
@@ -686,7 +687,8 @@ def markdown(results: dict) -> str:
         f"{m['disk']['fsync_4k']['p99_us']} us; load average at start "
         f"{' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}. "
         f"Server on CPU {c['server_cpu']}, wrk on CPU {c['load_cpu']}"
-        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}.",
+        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}"
+        f"{'; LOG_LEVEL ' + c['log_level'] + ', REQUEST_LOG ' + c['request_log'] if c.get('request_log') else ''}.",
         "",
         "| phase | users | req/s | p50 ms | p99 ms | max ms | errors | server CPU us/req "
         "| req/s vs ceiling | CPU vs ceiling | peak RSS MiB | start to ready ms | wrk CPU % "
@@ -766,6 +768,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", default="release", help="label of the build (for the record)")
     p.add_argument("--out", help="results directory (bench/results; quick: a temp dir)")
     p.add_argument("--log-level", default="info", help="service LOG_LEVEL (info)")
+    p.add_argument("--request-log", default="errors", choices=["errors", "all", "off"],
+                   help="service REQUEST_LOG (errors, the default: no line for a fast success)")
     p.add_argument("--ready-deadline", type=float, default=60.0)
     p.add_argument("--nice", type=int, default=0,
                    help="niceness of servers, PostgreSQL and wrk (0; negative needs root)")
@@ -821,6 +825,7 @@ def main(argv: list[str]) -> int:
                           "users": args.users, "scale_users": args.scale_users,
                           "server_cpu": args.server_cpu, "load_cpu": args.load_cpu,
                           "targets": args.targets, "wrk_threads": 1, "nice": args.nice,
+                          "log_level": args.log_level, "request_log": args.request_log,
                           "max_interference_pct": args.max_interference
                           if args.max_interference != float("inf") else None,
                           "retries": args.retries},

@@ -36,6 +36,8 @@ bench/results/latest.png, and the latest table into bench/README.md.
   --load-cpu C         CPU list for wrk (1)
   --out DIR            results directory (bench/results)
   --log-level L        service LOG_LEVEL (info)
+  --request-log R      service REQUEST_LOG: errors (default), all (a line per
+                       request) or off
   --nice N             niceness of the servers, PostgreSQL and wrk (0); a
                        negative value (root only) shields the figures from
                        other work on a shared machine
