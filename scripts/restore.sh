@@ -243,13 +243,13 @@ as_owner() {
 }
 
 restore_pitr() {
-  local mode="" to_time="" target="" pgdata="" start=0 log="" wait_s=3600 report="" writes="" sets=() url=$1
+  local mode="" latest=0 to_time="" target="" pgdata="" start=0 log="" wait_s=3600 report="" writes="" sets=() url=$1
   shift
   while [ $# -gt 0 ]; do
     case "$1" in
       --pitr) shift ;;
       --to-time) to_time=${2:?--to-time needs a value}; mode="time"; shift 2 ;;
-      --latest) mode=latest; shift ;;
+      --latest) latest=1; mode=latest; shift ;;
       --pg-data) pgdata=${2:?--pg-data needs a value}; shift 2 ;;
       --config) PITR_CONFIG=${2:?--config needs a value}; shift 2 ;;
       --stanza) PITR_STANZA=${2:?--stanza needs a value}; shift 2 ;;
@@ -264,7 +264,8 @@ restore_pitr() {
   done
   command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
   [ -n "$mode" ] || die "--pitr needs --to-time TIME or --latest"
-  [ "$mode" = time ] || [ -z "$to_time" ] || die "--to-time and --latest exclude each other"
+  [ "$latest" = 0 ] || [ -z "$to_time" ] || die "--to-time and --latest exclude each other"
+  [ -z "$to_time" ] || target=$(pitr_time "$to_time")
   [ -n "$pgdata" ] || die "--pitr needs --pg-data DIR (the new data directory)"
   [[ "$wait_s" =~ ^[1-9][0-9]*$ ]] || die "--wait must be a positive number of seconds"
   [ -z "$writes" ] || [ "$start" = 1 ] || die "--verify-writes needs --start (the database must run)"
@@ -282,7 +283,6 @@ restore_pitr() {
   oldest=$(jq -r '.backup[0].timestamp.stop' <<<"$info")
   oldest_label=$(jq -r '.backup[0].label' <<<"$info")
   if [ "$mode" = time ]; then
-    target=$(pitr_time "$to_time")
     now_s=$EPOCHREALTIME
     awk -v t="$target" -v n="$now_s" 'BEGIN { exit !(t <= n) }' \
       || die "--to-time $to_time is in the future (now: $(date -u '+%Y-%m-%d %H:%M:%S+00'))"
