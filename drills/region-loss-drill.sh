@@ -180,6 +180,12 @@ span=$(awk -v s="$span" 'BEGIN { printf "%.3f", s }')
 read -r s_restore s_start s_replay < <(jq -r '.seconds | "\(.restore) \(.start) \(.replay)"' "$WORK/restore-b.json")
 s_ready=$(elapsed "$t_db" "$t_first_2xx")
 s_setup=$(awk -v r="$rto" -v a="$s_restore" -v b="$s_start" -v c="$s_replay" -v d="$s_ready" 'BEGIN { printf "%.3f", r - a - b - c - d }')
+log "RPO: $missing of $acked acknowledged writes missing in Region B, spanning ${span}s; first missing write acknowledged ${rpo_window}s before the loss (archive_timeout ${archive_timeout}s)"
+log "RTO: ${rto}s from the loss to the first 2xx (restore ${s_restore}s, start ${s_start}s, replay ${s_replay}s, service ready ${s_ready}s, set-up of Region B (incl. deleting A) ${s_setup}s)"
+awk -v w="$rpo_window" -v m="$RPO_MAX" 'BEGIN { exit !(w <= m) }' || fail "RPO ${rpo_window}s is over ${RPO_MAX}s"
+awk -v r="$rto" -v m="$RTO_MAX" 'BEGIN { exit !(r <= m) }' || fail "RTO ${rto}s is over ${RTO_MAX}s"
+awk -v w="$rpo_window" -v m="$RPO_ARCHIVE_MAX" 'BEGIN { exit !(w <= m) }' \
+  || fail "RPO ${rpo_window}s is over archive_timeout + 5 s (${RPO_ARCHIVE_MAX}s): the WAL archive lags or stopped"
 
 # ------------------------------------------------- a point in the middle
 PORT_C=$(free_port)
@@ -244,12 +250,6 @@ if [ "$save_example" = 1 ]; then
   log "example saved to drills/examples/region-loss.{png,json}"
 fi
 
-log "RPO: $missing of $acked acknowledged writes missing in Region B, spanning ${span}s; first missing write acknowledged ${rpo_window}s before the loss (archive_timeout ${archive_timeout}s)"
-log "RTO: ${rto}s from the loss to the first 2xx (restore ${s_restore}s, start ${s_start}s, replay ${s_replay}s, service ready ${s_ready}s, set-up of Region B (incl. deleting A) ${s_setup}s)"
 if [ -n "${DRILL_RESULTS:-}" ]; then jq -c 'del(.at)' "$summary" >>"$DRILL_RESULTS"; fi
-awk -v w="$rpo_window" -v m="$RPO_MAX" 'BEGIN { exit !(w <= m) }' || fail "RPO ${rpo_window}s is over ${RPO_MAX}s"
-awk -v r="$rto" -v m="$RTO_MAX" 'BEGIN { exit !(r <= m) }' || fail "RTO ${rto}s is over ${RTO_MAX}s"
-awk -v w="$rpo_window" -v m="$RPO_ARCHIVE_MAX" 'BEGIN { exit !(w <= m) }' \
-  || fail "RPO ${rpo_window}s is over archive_timeout + 5 s (${RPO_ARCHIVE_MAX}s): the WAL archive lags or stopped"
 service_stop b
 log "PASS region-loss drill: RPO ${rpo_window}s ($missing writes), RTO ${rto}s"
