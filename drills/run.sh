@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The backup, restore and failover drills, in the order CI runs them (the
+# The backup, restore, failover and Region-loss drills, in the order CI runs them (the
 # `drills` stage of scripts/ci.sh). Every drill starts its own throwaway
 # servers on 127.0.0.1 and removes them, pass or fail. Ends with a table of
 # the measured figures; exits non-zero if any drill failed.
@@ -12,6 +12,7 @@ DRILLS=(
   "restore-postgres|drills/restore-drill.sh --backend postgres"
   "s3|drills/s3-drill.sh"
   "failover|drills/failover-drill.sh"
+  "region-loss|drills/region-loss-drill.sh"
   "timing|drills/restore-timing.sh --rows 100000"
 )
 
@@ -24,6 +25,8 @@ Runs every drill (or only the NAMEs given), then prints the figures:
   restore-postgres  the same on a throwaway PostgreSQL cluster
   s3                backup.sh/restore.sh against s3:// on a local moto server
   failover          synchronous standby promoted under write load
+  region-loss       Region A destroyed under write load, Region B restored
+                    from the pgBackRest WAL archive (RPO, RTO measured)
   timing            backup and restore time for 100,000 users per backend
 (The scheduled-backup systemd units are checked by deploy/systemd/check.sh.)
 
@@ -83,6 +86,8 @@ main() {
       "  s3: \(.backups) backups (SSE \(.sse)), \(.kept) kept; \(.users_verified) users verified after restore in \(.restore_seconds) s; corrupt object refused; manifest-less object ignored"
     elif .drill == "failover" then
       "  failover: \(.acknowledged) PUTs acknowledged (\(.acknowledged_before_failover) before the stop), \(.acknowledged_missing) missing; \(.failed_requests) failed (\(.failed_statuses | join(","))); error window \(.error_window_seconds) s; promote \(.promote_seconds) s; first write on the new primary after \(.first_write_on_new_primary_seconds) s; ready after \(.ready_after_seconds) s"
+    elif .drill == "region-loss" then
+      "  region-loss: RPO \(.rpo_seconds) s (\(.acknowledged_missing) of \(.acknowledged) acknowledged writes missing, spanning \(.missing_span_seconds) s; archive_timeout \(.archive_timeout_seconds) s); RTO \(.rto_seconds) s (restore \(.rto_steps.restore) s, start \(.rto_steps.start) s, replay \(.rto_steps.replay) s, service ready \(.rto_steps.ready) s, set-up \(.rto_steps.setup) s); --to-time: \(.to_time_expected) writes before the target present, none after"
     elif .drill == "timing" then
       "  timing \(.backend): \(.rows) rows, \(.backup_bytes) bytes; backup \(.backup_seconds) s, verified restore \(.restore_seconds) s"
     else tostring end' "$DRILL_RESULTS"

@@ -14,6 +14,7 @@ HB_NAME_PREFIX="hello-birthday-"
 backup_usage() {
   cat <<'USAGE'
 Usage: scripts/backup.sh [--database-url URL] [--to DEST] [--keep N]
+       scripts/backup.sh --pitr [--type full|diff|incr] [--config FILE] [--stanza NAME]
 
 Takes a consistent backup of the hello-birthday database while the service
 keeps writing, and writes it next to a manifest:
@@ -46,6 +47,20 @@ Environment:
   PG_BINDIR            directory of pg_dump/pg_restore/psql (default: PATH)
 
 Prints the backup's manifest location on stdout; progress goes to stderr.
+
+Point in time (--pitr, PostgreSQL only): a base backup into the pgBackRest
+repository that the cluster's WAL archive (archive_command) already feeds,
+see deploy/pgbackrest/. Runs, as the cluster's owner: stanza-create (a no-op
+once done), check (archive_command works: a WAL switch reaches the
+repository), backup --type (default diff; pgBackRest takes a full one when
+none exists), then expires backups and WAL past the configured retention.
+Prints the backup's label on stdout. Restore with restore.sh --pitr.
+  --type T            full, diff or incr (default: diff)
+  --config FILE       pgBackRest configuration (default: $PGBACKREST_CONFIG,
+                      else pgBackRest's own default /etc/pgbackrest/pgbackrest.conf)
+  --stanza NAME       default: $PGBACKREST_STANZA, else hello-birthday
+  PITR_OS_USER        the cluster's owner that pgBackRest runs as when this
+                      script runs as root (default: postgres)
 USAGE
 }
 
@@ -337,8 +352,76 @@ dump_sqlite() {
   TOOL_VERSION="sqlite3 $(sqlite3 -version | cut -d' ' -f1) VACUUM INTO"
 }
 
+# ------------------------------------------------- point in time (pgBackRest)
+# The WAL archive and the base backups live in a pgBackRest repository in
+# another Region (locally: another directory). Config and stanza come from
+# --config/--stanza, set by pitr_options in both scripts.
+PITR_CONFIG=${PGBACKREST_CONFIG:-}
+PITR_STANZA=${PGBACKREST_STANZA:-hello-birthday}
+
+# pgbr ARGS...: pgBackRest as the cluster's owner (it reads the data
+# directory and writes the repository with that user's rights).
+pgbr() {
+  command -v pgbackrest >/dev/null 2>&1 || die "pgbackrest not found (apt-get install pgbackrest, or scripts/setup.sh dev)"
+  local args=(--stanza="$PITR_STANZA")
+  [ -z "$PITR_CONFIG" ] || args=(--config="$PITR_CONFIG" "${args[@]}")
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u "${PITR_OS_USER:-postgres}" -- pgbackrest "${args[@]}" "$@"
+  else
+    pgbackrest "${args[@]}" "$@"
+  fi
+}
+
+# pitr_config_check: a named configuration file must be readable, so that a
+# typo is not mistaken for an empty repository.
+pitr_config_check() {
+  [ -z "$PITR_CONFIG" ] || [ -f "$PITR_CONFIG" ] || die "no pgBackRest configuration at $PITR_CONFIG"
+}
+
+# pitr_info: the stanza's `pgbackrest info` as JSON (one object). Dies with
+# pgBackRest's reason when the repository or the stanza is missing.
+pitr_info() {
+  local out code msg
+  out=$(pgbr --output=json info) || die "pgbackrest info failed (see above)"
+  code=$(jq -r '.[0].status.code' <<<"$out")
+  msg=$(jq -r '.[0].status.message' <<<"$out")
+  [ "$code" = 0 ] || die "no usable pgBackRest repository for stanza $PITR_STANZA: $msg (check repo1-path in ${PITR_CONFIG:-the default configuration})"
+  jq '.[0]' <<<"$out"
+}
+
+backup_pitr() {
+  local type=diff started label info
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --type) type=${2:?--type needs a value}; shift 2 ;;
+      --config) PITR_CONFIG=${2:?--config needs a value}; shift 2 ;;
+      --stanza) PITR_STANZA=${2:?--stanza needs a value}; shift 2 ;;
+      *) backup_usage >&2; die "unknown argument with --pitr: $1" ;;
+    esac
+  done
+  case "$type" in full|diff|incr) ;; *) die "--type must be full, diff or incr" ;; esac
+  command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
+  pitr_config_check
+  started=$EPOCHREALTIME
+  say "pgbackrest stanza-create (stanza $PITR_STANZA; a no-op when it exists)"
+  pgbr --log-level-console=warn stanza-create || die "stanza-create failed (see above)"
+  say "pgbackrest check: archive_command delivers WAL to the repository"
+  pgbr --log-level-console=warn check || die "check failed: WAL does not reach the repository (archive_mode, archive_command?)"
+  say "pgbackrest backup --type=$type"
+  pgbr --log-level-console=warn backup --type="$type" || die "backup failed (see above)"
+  info=$(pitr_info)
+  label=$(jq -r '.backup[-1].label' <<<"$info")
+  jq -r --arg s "$(elapsed_since "$started")" '.backup[-1] as $b
+    | "==> backup \($b.label) (\($b.type)): \($b.info.size) bytes in the cluster, \($b.info.repository.delta) bytes added to the repository; WAL \($b.archive.start)..\($b.archive.stop); \(.backup | length) backups kept, WAL archive \(.archive[-1].min)..\(.archive[-1].max); \($s) s"' \
+    <<<"$info" >&2
+  printf '%s\n' "$label"
+}
+
 backup_main() {
   local url=${DATABASE_URL:-} dest=${BACKUP_DEST:-} keep=${BACKUP_KEEP:-}
+  local a rest=()
+  for a in "$@"; do [ "$a" = --pitr ] || rest+=("$a"); done
+  if [ ${#rest[@]} -lt $# ]; then backup_pitr "${rest[@]}"; return; fi
   while [ $# -gt 0 ]; do
     case "$1" in
       --database-url) url=${2:?--database-url needs a value}; shift 2 ;;

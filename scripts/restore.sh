@@ -11,6 +11,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/backup.sh"
 restore_usage() {
   cat <<'USAGE'
 Usage: scripts/restore.sh --from BACKUP [--database-url URL] [--force]
+       scripts/restore.sh --pitr --to-time TIME|--latest --pg-data DIR [--config FILE]
+                          [--stanza NAME] [--set NAME=VALUE]... [--start [--log FILE]]
+                          [--verify-writes FILE --database-url URL] [--report FILE]
+       scripts/restore.sh --verify-writes FILE [--to-time TIME] [--report FILE] --database-url URL
 
 BACKUP is one of
   DIR or s3://bucket/prefix          the newest complete backup there
@@ -38,6 +42,37 @@ Options:
   -h, --help           this text
 
 Environment: as for backup.sh (DATABASE_URL, PGPASSWORD, AWS_*, PG_BINDIR).
+
+Point in time (--pitr, PostgreSQL): restores the whole cluster from the
+pgBackRest repository (base backup + WAL archive, see backup.sh --pitr) into
+an empty or absent data directory, as the cluster's owner (PITR_OS_USER,
+default postgres, when run as root). There is no manifest: verify against a
+record of acknowledged writes (--verify-writes).
+  --to-time TIME       replay up to TIME, 'YYYY-MM-DD HH:MM:SS[.ffffff]+00'
+                       (a zone is required: Z or +HH[:MM]); every transaction
+                       committed at or before TIME is kept. Refused: a time in
+                       the future, or before the end of the oldest backup.
+  --latest             replay every WAL segment in the archive (a Region loss)
+  --pg-data DIR        the new data directory (must be empty or absent)
+  --config, --stanza   as for backup.sh --pitr
+  --set NAME=VALUE     a server setting for the restored cluster, appended to
+                       postgresql.auto.conf (e.g. port, unix_socket_directories,
+                       archive_command of the new host); repeatable
+  --start              start PostgreSQL (pg_ctl) and wait until the replay has
+                       ended and the cluster accepts writes
+  --log FILE           the server log for --start (default DIR/pitr-start.log)
+  --wait SECONDS       deadline for start and replay (default 3600)
+  --report FILE        the measured steps (and verification) as JSON
+
+Verification (--verify-writes FILE, with --database-url of the application
+database): FILE holds one JSON line per PUT as tools/loadgen --fresh-users
+--writes records it (user, dob, t_start, t_end, status). Every write
+acknowledged (2xx) before the target time (--to-time; with --latest, every
+one) must be in the users table with its date of birth; a write sent after
+the target time must not be there. Writes in flight at the target time may
+or may not be. Prints what is missing and the time span it covers; fails on
+a wrong value or a write from after the target, and with --to-time on any
+missing write. With --latest the missing writes are the data loss (RPO).
 USAGE
 }
 
@@ -125,8 +160,228 @@ restore_postgres() {
   pg_stats
 }
 
+# ------------------------------------------------- point in time (pgBackRest)
+
+# pitr_time TIME: the epoch seconds of a time with an explicit zone; dies on
+# anything else.
+pitr_time() {
+  local t=$1
+  [[ "$t" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}[\ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$ ]] \
+    || die "--to-time '$t' is not 'YYYY-MM-DD HH:MM:SS[.ffffff]+00' (a zone is required)"
+  date -u -d "$t" +%s.%6N 2>/dev/null || die "--to-time '$t' is not a valid time"
+}
+
+# verify_writes FILE TARGET_EPOCH|"": compares the users table (libpq
+# variables from parse_db_url) with a loadgen --writes record. Sets
+# VERIFY_JSON; returns 1 when the database contradicts the record.
+verify_writes() {
+  local file=$1 target=$2 rows
+  [ -f "$file" ] || die "no write record at $file"
+  rows=$(mktemp "${TMPDIR:-/tmp}/hb-verify.XXXXXX")
+  echo "SELECT username || '|' || date_of_birth FROM users" | psql_q >"$rows" \
+    || { rm -f -- "$rows"; die "cannot read the users table"; }
+  VERIFY_JSON=$(jq -cn --rawfile rows "$rows" --slurpfile w "$file" --arg t "$target" '
+    ($rows | split("\n") | map(select(length > 0) | split("|") | {key: .[0], value: .[1]}) | from_entries) as $db
+    | (if $t == "" then null else ($t | tonumber) end) as $t
+    | ($w | map(.user) | length) as $n
+    | if ($w | map(.user) | unique | length) != $n then error("the record writes some user twice: it must come from loadgen --fresh-users") else . end
+    | ($w | map(select(.status >= 200 and .status < 300))) as $acked
+    | ($acked | map(select($t == null or .t_end < $t))) as $want
+    | ($want | map(select($db[.user] == null))) as $missing
+    | ($want | map(select($db[.user] != null and $db[.user] != .dob))) as $wrong
+    | (if $t == null then [] else $w | map(select(.t_start > $t and $db[.user] != null)) end) as $after
+    | (if $t == null then [] else $w | map(select(.t_start <= $t and ($t == null or .t_end >= $t))) end) as $flight
+    | {target_epoch: $t, writes: $n, acknowledged: ($acked | length), expected: ($want | length),
+       present: (($want | length) - ($missing | length) - ($wrong | length)),
+       missing: ($missing | length), wrong: ($wrong | length),
+       missing_first_t_end: ($missing | map(.t_end) | min), missing_last_t_end: ($missing | map(.t_end) | max),
+       missing_span_seconds: (if ($missing | length) > 0 then (($missing | map(.t_end) | max) - ($missing | map(.t_end) | min)) else 0 end),
+       last_acknowledged_t_end: ($acked | map(.t_end) | max),
+       in_flight: ($flight | length), in_flight_present: ($flight | map(select($db[.user] != null)) | length),
+       after_target_present: ($after | length),
+       examples_missing: ($missing[:5] | map(.user)), examples_wrong: ($wrong[:5] | map("\(.user): \($db[.user]) != \(.dob)")),
+       examples_after: ($after[:5] | map(.user))}') || { rm -f -- "$rows"; die "cannot compare $file with the database"; }
+  rm -f -- "$rows"
+  jq -r '"verify: \(.expected) writes acknowledged\(if .target_epoch then " before the target" else "" end) (of \(.writes) sent): \(.present) present, \(.missing) missing\(if .missing > 0 then " (acknowledged between \(.missing_first_t_end | todate) and \(.missing_last_t_end | todate), \(.missing_span_seconds * 1000 | round / 1000) s; e.g. \(.examples_missing | join(" ")))" else "" end), \(.wrong) with another value\(if .target_epoch then "; in flight at the target: \(.in_flight) (\(.in_flight_present) kept); sent after the target yet present: \(.after_target_present)" else "" end)"' <<<"$VERIFY_JSON"
+  jq -e '.wrong == 0 and .after_target_present == 0' <<<"$VERIFY_JSON" >/dev/null || {
+    jq -r '(.examples_wrong + (.examples_after | map("sent after the target: " + .)))[] | "  " + .' <<<"$VERIFY_JSON" >&2
+    return 1
+  }
+}
+
+# pitr_wait_production DIR LOG DEADLINE_SECONDS: until pg_controldata says
+# the replay is over ("in production", written after the promotion); dies
+# when the server stops first (e.g. the target lies past the archive's end).
+pitr_wait_production() {
+  local dir=$1 log=$2 deadline state
+  deadline=$(( EPOCHSECONDS + $3 ))
+  while :; do
+    state=$(as_owner "$(pg_server_tool pg_controldata)" "$dir" | sed -n 's/^Database cluster state: *//p')
+    [ "$state" != "in production" ] || return 0
+    if ! as_owner "$(pg_server_tool pg_ctl)" -D "$dir" status >/dev/null 2>&1; then
+      tail -n 15 "$log" >&2
+      die "PostgreSQL stopped during the replay (server log above: $log)"
+    fi
+    [ "$EPOCHSECONDS" -lt "$deadline" ] || die "the replay has not ended after $3 s (state: $state; log: $log)"
+    sleep 0.1
+  done
+}
+
+# pg_server_tool NAME: a server binary (pg_ctl, pg_controldata): PG_BINDIR,
+# PATH, else Debian's /usr/lib/postgresql/N/bin (newest N).
+pg_server_tool() {
+  local p
+  if [ -z "${PG_BINDIR:-}" ] && ! command -v "$1" >/dev/null 2>&1; then
+    p=$(find /usr/lib/postgresql -path "*/bin/$1" 2>/dev/null | sort -V | tail -n1)
+    [ -z "$p" ] || { printf '%s\n' "$p"; return; }
+  fi
+  pg_tool "$1"
+}
+
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "${PITR_OS_USER:-postgres}" -- "$@"; else "$@"; fi
+}
+
+restore_pitr() {
+  local mode="" latest=0 to_time="" target="" pgdata="" start=0 log="" wait_s=3600 report="" writes="" sets=() url=$1
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --pitr) shift ;;
+      --to-time) to_time=${2:?--to-time needs a value}; mode="time"; shift 2 ;;
+      --latest) latest=1; mode=latest; shift ;;
+      --pg-data) pgdata=${2:?--pg-data needs a value}; shift 2 ;;
+      --config) PITR_CONFIG=${2:?--config needs a value}; shift 2 ;;
+      --stanza) PITR_STANZA=${2:?--stanza needs a value}; shift 2 ;;
+      --set) [[ "${2:-}" == ?*=* ]] || die "--set NAME=VALUE"; sets+=("$2"); shift 2 ;;
+      --start) start=1; shift ;;
+      --log) log=${2:?--log needs a value}; shift 2 ;;
+      --wait) wait_s=${2:?--wait needs a value}; shift 2 ;;
+      --report) report=${2:?--report needs a value}; shift 2 ;;
+      --verify-writes) writes=${2:?--verify-writes needs a value}; shift 2 ;;
+      *) restore_usage >&2; die "unknown argument with --pitr: $1" ;;
+    esac
+  done
+  command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
+  [ -n "$mode" ] || die "--pitr needs --to-time TIME or --latest"
+  [ "$latest" = 0 ] || [ -z "$to_time" ] || die "--to-time and --latest exclude each other"
+  [ -z "$to_time" ] || target=$(pitr_time "$to_time")
+  [ -n "$pgdata" ] || die "--pitr needs --pg-data DIR (the new data directory)"
+  [[ "$wait_s" =~ ^[1-9][0-9]*$ ]] || die "--wait must be a positive number of seconds"
+  [ -z "$writes" ] || [ "$start" = 1 ] || die "--verify-writes needs --start (the database must run)"
+  [ -z "$writes" ] || [ -f "$writes" ] || die "no write record at $writes"
+  [ -z "$writes" ] || parse_db_url "$url"
+  pitr_config_check
+  if [ -e "$pgdata" ] && [ -n "$(ls -A -- "$pgdata" 2>/dev/null)" ]; then
+    die "REFUSED: $pgdata is not empty (a point-in-time restore needs an empty data directory)"
+  fi
+
+  local info now_s oldest oldest_label opts=() t0
+  t0=$EPOCHREALTIME
+  info=$(pitr_info)
+  [ "$(jq '.backup | length' <<<"$info")" -gt 0 ] || die "the repository holds no backup of stanza $PITR_STANZA (run backup.sh --pitr)"
+  oldest=$(jq -r '.backup[0].timestamp.stop' <<<"$info")
+  oldest_label=$(jq -r '.backup[0].label' <<<"$info")
+  if [ "$mode" = time ]; then
+    now_s=$EPOCHREALTIME
+    awk -v t="$target" -v n="$now_s" 'BEGIN { exit !(t <= n) }' \
+      || die "--to-time $to_time is in the future (now: $(date -u '+%Y-%m-%d %H:%M:%S+00'))"
+    awk -v t="$target" -v o="$oldest" 'BEGIN { exit !(t >= o) }' \
+      || die "--to-time $to_time is before the end of the oldest backup $oldest_label ($(date -u -d "@$oldest" '+%Y-%m-%d %H:%M:%S+00')): the repository cannot reach it"
+    # Normalised to UTC with microseconds, as PostgreSQL reads it.
+    to_time=$(date -u -d "@$target" '+%Y-%m-%d %H:%M:%S.%6N+00')
+    opts=(--type=time --target="$to_time" --target-action=promote)
+    say "restoring stanza $PITR_STANZA into $pgdata up to $to_time"
+  else
+    opts=(--type=default)
+    say "restoring stanza $PITR_STANZA into $pgdata up to the end of the WAL archive ($(jq -r '.archive[-1].max' <<<"$info"))"
+  fi
+
+  local t1 t2 t3 set
+  mkdir -p -- "$pgdata"
+  [ "$(id -u)" -ne 0 ] || chown "${PITR_OS_USER:-postgres}:" "$pgdata"
+  chmod 0700 "$pgdata"
+  pgbr --log-level-console=warn restore --pg1-path="$pgdata" "${opts[@]}" || die "pgbackrest restore failed (see above)"
+  for set in "${sets[@]}"; do
+    printf "%s = '%s'\n" "${set%%=*}" "$(printf '%s' "${set#*=}" | sed "s/'/''/g")"
+  done | as_owner tee -a "$pgdata/postgresql.auto.conf" >/dev/null
+  t1=$EPOCHREALTIME
+  say "files restored in $(elapsed_since "$t0" "$t1") s (repository checks included)"
+  t2=$t1 t3=$t1
+  if [ "$start" = 1 ]; then
+    log=${log:-$pgdata/pitr-start.log}
+    as_owner "$(pg_server_tool pg_ctl)" -D "$pgdata" -l "$log" -w -t "$wait_s" start </dev/null >/dev/null \
+      || { tail -n 15 "$log" >&2; die "PostgreSQL did not start on the restored data (log: $log)"; }
+    t2=$EPOCHREALTIME
+    say "PostgreSQL up (consistent, replaying) in $(elapsed_since "$t1" "$t2") s"
+    pitr_wait_production "$pgdata" "$log" "$wait_s"
+    t3=$EPOCHREALTIME
+    say "replay done, promoted, accepting writes after $(elapsed_since "$t2" "$t3") s more"
+  fi
+  printf 'pitr restore time: %s s (restore %s s, start %s s, replay %s s)\n' "$(elapsed_since "$t0" "$t3")" \
+    "$(elapsed_since "$t0" "$t1")" "$(elapsed_since "$t1" "$t2")" "$(elapsed_since "$t2" "$t3")"
+
+  local rc=0
+  VERIFY_JSON=null
+  if [ -n "$writes" ]; then
+    verify_writes "$writes" "$target" || rc=1
+    if [ "$mode" = time ] && [ "$(jq .missing <<<"$VERIFY_JSON")" != 0 ]; then rc=1; fi
+  fi
+  if [ -n "$report" ]; then
+    jq -n --arg mode "$mode" --arg target "$to_time" --argjson restore "$(elapsed_since "$t0" "$t1")" \
+      --argjson start "$(elapsed_since "$t1" "$t2")" --argjson replay "$(elapsed_since "$t2" "$t3")" \
+      --argjson t0 "$t0" --argjson t1 "$t1" --argjson t2 "$t2" --argjson t3 "$t3" --argjson verify "$VERIFY_JSON" \
+      '{mode: $mode, target: (if $mode == "time" then $target else null end),
+        seconds: {restore: $restore, start: $start, replay: $replay},
+        at: {begin: $t0, restored: $t1, started: $t2, promoted: $t3}, verify: $verify}' >"$report"
+  fi
+  [ "$rc" = 0 ] || die "FAILED: the restored database contradicts $writes (see above)"
+}
+
+# verify_only FILE: --verify-writes without a restore.
+verify_only() {
+  local url=$1 writes="" to_time="" target="" report=""
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --verify-writes) writes=${2:?--verify-writes needs a value}; shift 2 ;;
+      --report) report=${2:?--report needs a value}; shift 2 ;;
+      --to-time) to_time=${2:?--to-time needs a value}; shift 2 ;;
+      *) restore_usage >&2; die "unknown argument with --verify-writes: $1" ;;
+    esac
+  done
+  command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
+  parse_db_url "$url"
+  [ "$DB_BACKEND" = postgres ] || die "--verify-writes reads PostgreSQL"
+  [ -z "$to_time" ] || target=$(pitr_time "$to_time")
+  local rc=0
+  verify_writes "$writes" "$target" || rc=$?
+  [ -z "$report" ] || printf '%s\n' "$VERIFY_JSON" >"$report"
+  [ "$rc" = 0 ] || die "FAILED: the database contradicts $writes"
+  if [ -n "$target" ] && [ "$(jq .missing <<<"$VERIFY_JSON")" != 0 ]; then die "FAILED: acknowledged writes are missing"; fi
+}
+
 restore_main() {
-  local from="" url=${DATABASE_URL:-} force=0
+  local from="" url=${DATABASE_URL:-} force=0 a rest=() pitr=0 verify=0
+  # The point-in-time and verification paths take their own options.
+  for a in "$@"; do
+    case "$a" in
+      --pitr) pitr=1 ;;
+      --verify-writes) verify=1 ;;
+      -h|--help) restore_usage; exit 0 ;;
+    esac
+  done
+  if [ "$pitr" = 1 ] || [ "$verify" = 1 ]; then
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --database-url) url=${2:?--database-url needs a value}; shift 2 ;;
+        --database-url=*) url=${1#*=}; shift ;;
+        *) rest+=("$1"); shift ;;
+      esac
+    done
+    if [ "$pitr" = 1 ]; then restore_pitr "$url" "${rest[@]}"; else verify_only "$url" "${rest[@]}"; fi
+    return
+  fi
   while [ $# -gt 0 ]; do
     case "$1" in
       --from) from=${2:?--from needs a value}; shift 2 ;;

@@ -60,6 +60,7 @@ DEV_PACKAGES=(
   "strace:strace"
   "systemd-analyze:systemd"
   "prometheus-blackbox-exporter:prometheus-blackbox-exporter"
+  "pgbackrest:pgbackrest"
 )
 
 # What each stage of scripts/ci.sh needs besides Rust: commands of
@@ -77,7 +78,7 @@ STAGE_NEEDS=(
   "deploy|postgres psql haproxy socat jq curl promtool venv"
   "systemd|systemd-analyze"
   "aws|jq dot curl venv"
-  "drills|postgres psql jq sqlite3 curl venv"
+  "drills|postgres psql jq sqlite3 curl pgbackrest venv"
   "pipeline|shellcheck jq curl file readelf podman update-ca-certificates venv cargo-deny"
 )
 
@@ -169,6 +170,7 @@ setup_dev() {
     shellcheck "$(shellcheck --version | sed -n 2p)" \
     wrk "$(wrk -v 2>&1 | head -n1)" \
     podman "$(podman --version)" \
+    pgbackrest "$(pgbackrest version)" \
     cargo-deny "$(cargo deny --version)" \
     cfn-lint "$("$ROOT/.venv/bin/cfn-lint" --version)" \
     checkov "$("$ROOT/.venv/bin/checkov" --version)"

@@ -7,6 +7,7 @@
 #   TimeoutStopSec > DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS of the env template
 #   the env file is 0600 and survives a re-run; a re-run changes nothing
 #   the scheduled-backup units verify, their timer's schedule is valid
+#   the pgBackRest base-backup unit and its weekly/daily timers, likewise
 # The one place that checks systemd units.
 set -euo pipefail
 
@@ -15,7 +16,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 # systemd rates 0-10: below 2 "OK", below 5 "MEDIUM", above 9 "UNSAFE".
 MAX_EXPOSURE=2.0
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 case ${1:-} in -h|--help) usage; exit 0 ;; "") ;; *) usage >&2; exit 2 ;; esac
 
 command -v systemd-analyze >/dev/null || { echo "systemd-analyze not installed (scripts/setup.sh dev)" >&2; exit 1; }
@@ -130,5 +131,26 @@ cal=$(sed -n 's/^OnCalendar=//p' "$R/etc/systemd/system/hello-birthday-backup.ti
 systemd-analyze calendar "$cal" >/dev/null || fail "OnCalendar=$cal is not valid"
 grep -qx 'Persistent=true' "$R/etc/systemd/system/hello-birthday-backup.timer" || fail "the backup timer is not Persistent"
 ok "backup timer: OnCalendar=$cal, Persistent=true"
+
+echo "==> base-backup units (pgBackRest)"
+install -D -m 0644 "$HERE"/hello-birthday-basebackup@.service "$HERE"/hello-birthday-basebackup-{full,diff}.timer \
+  -t "$R/etc/systemd/system/"
+if ! out=$(systemd-analyze --root="$R" verify /etc/systemd/system/hello-birthday-basebackup@full.service \
+  /etc/systemd/system/hello-birthday-basebackup-{full,diff}.timer 2>&1) || [ -n "$out" ]; then
+  printf '%s\n' "$out" >&2
+  fail "systemd-analyze verify reported problems with the base-backup units"
+fi
+ok "hello-birthday-basebackup@.service and its two timers verify clean"
+exposure "$R/etc/systemd/system/hello-birthday-basebackup@.service"
+grep -qx 'RemoveIPC=no' "$R/etc/systemd/system/hello-birthday-basebackup@.service" \
+  || fail "the base-backup unit runs as postgres: RemoveIPC=yes would remove the server's shared memory"
+for t in full diff; do
+  f="$R/etc/systemd/system/hello-birthday-basebackup-$t.timer"
+  cal=$(sed -n 's/^OnCalendar=//p' "$f")
+  systemd-analyze calendar "$cal" >/dev/null || fail "OnCalendar=$cal is not valid"
+  grep -qx 'Persistent=true' "$f" || fail "the $t base-backup timer is not Persistent"
+  grep -qx "Unit=hello-birthday-basebackup@$t.service" "$f" || fail "the $t timer starts another unit"
+  ok "base-backup timer $t: OnCalendar=$cal, Persistent=true"
+done
 
 echo "systemd checks: $PASSED passed, 0 failed"

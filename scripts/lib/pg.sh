@@ -96,6 +96,19 @@ pg_conf() {
   printf '%s\n' "$@" | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
 }
 
+# pg_archiving DIR PGBACKREST_CONF [ARCHIVE_TIMEOUT]: continuous WAL archiving
+# with pgBackRest, the settings of deploy/pgbackrest/postgresql.archive.conf
+# with archive_command pointed at PGBACKREST_CONF (its stanza is the same).
+# Takes effect at the next start.
+pg_archiving() {
+  local dir=$1 conf=$2 timeout=${3:-} src
+  src="$(dirname "${BASH_SOURCE[0]}")/../../deploy/pgbackrest/postgresql.archive.conf"
+  [ -f "$src" ] || { echo "pg_archiving: $src missing" >&2; return 1; }
+  sed -e "s|pgbackrest --stanza=|pgbackrest --config=$conf --stanza=|" \
+    ${timeout:+-e "s|^archive_timeout = .*|archive_timeout = $timeout|"} "$src" \
+    | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+}
+
 # pg_start DIR [POSTGRES_OPTIONS]: starts the server and waits until it accepts
 # connections (60 s at most). A wrapper such as `taskset -c 1 nice -n 5` in
 # front of the caller is inherited by the server.
