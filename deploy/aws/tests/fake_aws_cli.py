@@ -25,6 +25,7 @@ OUTPUTS = {
     "RollbackTriggerAlarmArns": ARNS,
     "ServiceUrl": "https://hello.fake.example",
     "VaultArn": "arn:aws:backup:eu-central-1:111122223333:backup-vault:fake-dr",
+    "ReplicationKeyArn": "arn:aws:kms:eu-central-1:111122223333:key/00000000-1111-2222-3333-444444444444",
     "HealthCheckId": "00000000-1111-2222-3333-444444444444",
 }
 PARAMETERS = {"AppVersion": "0.9.0", "ArtifactSha256": "a" * 64, "HostBundleSha256": "b" * 64}
