@@ -36,8 +36,11 @@ def opt(args, name):
 
 
 def main(argv):
+    # Parameter files are logged by content: target.sh deletes them after the call.
+    logged = [open(a[len("file://"):]).read() if a.startswith("file://") and i and argv[i - 1] == "--parameters"
+              else a for i, a in enumerate(argv)]
     with open(os.environ["FAKE_AWS_LOG"], "a") as log:
-        log.write(json.dumps(argv) + "\n")
+        log.write(json.dumps(logged) + "\n")
     state_path = os.environ["FAKE_AWS_LOG"] + ".state"
     state = json.load(open(state_path)) if os.path.exists(state_path) else {}
     args = list(argv)
