@@ -28,7 +28,7 @@ def draw(out):
     with Diagram("hello-birthday on AWS (production)", filename=str(out), outformat="png", show=False,
                  direction="TB", graph_attr=graph):
         users = Users("clients")
-        dns = Route53("Route 53\nalias + health check")
+        dns = Route53("Route 53\nfailover alias + health checks")
 
         with Cluster("CI/CD"):
             pipeline = GithubActions("GitHub Actions\nci.yml / cd.yml")
@@ -70,6 +70,7 @@ def draw(out):
 
         with Cluster("Region eu-central-1 (DR)"):
             dr_vault = Backup("DR vault\nsnapshot copies")
+            dr_backups = Backup("replicated automated\nbackups (PITR)")
 
         users >> dns >> Edge(label="HTTPS") >> alb
         cert - Edge(style="dotted") - alb
@@ -88,6 +89,7 @@ def draw(out):
         ssm - Edge(style="dotted") - asg
         alb >> Edge(label="metrics", style="dotted") >> alarms >> topic
         db_primary >> Edge(label="snapshots") >> vault >> Edge(label="cross-Region copy") >> dr_vault
+        db_primary >> Edge(label="backup replication\n(snapshots + logs)") >> dr_backups
         kms - Edge(style="dotted") - secrets
         pipeline >> deploy >> Edge(label="artifacts") >> buckets
         deploy >> Edge(label="AppVersion", style="bold") >> asg

@@ -489,13 +489,29 @@ _deploy_record_step() {
   _record_previous "$current" "$work"
 }
 
+# The database stack's link to the DR Region, one KEY=VALUE a line (nothing
+# without a DR Region): where its automated backups are replicated, with the
+# key there, and the vault that receives the daily copies (dr-vault outputs).
+_dr_database_params() {
+  [ -n "$AWS_DR_REGION" ] || return 0
+  local stack pair value
+  stack=$(_stack_name dr-vault)
+  echo "DrRegion=$AWS_DR_REGION"
+  for pair in DrBackupVaultArn=VaultArn DrReplicationKmsKeyArn=ReplicationKeyArn; do
+    if [ "${DRY_RUN:-0}" = 1 ]; then value="<${pair#*=} of $stack>"
+    else value=$(AWS_REGION_NAME=$AWS_DR_REGION _stack_output "$stack" "${pair#*=}") || exit 1
+    fi
+    echo "${pair%%=*}=$value"
+  done
+}
+
 # --- the interface deploy.sh calls, continued --------------------------------------
 
 target_deploy() {
   _aws_init
   _aws_check_placeholders
   [ -n "${VERSION:-}" ] || die "aws target: VERSION is empty"
-  local work dr_vault="" bucket
+  local work dr_params dr=() bucket
   work=$(mktemp -d)
   # shellcheck disable=SC2064 # expand now: $work is a local
   trap "rm -rf '$work'; trap - RETURN" RETURN
@@ -506,11 +522,10 @@ target_deploy() {
     local main_region=$AWS_REGION_NAME
     AWS_REGION_NAME=$AWS_DR_REGION
     _deploy_stack dr-vault "$AWS_TEMPLATE_DIR/dr-vault.yaml" ""
-    if [ "${DRY_RUN:-0}" = 1 ]; then dr_vault="<VaultArn of $(_stack_name dr-vault)>"
-    else dr_vault=$(_stack_output "$(_stack_name dr-vault)" VaultArn) || exit 1
-    fi
     AWS_REGION_NAME=$main_region
   fi
+  dr_params=$(_dr_database_params) || exit 1
+  [ -z "$dr_params" ] || mapfile -t dr <<<"$dr_params"
 
   _deploy_stack foundation "$AWS_TEMPLATE_DIR/foundation.yaml" ""
 
@@ -521,11 +536,7 @@ target_deploy() {
   _pin_image "$bucket" "$work"
 
   _deploy_stack network "$AWS_TEMPLATE_DIR/network.yaml" ""
-  if [ -n "$dr_vault" ]; then
-    _deploy_stack database "$AWS_TEMPLATE_DIR/database.yaml" "" "DrBackupVaultArn=$dr_vault"
-  else
-    _deploy_stack database "$AWS_TEMPLATE_DIR/database.yaml" ""
-  fi
+  _deploy_stack database "$AWS_TEMPLATE_DIR/database.yaml" "" "${dr[@]}"
   _deploy_stack edge "$AWS_TEMPLATE_DIR/edge.yaml" ""
   _deploy_dns_alarm
   _deploy_stack monitoring "$AWS_TEMPLATE_DIR/monitoring.yaml" ""
@@ -648,7 +659,7 @@ target_make_plan() {
   _publish_release "$bucket" "$work"
   _pin_image "$bucket" "$work"
   local stamp; stamp=$(date -u +%Y%m%d%H%M%S)
-  local entries="$work/entries" key region stack status type template params rollback fp changed="" extra
+  local entries="$work/entries" key region stack status type template params rollback fp changed="" extra extra_lines
   : >"$entries"
   while read -r key region; do
     AWS_REGION_NAME=$region
@@ -659,7 +670,8 @@ target_make_plan() {
     fp=$(_stack_fingerprint "$stack") || exit 1
     extra=() rollback=""
     case $key in
-      database) [ -z "$AWS_DR_REGION" ] || extra=("DrBackupVaultArn=$(AWS_REGION_NAME=$AWS_DR_REGION _stack_output "$(_stack_name dr-vault)" VaultArn)") ;;
+      database) extra_lines=$(_dr_database_params) || exit 1
+                [ -z "$extra_lines" ] || mapfile -t extra <<<"$extra_lines" ;;
       app) extra=("AppVersion=$VERSION" "ArtifactSha256=$RELEASE_SHA256" "HostBundleSha256=$HOST_SHA256" "ImageId=$IMAGE_ID")
            rollback=$(_rollback_configuration) || exit 1 ;;
     esac

@@ -77,3 +77,70 @@ def walk(node):
 
 def is_ref(node, name):
     return node == {"Ref": name}
+
+
+NO_VALUE = object()
+
+
+class Stack:
+    """A template with parameter values: its conditions and rules evaluated,
+    Fn::If resolved, Refs to parameters replaced by their values (other
+    intrinsics left as they are), as CloudFormation would before creating."""
+
+    def __init__(self, template, region="eu-west-1", **values):
+        self.template = template
+        self.region = region
+        unknown = set(values) - set(template["Parameters"])
+        assert not unknown, f"no such parameters: {unknown}"
+        self.values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+        self.values.update({k: str(v) for k, v in values.items()})
+
+    def condition(self, name):
+        return self._eval(self.template["Conditions"][name])
+
+    def _eval(self, node):
+        (fn, arg), = node.items()
+        if fn == "Fn::Equals":
+            return self.resolve(arg[0]) == self.resolve(arg[1])
+        if fn == "Fn::Not":
+            return not self._eval(arg[0])
+        if fn == "Fn::And":
+            return all(self._eval(a) for a in arg)
+        if fn == "Fn::Or":
+            return any(self._eval(a) for a in arg)
+        if fn == "Condition":
+            return self.condition(arg)
+        raise AssertionError(f"not a condition: {node}")
+
+    def resolve(self, node):
+        if isinstance(node, list):
+            return [v for v in (self.resolve(x) for x in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if set(node) == {"Ref"}:
+            if node["Ref"] == "AWS::NoValue":
+                return NO_VALUE
+            if node["Ref"] == "AWS::Region":
+                return self.region
+            return self.values.get(node["Ref"], node)
+        if set(node) == {"Fn::If"}:
+            name, yes, no = node["Fn::If"]
+            return self.resolve(yes if self.condition(name) else no)
+        out = {k: self.resolve(v) for k, v in node.items()}
+        return {k: v for k, v in out.items() if v is not NO_VALUE}
+
+    def properties(self, logical_id):
+        """A resource's properties, or None when its condition leaves it out."""
+        res = self.template["Resources"][logical_id]
+        if "Condition" in res and not self.condition(res["Condition"]):
+            return None
+        return self.resolve(res.get("Properties", {}))
+
+    def broken_rules(self):
+        """AssertDescription of every rule assertion these values break."""
+        broken = []
+        for rule in self.template.get("Rules", {}).values():
+            if "RuleCondition" in rule and not self._eval(rule["RuleCondition"]):
+                continue
+            broken += [a["AssertDescription"] for a in rule["Assertions"] if not self._eval(a["Assert"])]
+        return broken

@@ -25,6 +25,7 @@ OUTPUTS = {
     "RollbackTriggerAlarmArns": ARNS,
     "ServiceUrl": "https://hello.fake.example",
     "VaultArn": "arn:aws:backup:eu-central-1:111122223333:backup-vault:fake-dr",
+    "ReplicationKeyArn": "arn:aws:kms:eu-central-1:111122223333:key/00000000-1111-2222-3333-444444444444",
     "HealthCheckId": "00000000-1111-2222-3333-444444444444",
 }
 PARAMETERS = {"AppVersion": "0.9.0", "ArtifactSha256": "a" * 64, "HostBundleSha256": "b" * 64}
@@ -35,8 +36,11 @@ def opt(args, name):
 
 
 def main(argv):
+    # Parameter files are logged by content: target.sh deletes them after the call.
+    logged = [open(a[len("file://"):]).read() if a.startswith("file://") and i and argv[i - 1] == "--parameters"
+              else a for i, a in enumerate(argv)]
     with open(os.environ["FAKE_AWS_LOG"], "a") as log:
-        log.write(json.dumps(argv) + "\n")
+        log.write(json.dumps(logged) + "\n")
     state_path = os.environ["FAKE_AWS_LOG"] + ".state"
     state = json.load(open(state_path)) if os.path.exists(state_path) else {}
     args = list(argv)

@@ -28,6 +28,8 @@ import time
 import unittest
 import urllib.request
 
+import aws_cli_server
+import fake_aws_cli
 from cfn import AWS_DIR, ROOT
 
 DRIVER = AWS_DIR / "tests" / "driver.sh"
@@ -99,7 +101,18 @@ class EmulatorScenario(unittest.TestCase):
                 if cls.moto.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"moto did not start; see {cls.moto_log.name}")
                 time.sleep(0.2)
-        cls.env = base_env(AWS_ENDPOINT_URL=cls.endpoint)
+        # The real AWS CLI, imported once and forked per call (aws_cli_server.py).
+        sock = os.path.join(tmp, "aws-cli.sock")
+        cls.cli_log = open(os.path.join(tmp, "aws-cli-server.log"), "w")
+        cls.cli_server = subprocess.Popen([str(VENV_BIN / "python"), str(AWS_DIR / "tests" / "aws_cli_server.py"), sock],
+                                          stdout=cls.cli_log, stderr=subprocess.STDOUT)
+        cls.addClassCleanup(cls._stop_cli_server)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            if cls.cli_server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the AWS CLI server did not start; see {cls.cli_log.name}")
+            time.sleep(0.1)
+        cls.env = base_env(AWS_ENDPOINT_URL=cls.endpoint, AWS_CLI=aws_cli_server.write_wrapper(tmp, sock))
         cls.session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                                     region_name="eu-west-1")
         acm, r53 = cls.client("acm"), cls.client("route53")
@@ -123,6 +136,12 @@ class EmulatorScenario(unittest.TestCase):
     @classmethod
     def client(cls, service):
         return cls.session.client(service, endpoint_url=cls.endpoint)
+
+    @classmethod
+    def _stop_cli_server(cls):
+        cls.cli_server.terminate()
+        cls.cli_server.wait(timeout=10)
+        cls.cli_log.close()
 
     @classmethod
     def _stop(cls):
@@ -501,6 +520,32 @@ class ScriptedOutcomes(unittest.TestCase):
                       proc.stderr)
         executed = [c for c in self.calls() if "execute-change-set" in c]
         self.assertEqual(len(executed), 1)
+
+    def test_the_database_stack_is_linked_to_the_dr_region_in_a_deploy_and_a_plan(self):
+        params = json.loads((AWS_DIR / "parameters" / "production.json").read_text())
+        params["stacks"]["edge"].update(
+            CertificateArn="arn:aws:acm:eu-west-1:111122223333:certificate/0b5e3c4a-1111-2222-3333-444455556666",
+            HostedZoneId="Z0123456789ABCDEFGHIJ")
+        path = os.path.join(self.tmp, "production.json")
+        with open(path, "w") as f:
+            json.dump(params, f)
+        plan = os.path.join(self.tmp, "plan.json")
+        for function in ("target_deploy", "target_make_plan"):
+            open(self.log, "w").close()
+            proc = drive(function, "--aws-params", path, env=dict(self.env, PLAN_FILE=plan), artifact=self.artifact,
+                         env_name="production")
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            # The dr-vault stack's outputs are read in the DR Region.
+            self.assertIn(["--region", "eu-central-1", "cloudformation", "describe-stacks", "--stack-name",
+                           "hello-birthday-production-dr-vault", "--query",
+                           "Stacks[0].Outputs[?OutputKey=='ReplicationKeyArn'].OutputValue | [0]", "--output", "text"],
+                          self.calls())
+            db = [c for c in self.calls() if "create-change-set" in c and "hello-birthday-production-database" in c]
+            self.assertEqual(len(db), 1, function)
+            sent = {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(db[0][db[0].index("--parameters") + 1])}
+            self.assertEqual(sent["DrRegion"], "eu-central-1")
+            self.assertEqual(sent["DrReplicationKmsKeyArn"], fake_aws_cli.OUTPUTS["ReplicationKeyArn"])
+            self.assertEqual(sent["DrBackupVaultArn"], fake_aws_cli.OUTPUTS["VaultArn"])
 
     def test_unknown_target_option_is_refused(self):
         proc = drive("target_plan", "--regoin", "x", env=self.env)

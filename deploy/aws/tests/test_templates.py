@@ -6,14 +6,18 @@ hardening; these check the decisions specific to this service.
 Run: .venv/bin/python -m unittest discover -s deploy/aws/tests -p 'test_templates.py'
 """
 
+import json
 import re
+import subprocess
 import unittest
 
 from cfn import (
+    AWS_DIR,
     ENVIRONMENTS,
     ROOT,
     STACK_ORDER,
     TEMPLATES,
+    Stack,
     is_ref,
     load_parameters,
     load_template,
@@ -58,7 +62,7 @@ class Structure(unittest.TestCase):
 
     def test_parameter_files_name_only_real_parameters_and_fill_the_required_ones(self):
         supplied_by_target = {"StackPrefix", "Environment", "AppVersion", "ArtifactSha256", "HostBundleSha256",
-                              "DrBackupVaultArn", "ImageId"}
+                              "DrBackupVaultArn", "DrRegion", "DrReplicationKmsKeyArn", "ImageId"}
         for env, params in PARAMS.items():
             # dr-vault (deployed in the DR Region) may take values too.
             self.assertLessEqual(set(STACK_ORDER), set(params["stacks"]), env)
@@ -346,7 +350,7 @@ class Durability(unittest.TestCase):
         prod = PARAMS["production"]
         self.assertTrue(prod["drRegion"])
         self.assertNotEqual(prod["drRegion"], prod["region"])
-        self.assertIn("DrBackupVaultArn=$dr_vault", TARGET_SH)
+        self.assertIn("DrBackupVaultArn=VaultArn", TARGET_SH)
 
     def test_connection_budget_fits_the_database(self):
         for env in ENVIRONMENTS:
@@ -743,6 +747,193 @@ class Backups(unittest.TestCase):
         for needle in ("restore-db-instance-to-point-in-time", "start-restore-job", "RestoreFromSnapshot",
                        "Vault Lock"):
             self.assertIn(needle, text)
+
+
+class RegionLoss(unittest.TestCase):
+    """Cross-Region point-in-time recovery (replicated automated backups),
+    the restore through the stack in the DR Region, and the DNS failover."""
+
+    ARN = "arn:aws:rds:eu-central-1:111122223333:auto-backup:ab-L2IJCEXJP7XQ7HOJ4SIEXAMPLE"
+    CERT = "arn:aws:acm:eu-central-1:111122223333:certificate/0a1b2c3d-0000-1111-2222-333344445555"
+
+    def database(self, region="eu-west-1", **values):
+        stack = Stack(TPL["database"], region=region, Environment="production", **values)
+        return stack, stack.properties("Database")
+
+    def test_production_replicates_automated_backups_to_its_dr_region(self):
+        key = "arn:aws:kms:eu-central-1:111122223333:key/0a1b2c3d-0000-1111-2222-333344445555"
+        stack, db = self.database(DrRegion="eu-central-1", DrReplicationKmsKeyArn=key, BackupRetentionDays=14)
+        self.assertEqual(stack.broken_rules(), [])
+        self.assertEqual(db["AutomaticBackupReplicationRegion"], "eu-central-1")
+        self.assertEqual(db["AutomaticBackupReplicationKmsKeyId"], key)
+        self.assertEqual(db["AutomaticBackupReplicationRetentionPeriod"], "14")
+        # Without a DR Region (staging, the rebuilt copy) nothing is replicated.
+        _, db = self.database()
+        self.assertFalse({k for k in db if k.startswith("AutomaticBackupReplication")})
+        # An encrypted instance needs a key in the other Region; and it must be another Region.
+        self.assertTrue(self.database(DrRegion="eu-central-1")[0].broken_rules())
+        self.assertTrue(self.database(region="eu-central-1", DrRegion="eu-central-1",
+                                      DrReplicationKmsKeyArn=key)[0].broken_rules())
+        # target.sh passes the parameter file's drRegion and the key of the dr-vault stack there.
+        prod = PARAMS["production"]
+        self.assertTrue(prod["drRegion"] and prod["drRegion"] != prod["region"])
+        self.assertIn('echo "DrRegion=$AWS_DR_REGION"', TARGET_SH)
+        self.assertIn("DrReplicationKmsKeyArn=ReplicationKeyArn", TARGET_SH)
+        dr = TPL["dr-vault"]
+        self.assertEqual(dr["Outputs"]["ReplicationKeyArn"]["Value"], {"Fn::GetAtt": ["ReplicationKey", "Arn"]})
+        self.assertIs(dr["Resources"]["ReplicationKey"]["Properties"]["EnableKeyRotation"], True)
+        self.assertEqual(dr["Resources"]["ReplicationKey"]["DeletionPolicy"], "Retain")
+
+    def test_a_new_database_is_created_empty_with_the_environment_key(self):
+        _, db = self.database()
+        self.assertEqual(db["DBName"], "hello_birthday")
+        self.assertIn("KmsKeyId", db)
+        for key in ("DBSnapshotIdentifier", "SourceDBInstanceAutomatedBackupsArn", "RestoreTime",
+                    "UseLatestRestorableTime"):
+            self.assertNotIn(key, db)
+
+    def test_point_in_time_restore_to_the_latest_time_or_a_given_one(self):
+        stack, db = self.database(region="eu-central-1", RestoreFromAutomatedBackupsArn=self.ARN)
+        self.assertEqual(stack.broken_rules(), [])
+        self.assertEqual(db["SourceDBInstanceAutomatedBackupsArn"], self.ARN)
+        self.assertIs(db["UseLatestRestorableTime"], True)
+        # The restored database keeps the source's name, master user and key (the replica key).
+        for key in ("RestoreTime", "DBSnapshotIdentifier", "DBName", "MasterUsername", "KmsKeyId"):
+            self.assertNotIn(key, db)
+        _, db = self.database(region="eu-central-1", RestoreFromAutomatedBackupsArn=self.ARN,
+                              RestoreTime="2026-11-30T23:45:00Z")
+        self.assertEqual(db["RestoreTime"], "2026-11-30T23:45:00Z")
+        self.assertNotIn("UseLatestRestorableTime", db)  # RDS refuses both together
+        self.assertIs(db["ManageMasterUserPassword"], True)
+        self.assertIs(db["DeletionProtection"], True)
+        spec = TPL["database"]["Parameters"]
+        self.assertRegex(self.ARN, spec["RestoreFromAutomatedBackupsArn"]["AllowedPattern"])
+        self.assertRegex("2026-11-30T23:45:00Z", spec["RestoreTime"]["AllowedPattern"])
+        self.assertNotRegex("2026-11-30 23:45", spec["RestoreTime"]["AllowedPattern"])
+
+    def test_restore_from_a_snapshot_still_works_and_excludes_the_other_source(self):
+        snap = "arn:aws:backup:eu-central-1:111122223333:recovery-point:abc"
+        stack, db = self.database(RestoreFromSnapshot=snap)
+        self.assertEqual(stack.broken_rules(), [])
+        self.assertEqual(db["DBSnapshotIdentifier"], snap)
+        self.assertNotIn("SourceDBInstanceAutomatedBackupsArn", db)
+        self.assertNotIn("KmsKeyId", db)
+        self.assertTrue(self.database(RestoreFromSnapshot=snap, RestoreFromAutomatedBackupsArn=self.ARN)[0]
+                        .broken_rules())
+        self.assertTrue(self.database(RestoreTime="2026-11-30T23:45:00Z")[0].broken_rules())
+        for env in ENVIRONMENTS:
+            for key in ("RestoreFromAutomatedBackupsArn", "RestoreTime"):
+                self.assertNotIn(key, PARAMS[env]["stacks"]["database"], "DR only, never in the environment's file")
+
+    def edge(self, failover):
+        stack = Stack(TPL["edge"], Environment="production", DomainName="hello.example.com",
+                      HostedZoneId="Z1", CertificateArn=self.CERT, DnsFailover=failover)
+        return stack, stack.properties("DnsRecord"), stack.properties("FailoverHealthCheck")
+
+    def test_dns_fails_over_only_when_the_region_cannot_answer(self):
+        _, record, check = self.edge("primary")
+        self.assertEqual(record["Failover"], "PRIMARY")
+        self.assertEqual(record["HealthCheckId"], {"Ref": "FailoverHealthCheck"})
+        cfg = check["HealthCheckConfig"]
+        # Liveness, not readiness: never the database's state, so a Multi-AZ
+        # failover (1-2 min) never moves the traffic to another Region.
+        self.assertEqual(cfg["ResourcePath"], "/healthz")
+        # This Region's own load balancer, not the service name, which
+        # resolves to the other Region once failed over.
+        self.assertEqual(cfg["FullyQualifiedDomainName"], {"Fn::GetAtt": ["LoadBalancer", "DNSName"]})
+        self.assertGreaterEqual(cfg["RequestInterval"] * cfg["FailureThreshold"], 90)
+        health = (ROOT / "src/http/health.rs").read_text()
+        body = health.split("pub async fn healthz", 1)[1].split("\n}\n", 1)[0]
+        self.assertNotIn("store", body, "/healthz must do no I/O")
+        _, record, check = self.edge("secondary")
+        self.assertEqual(record["Failover"], "SECONDARY")
+        self.assertNotIn("HealthCheckId", record)
+        self.assertIsNone(check)
+        # Each Region's stack owns its own record of the pair: the identifiers differ by Region.
+        self.assertIn("${AWS::Region}", record["SetIdentifier"]["Fn::Sub"])
+        _, record, check = self.edge("none")
+        self.assertFalse({"Failover", "SetIdentifier", "HealthCheckId"} & set(record))
+        self.assertIsNone(check)
+        # Production's record is the primary of a failover pair; staging has no DR Region.
+        self.assertEqual(value("edge", "production", "DnsFailover"), "primary")
+        self.assertEqual(value("edge", "staging", "DnsFailover"), "none")
+
+    def dr_params(self, *args):
+        return subprocess.run([str(AWS_DIR / "dr-params.sh"), *args], capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    def test_the_dr_parameter_file_rebuilds_production_in_its_dr_region(self):
+        proc = self.dr_params("--env", "production", "--automated-backups", self.ARN, "--certificate", self.CERT,
+                              "--restore-time", "2026-11-30T23:45:00Z")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        dr, prod = json.loads(proc.stdout), PARAMS["production"]
+        self.assertEqual(dr["region"], prod["drRegion"])
+        self.assertEqual(dr["drRegion"], "")
+        self.assertNotIn("dr-vault", dr["stacks"])
+        self.assertEqual(dr["stacks"]["database"]["RestoreFromAutomatedBackupsArn"], self.ARN)
+        self.assertEqual(dr["stacks"]["database"]["RestoreTime"], "2026-11-30T23:45:00Z")
+        self.assertEqual(dr["stacks"]["edge"]["CertificateArn"], self.CERT)
+        self.assertEqual(dr["stacks"]["edge"]["DnsFailover"], "secondary")
+        # Everything else as in production; every value is a parameter of its stack and obeys its rules.
+        for stack in STACK_ORDER:
+            for key, val in prod["stacks"][stack].items():
+                if (stack, key) not in (("edge", "CertificateArn"), ("edge", "DnsFailover")):
+                    self.assertEqual(dr["stacks"][stack][key], val, f"{stack}.{key}")
+            self.assertEqual(Stack(TPL[stack], region=dr["region"], **{
+                k: v for k, v in {**dr["stacks"][stack], "Environment": "production"}.items()
+                if k in TPL[stack]["Parameters"] and k != "HostedZoneId"}).broken_rules(), [], stack)
+        _, db = self.database(region=dr["region"], **dr["stacks"]["database"])
+        self.assertEqual(db["SourceDBInstanceAutomatedBackupsArn"], self.ARN)
+        self.assertFalse({k for k in db if k.startswith("AutomaticBackupReplication")})
+        latest = json.loads(self.dr_params("--env", "production", "--automated-backups", self.ARN,
+                                           "--certificate", self.CERT).stdout)
+        self.assertNotIn("RestoreTime", latest["stacks"]["database"])
+
+    def test_the_dr_parameter_file_refuses_what_the_dr_region_cannot_use(self):
+        west = self.ARN.replace("eu-central-1", "eu-west-1")
+        for args, message in (
+                (("--env", "staging", "--automated-backups", self.ARN, "--certificate", self.CERT), "no drRegion"),
+                (("--env", "production", "--automated-backups", west, "--certificate", self.CERT), "eu-central-1"),
+                (("--env", "production", "--automated-backups", self.ARN,
+                  "--certificate", self.CERT.replace("eu-central-1", "eu-west-1")), "certificate"),
+                (("--env", "production", "--automated-backups", self.ARN, "--certificate", self.CERT,
+                  "--restore-time", "yesterday"), "--restore-time")):
+            proc = self.dr_params(*args)
+            self.assertEqual(proc.returncode, 2, args)
+            self.assertIn(message, proc.stderr)
+            self.assertEqual(proc.stdout, "")
+
+    def test_runbook_gives_the_commands_in_order(self):
+        text = (ROOT / "docs/runbooks/region-loss.md").read_text()
+        aws = text.split("\n## AWS", 1)[1]
+        steps = ["describe-db-instance-automated-backups", "deploy/aws/dr-params.sh --env", "scripts/deploy.sh --target aws",
+                 "update-health-check", "scripts/smoke.sh"]
+        positions = [aws.find(s) for s in steps]
+        self.assertNotIn(-1, positions, dict(zip(steps, positions)))
+        self.assertEqual(positions, sorted(positions))
+
+    def test_runbook_aws_commands_exist_with_those_options(self):
+        # Nobody can run them here against AWS: check every `aws` command of
+        # the section against the CLI's service models instead.
+        import botocore.session
+        from botocore import xform_name
+
+        session = botocore.session.get_session()
+        aws = (ROOT / "docs/runbooks/region-loss.md").read_text().split("\n## AWS", 1)[1]
+        commands = []
+        for block in re.findall(r"```sh\n(.*?)```", aws, re.S):
+            for cmd in block.replace("\\\n", " ").splitlines():
+                for part in re.findall(r"(?:^|\$\()\s*aws ([^)]*)", cmd):
+                    commands.append(part.split())
+        self.assertGreaterEqual(len(commands), 10)
+        for words in commands:
+            service, op = words[0], words[1]
+            model = session.get_service_model(service)
+            ops = {xform_name(o, "-"): o for o in model.operation_names}
+            self.assertIn(op, ops, f"aws {service} {op}")
+            members = {xform_name(m, "-") for m in model.operation_model(ops[op]).input_shape.members}
+            for option in (w[2:] for w in words[2:] if w.startswith("--")):
+                self.assertIn(option, members | {"region", "query", "output"}, f"aws {service} {op} --{option}")
 
 
 if __name__ == "__main__":
