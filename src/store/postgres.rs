@@ -8,8 +8,9 @@
 //! wake-ups per query than one call per checked-out connection. A call takes
 //! the first connection with fewer calls in flight than its kind allows
 //! ([`READ_DEPTH`], [`WRITE_DEPTH`]), so load gathers on as few connections
-//! as it needs; when every connection is that busy it takes the least busy. Statements are prepared when the
-//! connection is opened, so a call looks nothing up.
+//! as it needs; when every connection is that busy it takes the least busy.
+//! Statements are prepared when the connection is opened, so a call looks
+//! nothing up.
 //!
 //! The pool reconnects by itself: a connection broken by a server restart or
 //! a Multi-AZ failover fails the queries in flight on it (503 to those
@@ -290,6 +291,10 @@ impl PgStore {
                 .await
                 .map_err(classify_pg)?,
         );
+        // Closed while connecting: keep nothing open behind close().
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("database pool closed"));
+        }
         slot.set(Some(conn.clone()));
         Ok(conn)
     }
