@@ -6,5 +6,6 @@ mod internal_error;
 mod lifecycle;
 mod openapi;
 mod outage;
+mod pg_pool;
 mod support;
 mod tls;
