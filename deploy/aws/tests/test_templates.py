@@ -468,7 +468,8 @@ class Isolation(unittest.TestCase):
                 self.assertNotIn("*", action, statement["Sid"])
             if statement["Resource"] == "*":
                 # Only actions without resource-level permissions, and metrics only in our namespace.
-                self.assertIn(actions, [["cloudwatch:PutMetricData"], ["elasticloadbalancing:DescribeTargetHealth"]])
+                self.assertIn(actions, [["cloudwatch:PutMetricData"], ["elasticloadbalancing:DescribeTargetHealth"],
+                                        ["ec2:DescribeTags"]])
                 if actions == ["cloudwatch:PutMetricData"]:
                     self.assertIn("cloudwatch:namespace", statement["Condition"]["StringEquals"])
         read = next(s for s in role["Policies"][0]["PolicyDocument"]["Statement"] if s["Sid"] == "ReadReleases")
