@@ -263,6 +263,8 @@ class ZeroDowntime(unittest.TestCase):
             key = "Action" if "RateBasedStatement" in r["Statement"] else "OverrideAction"
             if r["Name"] == "aws-known-bad-inputs":
                 self.assertEqual(r[key], {"None": {}})  # blocks from day one
+            elif r["Name"] == "rate-per-client-ip":
+                self.assertEqual(r[key], {"Block": {}})  # so does the rate limit (test_waf.py)
             else:
                 self.assertEqual(r[key]["Fn::If"][0], "WafBlocks", r["Name"])
         self.assertEqual(len({r["Priority"] for r in acl["Rules"]}), len(acl["Rules"]))
