@@ -94,5 +94,27 @@ class RestoreRunbook(unittest.TestCase):
             self.assertIn(option, options, f"the restore does not set {prop} ({option})")
 
 
+class StackPolicy(unittest.TestCase):
+    """deploy/aws/stack-policy.json, which an administrator sets on the
+    network and database stacks (docs/runbooks/aws-bootstrap.md): updates in
+    place pass, replacing or deleting what holds data or addresses does not."""
+
+    def decide(self, action: str, resource_type: str) -> str:
+        import json
+
+        from awspolicy import Request, decide
+
+        policy = json.loads((ROOT / "deploy/aws/stack-policy.json").read_text())
+        return decide(Request(action, "LogicalResourceId/Database", {"ResourceType": resource_type},
+                              {"AWS": "*"}), resource=[policy])
+
+    def test_stateful_resources_are_updated_in_place_only(self):
+        for rtype in ("AWS::RDS::DBInstance", "AWS::Backup::BackupVault", "AWS::EC2::VPC", "AWS::EC2::Subnet"):
+            self.assertEqual(self.decide("Update:Modify", rtype), "Allow", rtype)
+            for action in ("Update:Replace", "Update:Delete"):
+                self.assertEqual(self.decide(action, rtype), "Deny", f"{action} {rtype}")
+        self.assertEqual(self.decide("Update:Replace", "AWS::RDS::DBParameterGroup"), "Allow")
+
+
 if __name__ == "__main__":
     unittest.main()
