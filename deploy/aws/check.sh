@@ -62,7 +62,7 @@ step "checkov"
   --skip-download --compact --quiet --output cli
 
 step "property tests of the templates"
-(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates test_canary_templates test_iam test_alarms test_waf)
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates test_canary_templates test_iam test_alarms test_waf test_runbooks)
 
 step "IAM policy analysis (parliament, cloudsplaining) of every policy the templates define"
 (cd deploy/aws/tests && "$VENV/python" -m unittest test_policy_analysis)
