@@ -229,9 +229,11 @@ class Service:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     starts: int = 0
+    bin: Path | None = None  # another build of the service (default BIN)
 
     def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
-        require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
+        binary = self.bin or BIN
+        require(binary.exists(), f"service binary {binary} (run cargo build --bin hello-birthday)")
         # A fresh port per start: a killed instance's port may linger in TIME_WAIT.
         unknown = sorted(set(self.env) - service_vars())
         if unknown:
@@ -254,7 +256,7 @@ class Service:
         self.starts += 1
         self.log_path = self.workdir / f"service-{self.starts}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.workdir)
         log.close()
 
