@@ -230,6 +230,9 @@ class Service:
     log_path: Path | None = None
     starts: int = 0
     bin: Path | None = None  # another build of the service (default BIN)
+    # Variables for the process that the service itself does not read
+    # (LD_PRELOAD and a shim's settings); `env` is checked against --help.
+    process_env: dict = field(default_factory=dict)
 
     def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
         binary = self.bin or BIN
@@ -253,6 +256,7 @@ class Service:
             "SHUTDOWN_TIMEOUT_SECONDS": "3",
         })
         env.update(self.env)
+        env.update(self.process_env)
         self.starts += 1
         self.log_path = self.workdir / f"service-{self.starts}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
