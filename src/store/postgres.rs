@@ -12,6 +12,16 @@
 //! Statements are prepared when the connection is opened, so a call looks
 //! nothing up.
 //!
+//! Concurrent requests are batched, so one round trip, one plan execution
+//! and (for writes) one commit and WAL flush serve many: GETs waiting
+//! together become one `WHERE username = ANY($1)`, PUTs and DELETEs one
+//! statement in one transaction ([`Batcher`]). A request never waits for
+//! company: it starts a batch at once unless [`READ_BATCHES`] /
+//! [`WRITE_BATCHES`] batches are already running, and then joins the next
+//! one, which starts as soon as one of them ends. So batches grow with the
+//! load by themselves, and at low load every request is a batch of one (and
+//! uses the single-row statements).
+//!
 //! The pool reconnects by itself: a connection broken by a server restart or
 //! a Multi-AZ failover fails the queries in flight on it (503 to those
 //! clients), is seen closed by the next call that picks it, and is replaced
@@ -22,9 +32,10 @@ use super::migrations::{self, Migration, POSTGRES};
 use super::{PoolStatus, StoreError};
 use crate::domain::{DateOfBirth, Username};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -51,6 +62,34 @@ const UPSERT_SQL: &str = "INSERT INTO users (username, date_of_birth) VALUES ($1
      ON CONFLICT (username) DO UPDATE
      SET date_of_birth = EXCLUDED.date_of_birth, updated_at = now()";
 const DELETE_SQL: &str = "DELETE FROM users WHERE username = $1";
+/// A batch of reads: one index probe per name, one execution.
+const SELECT_MANY_SQL: &str =
+    "SELECT username, date_of_birth FROM users WHERE username = ANY($1::text[])";
+/// A batch of writes, reduced to one final operation per user (see
+/// [`plan_writes`]): one statement, so one transaction and one commit. The
+/// CTEs see one snapshot and touch disjoint rows. `existed` says whether
+/// the row was there before: a deleted row was; an upserted row was if it
+/// was updated, not inserted (`xmax` is 0 only on a freshly inserted row).
+const WRITE_MANY_SQL: &str = "WITH deleted AS (
+         DELETE FROM users WHERE username = ANY($3::text[]) RETURNING username
+     ), upserted AS (
+         INSERT INTO users (username, date_of_birth)
+         SELECT * FROM unnest($1::text[], $2::date[])
+         ON CONFLICT (username) DO UPDATE
+         SET date_of_birth = EXCLUDED.date_of_birth, updated_at = now()
+         RETURNING username, xmax <> 0 AS existed
+     )
+     SELECT username, true FROM deleted
+     UNION ALL SELECT username, existed FROM upserted";
+
+/// Batches running at once, per kind. More than one lets a batch's round
+/// trip (and a write batch's WAL flush) overlap the next one's execution;
+/// each extra one splits the waiting requests into smaller batches.
+pub const READ_BATCHES: usize = 2;
+pub const WRITE_BATCHES: usize = 2;
+/// The most requests in one batch: bounds one statement's arrays and how
+/// long one batch holds its rows locked.
+pub const MAX_BATCH: usize = 256;
 
 /// TLS as `sslmode` in the URL asks (`prefer` by default, `require` in
 /// production, where RDS has `rds.force_ssl`). Certificates are verified
@@ -138,6 +177,8 @@ struct Conn {
     select: Statement,
     upsert: Statement,
     delete: Statement,
+    select_many: Statement,
+    write_many: Statement,
 }
 
 impl Conn {
@@ -158,17 +199,21 @@ impl Conn {
         if migrate {
             migrate_with(&mut client).await?;
         }
-        // Three statements, one round trip: the client pipelines them.
-        let (select, upsert, delete) = tokio::try_join!(
+        // Five statements, one round trip: the client pipelines them.
+        let (select, upsert, delete, select_many, write_many) = tokio::try_join!(
             client.prepare(SELECT_SQL),
             client.prepare(UPSERT_SQL),
             client.prepare(DELETE_SQL),
+            client.prepare(SELECT_MANY_SQL),
+            client.prepare(WRITE_MANY_SQL),
         )?;
         Ok(Self {
             client,
             select,
             upsert,
             delete,
+            select_many,
+            write_many,
         })
     }
 }
@@ -217,6 +262,152 @@ struct Inner {
     slots: Box<[Slot]>,
     timeout: Duration,
     closed: AtomicBool,
+    reads: Batcher<Read>,
+    writes: Batcher<Write>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    read_batches: AtomicU64,
+    write_batches: AtomicU64,
+}
+
+/// Batches run since the store opened, per kind (a batch of one included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    pub read_batches: u64,
+    pub write_batches: u64,
+    /// Requests queued now for the next batch.
+    pub reads_waiting: usize,
+    pub writes_waiting: usize,
+}
+
+/// A GET waiting for its batch.
+struct Read {
+    user: String,
+    reply: oneshot::Sender<Result<Option<time::Date>, StoreError>>,
+}
+
+/// A PUT (`dob` set) or DELETE waiting for its batch; the answer is
+/// whether a row was there (what DELETE reports).
+struct Write {
+    user: String,
+    dob: Option<time::Date>,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Requests waiting for a batch, and how many batches run.
+struct Batcher<R> {
+    state: Mutex<Waiting<R>>,
+    max_running: usize,
+}
+
+struct Waiting<R> {
+    queue: Vec<R>,
+    running: usize,
+}
+
+impl<R> Batcher<R> {
+    fn new(max_running: usize) -> Self {
+        Self {
+            state: Mutex::new(Waiting {
+                queue: Vec::new(),
+                running: 0,
+            }),
+            max_running: max_running.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a request; true if the caller must start a runner (fewer
+    /// than `max_running` run), which then takes it at once.
+    fn push(&self, request: R) -> bool {
+        let mut w = self.lock();
+        w.queue.push(request);
+        let start = w.running < self.max_running;
+        if start {
+            w.running += 1;
+        }
+        start
+    }
+
+    /// The next batch for a runner: everything waiting, up to
+    /// [`MAX_BATCH`] in arrival order; `None` when nothing waits, and the
+    /// runner stops.
+    fn next(&self) -> Option<Vec<R>> {
+        let mut w = self.lock();
+        if w.queue.is_empty() {
+            w.running -= 1;
+            return None;
+        }
+        if w.queue.len() <= MAX_BATCH {
+            Some(std::mem::take(&mut w.queue))
+        } else {
+            Some(w.queue.drain(..MAX_BATCH).collect())
+        }
+    }
+}
+
+/// What a write answers once its batch has committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Decided by an earlier write of the same user in the batch.
+    Known(bool),
+    /// Whether the row was there before the batch (the statement says).
+    ExistedBefore,
+}
+
+/// A batch of writes as one statement's arrays: each user's writes applied
+/// in arrival order leave only the last one's effect (an upsert of its date
+/// or a delete), and each write's answer follows from the writes of that
+/// user before it in the batch, or from the row as the batch found it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct WritePlan<'a> {
+    upsert_names: Vec<&'a str>,
+    upsert_dobs: Vec<time::Date>,
+    deletes: Vec<&'a str>,
+    answers: Vec<Answer>,
+}
+
+fn plan_writes<'a>(batch: &'a [Write]) -> WritePlan<'a> {
+    // Per user: the final date (None: deleted) and whether the row exists
+    // after the writes seen so far (None: as before the batch).
+    let mut users: Vec<(&str, Option<time::Date>, Option<bool>)> = Vec::new();
+    let mut answers = Vec::with_capacity(batch.len());
+    for w in batch {
+        let i = match users.iter().position(|(u, _, _)| *u == w.user) {
+            Some(i) => i,
+            None => {
+                users.push((&w.user, None, None));
+                users.len() - 1
+            }
+        };
+        let entry = &mut users[i];
+        answers.push(match w.dob {
+            Some(_) => Answer::Known(true),
+            None => entry.2.map_or(Answer::ExistedBefore, Answer::Known),
+        });
+        entry.1 = w.dob;
+        entry.2 = Some(w.dob.is_some());
+    }
+    let mut plan = WritePlan {
+        answers,
+        ..WritePlan::default()
+    };
+    for (user, dob, _) in users {
+        match dob {
+            Some(d) => {
+                plan.upsert_names.push(user);
+                plan.upsert_dobs.push(d);
+            }
+            None => plan.deletes.push(user),
+        }
+    }
+    plan
 }
 
 #[derive(Clone)]
@@ -246,6 +437,9 @@ impl PgStore {
                 slots,
                 timeout,
                 closed: AtomicBool::new(false),
+                reads: Batcher::new(READ_BATCHES),
+                writes: Batcher::new(WRITE_BATCHES),
+                stats: Stats::default(),
             }),
         })
     }
@@ -317,31 +511,192 @@ impl PgStore {
     }
 
     pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
-        self.with_conn(WRITE_DEPTH, |c| async move {
-            c.client
-                .execute(&c.upsert, &[&user.as_str(), &dob.date()])
-                .await
-        })
-        .await?;
-        Ok(())
+        self.write(user, Some(dob.date())).await.map(|_| ())
     }
 
     pub async fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
-        let row = self
-            .with_conn(READ_DEPTH, |c| async move {
-                c.client.query_opt(&c.select, &[&user.as_str()]).await
-            })
-            .await?;
-        Ok(row.map(|r| DateOfBirth::from_stored(r.get::<_, time::Date>(0))))
+        let (reply, answer) = oneshot::channel();
+        let read = Read {
+            user: user.as_str().to_owned(),
+            reply,
+        };
+        if self.inner.reads.push(read) {
+            tokio::spawn(self.clone().run_reads());
+        }
+        let found = self.wait(answer).await?;
+        Ok(found.map(DateOfBirth::from_stored))
     }
 
+    /// Whether a row was there to delete.
     pub async fn delete(&self, user: &Username) -> Result<bool, StoreError> {
-        let n = self
-            .with_conn(WRITE_DEPTH, |c| async move {
-                c.client.execute(&c.delete, &[&user.as_str()]).await
+        self.write(user, None).await
+    }
+
+    /// Queues a write (`Some` upserts that date, `None` deletes) and waits
+    /// for the commit of the batch holding it.
+    async fn write(&self, user: &Username, dob: Option<time::Date>) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let write = Write {
+            user: user.as_str().to_owned(),
+            dob,
+            reply,
+        };
+        if self.inner.writes.push(write) {
+            tokio::spawn(self.clone().run_writes());
+        }
+        self.wait(answer).await
+    }
+
+    /// A request's own deadline runs from when it was queued, whatever the
+    /// batches ahead of it do.
+    async fn wait<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::unavailable("database batch abandoned")),
+            Err(_) => Err(StoreError::unavailable("database call timed out")),
+        }
+    }
+
+    /// Runs read batches until none is waiting.
+    async fn run_reads(self) {
+        while let Some(batch) = self.inner.reads.next() {
+            self.inner
+                .stats
+                .read_batches
+                .fetch_add(1, Ordering::Relaxed);
+            self.read_batch(batch).await;
+        }
+    }
+
+    async fn read_batch(&self, batch: Vec<Read>) {
+        if batch.len() == 1 {
+            let read = batch.into_iter().next().expect("one read");
+            let user = read.user.as_str();
+            let result = self
+                .with_conn(READ_DEPTH, |c| async move {
+                    c.client.query_opt(&c.select, &[&user]).await
+                })
+                .await
+                .map(|row| row.map(|r| r.get::<_, time::Date>(0)));
+            let _ = read.reply.send(result);
+            return;
+        }
+        let names: Vec<&str> = batch.iter().map(|r| r.user.as_str()).collect();
+        let names = &names;
+        let result = self
+            .with_conn(READ_DEPTH, |c| async move {
+                c.client.query(&c.select_many, &[names]).await
             })
-            .await?;
-        Ok(n > 0)
+            .await;
+        match result {
+            Ok(rows) => {
+                for read in batch {
+                    let found = rows
+                        .iter()
+                        .find(|r| r.get::<_, &str>(0) == read.user)
+                        .map(|r| r.get::<_, time::Date>(1));
+                    let _ = read.reply.send(Ok(found));
+                }
+            }
+            Err(err) => {
+                for read in batch {
+                    let _ = read.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Runs write batches until none is waiting.
+    async fn run_writes(self) {
+        while let Some(batch) = self.inner.writes.next() {
+            self.inner
+                .stats
+                .write_batches
+                .fetch_add(1, Ordering::Relaxed);
+            self.write_batch(batch).await;
+        }
+    }
+
+    async fn write_batch(&self, batch: Vec<Write>) {
+        if batch.len() == 1 {
+            return self.write_one_by_one(batch).await;
+        }
+        let (answers, result) = {
+            let plan = plan_writes(&batch);
+            let (names, dobs, deletes) = (&plan.upsert_names, &plan.upsert_dobs, &plan.deletes);
+            let result = self
+                .with_conn(WRITE_DEPTH, |c| async move {
+                    c.client.query(&c.write_many, &[names, dobs, deletes]).await
+                })
+                .await;
+            (plan.answers, result)
+        };
+        match result {
+            Ok(rows) => {
+                let existed = |user: &str| {
+                    rows.iter()
+                        .find(|r| r.get::<_, &str>(0) == user)
+                        .is_some_and(|r| r.get::<_, bool>(1))
+                };
+                for (write, answer) in batch.into_iter().zip(answers) {
+                    let value = match answer {
+                        Answer::Known(v) => v,
+                        Answer::ExistedBefore => existed(&write.user),
+                    };
+                    let _ = write.reply.send(Ok(value));
+                }
+            }
+            // A data or constraint error may belong to one request: each
+            // is tried alone, in arrival order, so only its own fails.
+            Err(StoreError::Internal(cause)) => {
+                tracing::warn!(error = %cause, writes = batch.len(), "write batch failed; retrying its writes one by one");
+                self.write_one_by_one(batch).await;
+            }
+            // The database is away or full: every write in it would fail.
+            Err(err) => {
+                for write in batch {
+                    let _ = write.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Each write as its own statement and transaction, in order.
+    async fn write_one_by_one(&self, batch: Vec<Write>) {
+        for write in batch {
+            let user = write.user.as_str();
+            let result = match write.dob {
+                Some(dob) => {
+                    self.with_conn(WRITE_DEPTH, |c| async move {
+                        c.client.execute(&c.upsert, &[&user, &dob]).await
+                    })
+                    .await
+                }
+                None => {
+                    self.with_conn(WRITE_DEPTH, |c| async move {
+                        c.client.execute(&c.delete, &[&user]).await
+                    })
+                    .await
+                }
+            };
+            let _ = write
+                .reply
+                .send(result.map(|n| write.dob.is_some() || n > 0));
+        }
+    }
+
+    /// Batches run and requests served since the store opened.
+    pub fn batch_stats(&self) -> BatchStats {
+        let s = &self.inner.stats;
+        BatchStats {
+            read_batches: s.read_batches.load(Ordering::Relaxed),
+            write_batches: s.write_batches.load(Ordering::Relaxed),
+            reads_waiting: self.inner.reads.lock().queue.len(),
+            writes_waiting: self.inner.writes.lock().queue.len(),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
