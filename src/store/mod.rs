@@ -65,6 +65,47 @@ impl StoreError {
     }
 }
 
+/// A username copied into a request queued for a writer or a batch,
+/// without a heap allocation: a username is at most
+/// [`Username::MAX_LEN`] ASCII letters.
+#[derive(Clone, Copy)]
+pub(crate) struct Name {
+    len: u8,
+    bytes: [u8; Username::MAX_LEN],
+}
+
+impl Name {
+    pub(crate) fn new(user: &Username) -> Self {
+        let src = user.as_str().as_bytes();
+        let mut bytes = [0; Username::MAX_LEN];
+        bytes[..src.len()].copy_from_slice(src);
+        Self {
+            len: src.len() as u8,
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Copied from a `Username`: ASCII letters, so valid UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// `YYYY-MM-DD` on the stack, for SQLite's TEXT column.
+pub(crate) fn iso_date(date: time::Date, buf: &mut [u8; 10]) -> &str {
+    use std::io::Write;
+    let mut out = &mut buf[..];
+    // Years are 0001-9999 (the domain refuses others): always 10 bytes.
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    );
+    std::str::from_utf8(&buf[..]).unwrap_or_default()
+}
+
 /// Connection counts for the pool metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStatus {

@@ -29,7 +29,7 @@
 //! included.
 
 use super::migrations::{self, Migration, POSTGRES};
-use super::{PoolStatus, StoreError};
+use super::{Name, PoolStatus, StoreError};
 use crate::domain::{DateOfBirth, Username};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -285,14 +285,14 @@ pub struct BatchStats {
 
 /// A GET waiting for its batch.
 struct Read {
-    user: String,
+    user: Name,
     reply: oneshot::Sender<Result<Option<time::Date>, StoreError>>,
 }
 
 /// A PUT (`dob` set) or DELETE waiting for its batch; the answer is
 /// whether a row was there (what DELETE reports).
 struct Write {
-    user: String,
+    user: Name,
     dob: Option<time::Date>,
     reply: oneshot::Sender<Result<bool, StoreError>>,
 }
@@ -305,6 +305,9 @@ struct Batcher<R> {
 
 struct Waiting<R> {
     queue: Vec<R>,
+    /// A drained batch's vector, kept for the next batch's queue: no
+    /// allocation per batch once the vectors have grown.
+    spare: Vec<R>,
     running: usize,
 }
 
@@ -313,6 +316,7 @@ impl<R> Batcher<R> {
         Self {
             state: Mutex::new(Waiting {
                 queue: Vec::new(),
+                spare: Vec::new(),
                 running: 0,
             }),
             max_running: max_running.max(1),
@@ -345,9 +349,19 @@ impl<R> Batcher<R> {
             return None;
         }
         if w.queue.len() <= MAX_BATCH {
-            Some(std::mem::take(&mut w.queue))
+            let spare = std::mem::take(&mut w.spare);
+            Some(std::mem::replace(&mut w.queue, spare))
         } else {
             Some(w.queue.drain(..MAX_BATCH).collect())
+        }
+    }
+
+    /// Gives back a batch's vector, emptied, for reuse.
+    fn recycle(&self, mut batch: Vec<R>) {
+        batch.clear();
+        let mut w = self.lock();
+        if batch.capacity() > w.spare.capacity() {
+            w.spare = batch;
         }
     }
 }
@@ -379,10 +393,10 @@ fn plan_writes<'a>(batch: &'a [Write]) -> WritePlan<'a> {
     let mut users: Vec<(&str, Option<time::Date>, Option<bool>)> = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     for w in batch {
-        let i = match users.iter().position(|(u, _, _)| *u == w.user) {
+        let i = match users.iter().position(|(u, _, _)| *u == w.user.as_str()) {
             Some(i) => i,
             None => {
-                users.push((&w.user, None, None));
+                users.push((w.user.as_str(), None, None));
                 users.len() - 1
             }
         };
@@ -517,7 +531,7 @@ impl PgStore {
     pub async fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let read = Read {
-            user: user.as_str().to_owned(),
+            user: Name::new(user),
             reply,
         };
         if self.inner.reads.push(read) {
@@ -537,7 +551,7 @@ impl PgStore {
     async fn write(&self, user: &Username, dob: Option<time::Date>) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         let write = Write {
-            user: user.as_str().to_owned(),
+            user: Name::new(user),
             dob,
             reply,
         };
@@ -562,18 +576,20 @@ impl PgStore {
 
     /// Runs read batches until none is waiting.
     async fn run_reads(self) {
-        while let Some(batch) = self.inner.reads.next() {
+        while let Some(mut batch) = self.inner.reads.next() {
             self.inner
                 .stats
                 .read_batches
                 .fetch_add(1, Ordering::Relaxed);
-            self.read_batch(batch).await;
+            self.read_batch(&mut batch).await;
+            self.inner.reads.recycle(batch);
         }
     }
 
-    async fn read_batch(&self, batch: Vec<Read>) {
+    /// Answers every read in `batch`, leaving it empty.
+    async fn read_batch(&self, batch: &mut Vec<Read>) {
         if batch.len() == 1 {
-            let read = batch.into_iter().next().expect("one read");
+            let read = batch.pop().expect("one read");
             let user = read.user.as_str();
             let result = self
                 .with_conn(READ_DEPTH, |c| async move {
@@ -593,16 +609,16 @@ impl PgStore {
             .await;
         match result {
             Ok(rows) => {
-                for read in batch {
+                for read in batch.drain(..) {
                     let found = rows
                         .iter()
-                        .find(|r| r.get::<_, &str>(0) == read.user)
+                        .find(|r| r.get::<_, &str>(0) == read.user.as_str())
                         .map(|r| r.get::<_, time::Date>(1));
                     let _ = read.reply.send(Ok(found));
                 }
             }
             Err(err) => {
-                for read in batch {
+                for read in batch.drain(..) {
                     let _ = read.reply.send(Err(err.clone()));
                 }
             }
@@ -611,21 +627,23 @@ impl PgStore {
 
     /// Runs write batches until none is waiting.
     async fn run_writes(self) {
-        while let Some(batch) = self.inner.writes.next() {
+        while let Some(mut batch) = self.inner.writes.next() {
             self.inner
                 .stats
                 .write_batches
                 .fetch_add(1, Ordering::Relaxed);
-            self.write_batch(batch).await;
+            self.write_batch(&mut batch).await;
+            self.inner.writes.recycle(batch);
         }
     }
 
-    async fn write_batch(&self, batch: Vec<Write>) {
+    /// Answers every write in `batch`, leaving it empty.
+    async fn write_batch(&self, batch: &mut Vec<Write>) {
         if batch.len() == 1 {
             return self.write_one_by_one(batch).await;
         }
         let (answers, result) = {
-            let plan = plan_writes(&batch);
+            let plan = plan_writes(batch);
             let (names, dobs, deletes) = (&plan.upsert_names, &plan.upsert_dobs, &plan.deletes);
             let result = self
                 .with_conn(WRITE_DEPTH, |c| async move {
@@ -641,10 +659,10 @@ impl PgStore {
                         .find(|r| r.get::<_, &str>(0) == user)
                         .is_some_and(|r| r.get::<_, bool>(1))
                 };
-                for (write, answer) in batch.into_iter().zip(answers) {
+                for (write, answer) in batch.drain(..).zip(answers) {
                     let value = match answer {
                         Answer::Known(v) => v,
-                        Answer::ExistedBefore => existed(&write.user),
+                        Answer::ExistedBefore => existed(write.user.as_str()),
                     };
                     let _ = write.reply.send(Ok(value));
                 }
@@ -657,7 +675,7 @@ impl PgStore {
             }
             // The database is away or full: every write in it would fail.
             Err(err) => {
-                for write in batch {
+                for write in batch.drain(..) {
                     let _ = write.reply.send(Err(err.clone()));
                 }
             }
@@ -665,8 +683,8 @@ impl PgStore {
     }
 
     /// Each write as its own statement and transaction, in order.
-    async fn write_one_by_one(&self, batch: Vec<Write>) {
-        for write in batch {
+    async fn write_one_by_one(&self, batch: &mut Vec<Write>) {
+        for write in batch.drain(..) {
             let user = write.user.as_str();
             let result = match write.dob {
                 Some(dob) => {

@@ -17,7 +17,7 @@
 //! migrations take the write lock (`BEGIN IMMEDIATE`).
 
 use super::migrations::{self, Migration, SQLITE};
-use super::{PoolStatus, StoreError};
+use super::{Name, PoolStatus, StoreError, iso_date};
 use crate::domain::{DateOfBirth, Username};
 use futures_util::FutureExt;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
@@ -45,11 +45,11 @@ pub fn path_from_url(url: &str) -> Option<PathBuf> {
 
 enum Op {
     Upsert {
-        username: String,
-        dob: String,
+        username: Name,
+        dob: time::Date,
     },
     Delete {
-        username: String,
+        username: Name,
     },
     /// Answered by the writer: proves it is alive and not stuck.
     Ping,
@@ -201,15 +201,15 @@ impl SqliteStore {
 
     pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
         let op = Op::Upsert {
-            username: user.as_str().to_owned(),
-            dob: dob.to_string(),
+            username: Name::new(user),
+            dob: dob.date(),
         };
         self.write(op).await.map(|_| ())
     }
 
     pub async fn delete(&self, user: &Username) -> Result<bool, StoreError> {
         self.write(Op::Delete {
-            username: user.as_str().to_owned(),
+            username: Name::new(user),
         })
         .await
     }
@@ -246,16 +246,20 @@ impl SqliteStore {
     }
 
     pub fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
-        let raw: Option<String> = self.with_reader(|conn| {
+        // Parsed from SQLite's own buffer: no String per read.
+        let found: Option<Option<DateOfBirth>> = self.with_reader(|conn| {
             conn.prepare_cached("SELECT date_of_birth FROM users WHERE username = ?1")?
-                .query_row([user.as_str()], |r| r.get(0))
+                .query_row([user.as_str()], |r| {
+                    Ok(r.get_ref(0)?
+                        .as_str()
+                        .ok()
+                        .and_then(crate::domain::date_of_birth_from_storage))
+                })
                 .optional()
         })?;
-        raw.map(|s| {
-            crate::domain::date_of_birth_from_storage(&s)
-                .ok_or_else(|| StoreError::internal("a stored date of birth does not parse"))
-        })
-        .transpose()
+        found
+            .map(|d| d.ok_or_else(|| StoreError::internal("a stored date of birth does not parse")))
+            .transpose()
     }
 
     pub fn pool_status(&self) -> PoolStatus {
@@ -332,9 +336,11 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<bool, Sto
             for req in batch {
                 out.push(match &req.op {
                     Op::Upsert { username, dob } => {
-                        upsert.execute(params![username, dob, now])? > 0
+                        let mut buf = [0; 10];
+                        let dob = iso_date(*dob, &mut buf);
+                        upsert.execute(params![username.as_str(), dob, now])? > 0
                     }
-                    Op::Delete { username } => delete.execute([username])? > 0,
+                    Op::Delete { username } => delete.execute([username.as_str()])? > 0,
                     Op::Ping | Op::Shutdown => true,
                 });
             }
