@@ -8,6 +8,13 @@
 # checksums, storage); sourced, it only defines functions.
 set -euo pipefail
 
+# A backup holds everyone's date of birth: whatever the caller's umask, the
+# files and directories written here are for their owner only (0600, 0700),
+# as the service keeps its own database. restore.sh sources this file, so a
+# restored database is private too (the service refuses to start on one
+# that others can read).
+umask 077
+
 HB_MANIFEST_FORMAT="hello-birthday-backup/1"
 HB_NAME_PREFIX="hello-birthday-"
 
