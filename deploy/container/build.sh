@@ -37,9 +37,6 @@ Options:
 USAGE
 }
 
-step() { printf '==> %s\n' "$*"; }
-die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
-
 # shellcheck source=deploy/container/chroot-check.sh
 . "$HERE/chroot-check.sh"
 
