@@ -97,7 +97,7 @@ setup_dev() {
   local missing=() entry cmd pkg stage="" want="all"
   while [ $# -gt 0 ]; do
     case $1 in
-      --for) stage=${2:?--for STAGE}; shift 2 ;;
+      --for) optarg stage "$@"; shift 2 ;;
       *) usage >&2; exit 2 ;;
     esac
   done

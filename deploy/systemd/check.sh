@@ -119,6 +119,7 @@ mkdir -p "$R/usr/lib/systemd" "$R/bin"
 cp -r /usr/lib/systemd/system "$R/usr/lib/systemd/"
 cp /bin/sh "$R/bin/sh"
 install -D -m 0755 "$ROOT/scripts/backup.sh" "$ROOT/scripts/restore.sh" -t "$R/usr/local/lib/hello-birthday/"
+install -D -m 0644 "$ROOT/scripts/lib/common.sh" "$ROOT/scripts/lib/pg.sh" -t "$R/usr/local/lib/hello-birthday/lib/"
 install -D -m 0644 "$HERE"/hello-birthday-backup.{service,timer} -t "$R/etc/systemd/system/"
 if ! out=$(systemd-analyze --root="$R" verify /etc/systemd/system/hello-birthday-backup.{service,timer} 2>&1) \
   || [ -n "$out" ]; then
