@@ -25,7 +25,7 @@ run_check_names() {
   local kind=$1 n
   shift
   for n in "$@"; do
-    run_list | grep -qxF -- "$n" || usage_error "unknown $kind '$n' (${kind}s: $(run_list | tr '\n' ' '))"
+    run_list | grep -qxF -- "$n" || usage_error "unknown $kind '$n' (${kind}s: $(run_list | paste -sd' '))"
   done
 }
 
