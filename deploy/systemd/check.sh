@@ -13,6 +13,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 # systemd rates 0-10: below 2 "OK", below 5 "MEDIUM", above 9 "UNSAFE".
 MAX_EXPOSURE=2.0
 
@@ -24,7 +26,6 @@ UNIT=hello-birthday.service
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 PASSED=0
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 ok() { PASSED=$((PASSED + 1)); printf '  ok  %s\n' "$*"; }
 
 # exposure UNIT_FILE: systemd-analyze's score must not exceed MAX_EXPOSURE; the
