@@ -219,10 +219,14 @@ store_names() {
   fi
 }
 
-# store_ids DEST: IDs of complete backups (with a manifest), oldest first.
-store_ids() {
-  store_names "$1" | sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort
+# manifest_ids: the IDs of the manifests among the names on stdin, oldest
+# first: the one place that knows what a backup ID looks like.
+manifest_ids() {
+  sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort
 }
+
+# store_ids DEST: IDs of complete backups (with a manifest), oldest first.
+store_ids() { store_names "$1" | manifest_ids; }
 
 # store_put FILE DEST NAME: upload, encrypted at rest on S3.
 store_put() {
@@ -279,8 +283,7 @@ store_rm() {
 prune() {
   local dest=$1 keep=$2 names=() ids=() old=() data=() n i name id oldest
   mapfile -t names < <(store_names "$dest")
-  mapfile -t ids < <(printf '%s\n' "${names[@]}" \
-    | sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort)
+  mapfile -t ids < <(printf '%s\n' "${names[@]}" | manifest_ids)
   n=${#ids[@]}
   [ "$n" -gt 0 ] || return 0
   for (( i = 0; i < n - keep; i++ )); do old+=("${ids[$i]}"); done
