@@ -1,5 +1,13 @@
-//! The one load generator: steady-rate load for the deploy tests, the drills
-//! and the monitoring checks.
+//! The load generator of every test that judges writes: steady-rate load for
+//! the deploy tests, the drills and the monitoring checks, on loopback.
+//!
+//! Three other pieces send requests, each for a reason of its own: the
+//! hardening harness's `Writers` (tests/hardening/harness.py) runs in the
+//! test's own process so a test can stop it at a chosen instant and inspect
+//! every malformed error body; `.github/scripts/staging_load.py` runs on a
+//! hosted runner against staging over TLS, where this binary is not built,
+//! and judges latency from CloudWatch; the AWS canary's `curl --rate` loop
+//! (deploy/aws/canary.sh) is a bounded GET load on a host that has only curl.
 //!
 //! `loadgen` holds `--connections` keep-alive HTTP/1.1 connections to one or
 //! more loopback addresses (`--url`, repeatable; connection i goes to URL
