@@ -41,6 +41,7 @@ exposure() {
   fi
   ok "$(printf '%s\n' "$out" | grep -o 'Overall exposure level.*') (limit $MAX_EXPOSURE)"
 }
+# install-host.sh reports its steps on stderr (scripts/lib/common.sh): the logs keep both.
 
 echo "==> install-host.sh --root $TMP/root"
 # verify resolves the unit's dependencies (sysinit.target, ...) in the root.
@@ -48,7 +49,7 @@ mkdir -p "$TMP/root/usr/lib/systemd"
 cp -r /usr/lib/systemd/system "$TMP/root/usr/lib/systemd/"
 printf '#!/bin/sh\necho hello-birthday test binary\n' >"$TMP/hello-birthday"
 chmod +x "$TMP/hello-birthday"
-"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/first.log"
+"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/first.log" 2>&1
 sed 's/^/  | /' "$TMP/first.log"
 for f in etc/systemd/system/$UNIT etc/hello-birthday/env usr/local/bin/hello-birthday; do
   [ -f "$TMP/root/$f" ] || fail "/$f not installed"
@@ -89,7 +90,7 @@ ok "env file mode 0600"
 echo "DATABASE_URL=postgres://edited-by-operator" >>"$TMP/root/etc/hello-birthday/env"
 chmod 0644 "$TMP/root/etc/hello-birthday/env"
 before=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)
-"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/second.log"
+"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/second.log" 2>&1
 after=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)
 [ "$before" = "$after" ] || fail "a second run changed files: $(diff <(echo "$before") <(echo "$after") || true)"
 grep -q "edited-by-operator" "$TMP/root/etc/hello-birthday/env" || fail "a re-run overwrote the env file"
@@ -102,7 +103,7 @@ echo "==> operating systems"
 mkdir -p "$TMP/al2023/etc" "$TMP/other/etc"
 printf 'NAME="Amazon Linux"\nID="amzn"\nID_LIKE="fedora"\nVERSION_ID="2023"\nPRETTY_NAME="Amazon Linux 2023"\n' \
   >"$TMP/al2023/etc/os-release"
-"$HERE/install-host.sh" --root "$TMP/al2023" >"$TMP/al.log" || { cat "$TMP/al.log" >&2; fail "install-host.sh failed on Amazon Linux 2023"; }
+"$HERE/install-host.sh" --root "$TMP/al2023" >"$TMP/al.log" 2>&1 || { cat "$TMP/al.log" >&2; fail "install-host.sh failed on Amazon Linux 2023"; }
 grep -q "Amazon Linux 2023" "$TMP/al.log" || fail "Amazon Linux 2023 not recognised"
 printf 'ID=plan9\n' >"$TMP/other/etc/os-release"
 if "$HERE/install-host.sh" --root "$TMP/other" >/dev/null 2>&1; then fail "install-host.sh accepted an unsupported OS"; fi
