@@ -8,6 +8,13 @@
 # checksums, storage); sourced, it only defines functions.
 set -euo pipefail
 
+# A backup holds everyone's date of birth: whatever the caller's umask, the
+# files and directories written here are for their owner only (0600, 0700),
+# as the service keeps its own database. restore.sh sources this file, so a
+# restored database is private too (the service refuses to start on one
+# that others can read).
+umask 077
+
 # The shared vocabulary (step, die, usage_error, elapsed) and pg_bin. An
 # installed copy keeps lib/ beside it (deploy/systemd/check.sh installs both).
 # shellcheck source=scripts/lib/pg.sh

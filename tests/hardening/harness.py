@@ -232,6 +232,7 @@ class Service:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     starts: int = 0
+    nofile: int | None = None  # the child's open-files limit (soft and hard), if set
 
     def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
         require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
@@ -257,8 +258,11 @@ class Service:
         self.starts += 1
         self.log_path = self.workdir / f"service-{self.starts}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        limit = self.nofile
+        preexec = None if limit is None else (
+            lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
         self.proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=preexec)
         log.close()
 
         def up():
