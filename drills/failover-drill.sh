@@ -26,7 +26,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 concurrency=4
 while [ $# -gt 0 ]; do
   case "$1" in
-    --concurrency) concurrency=${2:?}; shift 2 ;;
+    --concurrency) optarg concurrency "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac

@@ -38,9 +38,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 load_seconds=16 rate=100 archive_timeout="" save_example=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --load-seconds) load_seconds=${2:?}; shift 2 ;;
-    --rate) rate=${2:?}; shift 2 ;;
-    --archive-timeout) archive_timeout=${2:?}; shift 2 ;;
+    --load-seconds) optarg load_seconds "$@"; shift 2 ;;
+    --rate) optarg rate "$@"; shift 2 ;;
+    --archive-timeout) optarg archive_timeout "$@"; shift 2 ;;
     --save-example) save_example=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;

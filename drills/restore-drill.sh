@@ -27,8 +27,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 backend="" users=3000
 while [ $# -gt 0 ]; do
   case "$1" in
-    --backend) backend=${2:?}; shift 2 ;;
-    --users) users=${2:?}; shift 2 ;;
+    --backend) optarg backend "$@"; shift 2 ;;
+    --users) optarg users "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac

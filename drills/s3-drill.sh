@@ -23,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 users=500
 while [ $# -gt 0 ]; do
   case "$1" in
-    --users) users=${2:?}; shift 2 ;;
+    --users) optarg users "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac

@@ -24,7 +24,11 @@ async fn main() -> ExitCode {
     }
     .await;
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            // The requests of the last, partial window are counted too.
+            telemetry::final_summary();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // The whole cause chain, so the operator sees why (no secrets:
             // the database URL is only ever printed redacted).

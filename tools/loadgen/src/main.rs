@@ -1,5 +1,15 @@
-//! The one load generator: steady-rate load for the deploy tests, the drills
-//! and the monitoring checks.
+//! The load generator of every test that judges writes: steady-rate load for
+//! the deploy tests, the drills and the monitoring checks, on loopback.
+//!
+//! Three other pieces send requests, each for a reason of its own: the
+//! hardening harness's `Writers` (tests/hardening/harness.py) runs in the
+//! test's own process so a test can stop it at a chosen instant and inspect
+//! every malformed error body; `.github/scripts/staging_load.py` runs on a
+//! hosted runner against staging over TLS (this binary speaks plain HTTP to
+//! loopback only; the deploy job does not build it) and judges latency from
+//! CloudWatch; the AWS canary's `curl --rate` loop (deploy/aws/canary.sh)
+//! only keeps the canary's target group busy during its window, with
+//! nothing to verify afterwards.
 //!
 //! `loadgen` holds `--connections` keep-alive HTTP/1.1 connections to one or
 //! more loopback addresses (`--url`, repeatable; connection i goes to URL
