@@ -19,8 +19,9 @@
 //! company: it starts a batch at once unless [`READ_BATCHES`] /
 //! [`WRITE_BATCHES`] batches are already running, and then joins the next
 //! one, which starts as soon as one of them ends. So batches grow with the
-//! load by themselves, and at low load every request is a batch of one (and
-//! uses the single-row statements).
+//! load by themselves, and at low load every request is a batch of one, run
+//! by the request itself with the single-row statement (no task, channel or
+//! extra wake-up).
 //!
 //! The pool reconnects by itself: a connection broken by a server restart or
 //! a Multi-AZ failover fails the queries in flight on it (503 to those
@@ -283,6 +284,22 @@ pub struct BatchStats {
     pub writes_waiting: usize,
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// A batch of one run by its own request; handed off when it ends,
+/// answered, failed or cancelled.
+struct Lead<'a>(&'a PgStore, Kind);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.hand_off(self.1);
+    }
+}
+
 /// A GET waiting for its batch.
 struct Read {
     user: Name,
@@ -325,6 +342,28 @@ impl<R> Batcher<R> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<R>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if nothing waits and a runner is free: the caller then runs its
+    /// own request as a batch of one and calls [`Self::finish_lead`].
+    fn try_lead(&self) -> bool {
+        let mut w = self.lock();
+        let lead = w.queue.is_empty() && w.running < self.max_running;
+        if lead {
+            w.running += 1;
+        }
+        lead
+    }
+
+    /// Ends a batch of one: true if requests queued meanwhile, and the
+    /// caller must start a runner for them (which takes over its place).
+    fn finish_lead(&self) -> bool {
+        let mut w = self.lock();
+        let more = !w.queue.is_empty();
+        if !more {
+            w.running -= 1;
+        }
+        more
     }
 
     /// Queues a request; true if the caller must start a runner (fewer
@@ -529,6 +568,22 @@ impl PgStore {
     }
 
     pub async fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
+        if self.inner.reads.try_lead() {
+            // Nothing waits and a runner is free: this request is a batch
+            // of one, run here (no task, no channel).
+            let _lead = Lead(self, Kind::Read);
+            let user = user.as_str();
+            self.inner
+                .stats
+                .read_batches
+                .fetch_add(1, Ordering::Relaxed);
+            let row = self
+                .with_conn(READ_DEPTH, |c| async move {
+                    c.client.query_opt(&c.select, &[&user]).await
+                })
+                .await?;
+            return Ok(row.map(|r| DateOfBirth::from_stored(r.get::<_, time::Date>(0))));
+        }
         let (reply, answer) = oneshot::channel();
         let read = Read {
             user: Name::new(user),
@@ -549,6 +604,14 @@ impl PgStore {
     /// Queues a write (`Some` upserts that date, `None` deletes) and waits
     /// for the commit of the batch holding it.
     async fn write(&self, user: &Username, dob: Option<time::Date>) -> Result<bool, StoreError> {
+        if self.inner.writes.try_lead() {
+            let _lead = Lead(self, Kind::Write);
+            self.inner
+                .stats
+                .write_batches
+                .fetch_add(1, Ordering::Relaxed);
+            return self.write_alone(user.as_str(), dob).await;
+        }
         let (reply, answer) = oneshot::channel();
         let write = Write {
             user: Name::new(user),
@@ -559,6 +622,48 @@ impl PgStore {
             tokio::spawn(self.clone().run_writes());
         }
         self.wait(answer).await
+    }
+
+    /// One write as its own statement and transaction.
+    async fn write_alone(&self, user: &str, dob: Option<time::Date>) -> Result<bool, StoreError> {
+        match dob {
+            Some(dob) => {
+                self.with_conn(WRITE_DEPTH, |c| async move {
+                    c.client.execute(&c.upsert, &[&user, &dob]).await
+                })
+                .await?;
+                Ok(true)
+            }
+            None => {
+                let n = self
+                    .with_conn(WRITE_DEPTH, |c| async move {
+                        c.client.execute(&c.delete, &[&user]).await
+                    })
+                    .await?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    /// After a batch of one run by its own request: requests that queued
+    /// meanwhile get a runner (spawned, so this request is answered now).
+    fn hand_off(&self, kind: Kind) {
+        let more = match kind {
+            Kind::Read => self.inner.reads.finish_lead(),
+            Kind::Write => self.inner.writes.finish_lead(),
+        };
+        if !more {
+            return;
+        }
+        // Outside a runtime (it is going away) no runner can start: those
+        // waiting fail at their deadline or with the runtime.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            match kind {
+                Kind::Read => drop(rt.spawn(store.run_reads())),
+                Kind::Write => drop(rt.spawn(store.run_writes())),
+            }
+        }
     }
 
     /// A request's own deadline runs from when it was queued, whatever the
@@ -685,24 +790,8 @@ impl PgStore {
     /// Each write as its own statement and transaction, in order.
     async fn write_one_by_one(&self, batch: &mut Vec<Write>) {
         for write in batch.drain(..) {
-            let user = write.user.as_str();
-            let result = match write.dob {
-                Some(dob) => {
-                    self.with_conn(WRITE_DEPTH, |c| async move {
-                        c.client.execute(&c.upsert, &[&user, &dob]).await
-                    })
-                    .await
-                }
-                None => {
-                    self.with_conn(WRITE_DEPTH, |c| async move {
-                        c.client.execute(&c.delete, &[&user]).await
-                    })
-                    .await
-                }
-            };
-            let _ = write
-                .reply
-                .send(result.map(|n| write.dob.is_some() || n > 0));
+            let result = self.write_alone(write.user.as_str(), write.dob).await;
+            let _ = write.reply.send(result);
         }
     }
 
