@@ -188,7 +188,11 @@ async fn allocations_per_request() {
     );
 }
 
-/// Upper bounds (PUT and GET at 1 connection, then at 16): the measured
-/// counts plus a little room for the runtime's own variation.
-const SQLITE: (f64, f64, f64, f64) = (1000.0, 1000.0, 1000.0, 1000.0);
-const POSTGRES: (f64, f64, f64, f64) = (1000.0, 1000.0, 1000.0, 1000.0);
+/// Upper bounds: PUT and GET at 1 connection, then at 16. Measured (debug
+/// build, 3,200 requests each): SQLite 43, 32, 36, 32; PostgreSQL 42, 41,
+/// 38, 35, with 2 to 3 allocations of room for the runtime's own variation.
+/// At 16 connections the counts depend on how large the batches (SQLite's
+/// group commit, PostgreSQL's batches) happen to be, which depends on the
+/// machine's speed, so their bound is the 1-connection one: batches of one.
+const SQLITE: (f64, f64, f64, f64) = (45.0, 34.0, 45.0, 34.0);
+const POSTGRES: (f64, f64, f64, f64) = (44.0, 43.0, 44.0, 43.0);
