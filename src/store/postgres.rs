@@ -714,12 +714,15 @@ impl PgStore {
             .await;
         match result {
             Ok(rows) => {
+                // Decoded once; then each read finds its row by name.
+                let found: Vec<(&str, time::Date)> =
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
                 for read in batch.drain(..) {
-                    let found = rows
+                    let dob = found
                         .iter()
-                        .find(|r| r.get::<_, &str>(0) == read.user.as_str())
-                        .map(|r| r.get::<_, time::Date>(1));
-                    let _ = read.reply.send(Ok(found));
+                        .find(|(user, _)| *user == read.user.as_str())
+                        .map(|&(_, dob)| dob);
+                    let _ = read.reply.send(Ok(dob));
                 }
             }
             Err(err) => {
@@ -759,11 +762,8 @@ impl PgStore {
         };
         match result {
             Ok(rows) => {
-                let existed = |user: &str| {
-                    rows.iter()
-                        .find(|r| r.get::<_, &str>(0) == user)
-                        .is_some_and(|r| r.get::<_, bool>(1))
-                };
+                let found: Vec<(&str, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let existed = |user: &str| found.iter().any(|&(u, e)| u == user && e);
                 for (write, answer) in batch.drain(..).zip(answers) {
                     let value = match answer {
                         Answer::Known(v) => v,
