@@ -272,7 +272,21 @@ struct Inner {
 #[derive(Default)]
 struct Stats {
     read_batches: AtomicU64,
+    reads: AtomicU64,
     write_batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Stats {
+    fn count_reads(&self, batch: usize) {
+        self.read_batches.fetch_add(1, Ordering::Relaxed);
+        self.reads.fetch_add(batch as u64, Ordering::Relaxed);
+    }
+
+    fn count_writes(&self, batch: usize) {
+        self.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(batch as u64, Ordering::Relaxed);
+    }
 }
 
 /// Batches run since the store opened, per kind (a batch of one included).
@@ -580,10 +594,7 @@ impl PgStore {
             // of one, run here (no task, no channel).
             let _lead = Lead(self, Kind::Read);
             let user = user.as_str();
-            self.inner
-                .stats
-                .read_batches
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.count_reads(1);
             let row = self
                 .with_conn(READ_DEPTH, |c| async move {
                     c.client.query_opt(&c.select, &[&user]).await
@@ -613,10 +624,7 @@ impl PgStore {
     async fn write(&self, user: &Username, dob: Option<time::Date>) -> Result<bool, StoreError> {
         if self.inner.writes.try_lead() {
             let _lead = Lead(self, Kind::Write);
-            self.inner
-                .stats
-                .write_batches
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.count_writes(1);
             return self.write_alone(user.as_str(), dob).await;
         }
         let (reply, answer) = oneshot::channel();
@@ -689,10 +697,7 @@ impl PgStore {
     /// Runs read batches until none is waiting.
     async fn run_reads(self) {
         while let Some(mut batch) = self.inner.reads.next() {
-            self.inner
-                .stats
-                .read_batches
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.count_reads(batch.len());
             self.read_batch(&mut batch).await;
             self.inner.reads.recycle(batch);
         }
@@ -743,10 +748,7 @@ impl PgStore {
     /// Runs write batches until none is waiting.
     async fn run_writes(self) {
         while let Some(mut batch) = self.inner.writes.next() {
-            self.inner
-                .stats
-                .write_batches
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.count_writes(batch.len());
             self.write_batch(&mut batch).await;
             self.inner.writes.recycle(batch);
         }
@@ -843,6 +845,14 @@ impl PgStore {
     /// Closes every connection (each ends once its calls in flight are
     /// answered); later calls fail as unavailable.
     pub fn close(&self) {
+        let s = &self.inner.stats;
+        tracing::info!(
+            reads = s.reads.load(Ordering::Relaxed),
+            read_batches = s.read_batches.load(Ordering::Relaxed),
+            writes = s.writes.load(Ordering::Relaxed),
+            write_batches = s.write_batches.load(Ordering::Relaxed),
+            "PostgreSQL pool closing"
+        );
         self.inner.closed.store(true, Ordering::Release);
         for slot in self.inner.slots.iter() {
             slot.set(None);
