@@ -14,8 +14,8 @@
 //!
 //! Concurrent requests are batched, so one round trip, one plan execution
 //! and (for writes) one commit and WAL flush serve many: GETs waiting
-//! together become one `WHERE username = ANY($1)`, PUTs and DELETEs one
-//! statement in one transaction ([`Batcher`]). A request never waits for
+//! together become one statement over the array of their names, PUTs and
+//! DELETEs one statement in one transaction ([`Batcher`]). A request never waits for
 //! company: it starts a batch at once unless [`READ_BATCHES`] /
 //! [`WRITE_BATCHES`] batches are already running, and then joins the next
 //! one, which starts as soon as one of them ends. So batches grow with the
@@ -64,9 +64,18 @@ const UPSERT_SQL: &str = "INSERT INTO users (username, date_of_birth) VALUES ($1
      ON CONFLICT (username) DO UPDATE
      SET date_of_birth = EXCLUDED.date_of_birth, updated_at = now()";
 const DELETE_SQL: &str = "DELETE FROM users WHERE username = $1";
-/// A batch of reads: one index probe per name, one execution.
+/// A batch of reads: one primary-key probe per name (a subquery per input
+/// row, so the plan cannot turn into a scan of the table whatever the
+/// planner guesses of the array's size), answered with the name's position
+/// in the array.
 const SELECT_MANY_SQL: &str =
-    "SELECT username, date_of_birth FROM users WHERE username = ANY($1::text[])";
+    "SELECT k.n, (SELECT date_of_birth FROM users WHERE username = k.username)
+     FROM unnest($1::text[]) WITH ORDINALITY AS k(username, n)";
+/// A batch of upserts alone (no DELETE in the batch, the usual case).
+const UPSERT_MANY_SQL: &str = "INSERT INTO users (username, date_of_birth)
+     SELECT * FROM unnest($1::text[], $2::date[])
+     ON CONFLICT (username) DO UPDATE
+     SET date_of_birth = EXCLUDED.date_of_birth, updated_at = now()";
 /// A batch of writes, reduced to one final operation per user (see
 /// [`plan_writes`]): one statement, so one transaction and one commit. The
 /// CTEs see one snapshot and touch disjoint rows. `existed` says whether
@@ -180,6 +189,7 @@ struct Conn {
     upsert: Statement,
     delete: Statement,
     select_many: Statement,
+    upsert_many: Statement,
     write_many: Statement,
 }
 
@@ -201,12 +211,13 @@ impl Conn {
         if migrate {
             migrate_with(&mut client).await?;
         }
-        // Five statements, one round trip: the client pipelines them.
-        let (select, upsert, delete, select_many, write_many) = tokio::try_join!(
+        // Six statements, one round trip: the client pipelines them.
+        let (select, upsert, delete, select_many, upsert_many, write_many) = tokio::try_join!(
             client.prepare(SELECT_SQL),
             client.prepare(UPSERT_SQL),
             client.prepare(DELETE_SQL),
             client.prepare(SELECT_MANY_SQL),
+            client.prepare(UPSERT_MANY_SQL),
             client.prepare(WRITE_MANY_SQL),
         )?;
         Ok(Self {
@@ -215,6 +226,7 @@ impl Conn {
             upsert,
             delete,
             select_many,
+            upsert_many,
             write_many,
         })
     }
@@ -726,14 +738,15 @@ impl PgStore {
             .await;
         match result {
             Ok(rows) => {
-                // Decoded once; then each read finds its row by name.
-                let found: Vec<(&str, time::Date)> =
-                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                for read in batch.drain(..) {
-                    let dob = found
-                        .iter()
-                        .find(|(user, _)| *user == read.user.as_str())
-                        .map(|&(_, dob)| dob);
+                // One row per name, with its position (1-based) in the batch.
+                let mut found: Vec<Option<time::Date>> = vec![None; batch.len()];
+                for row in &rows {
+                    let n: i64 = row.get(0);
+                    if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
+                        *slot = row.get(1);
+                    }
+                }
+                for (read, dob) in batch.drain(..).zip(found) {
                     let _ = read.reply.send(Ok(dob));
                 }
             }
@@ -762,11 +775,19 @@ impl PgStore {
         let (answers, result) = {
             let plan = plan_writes(batch);
             let (names, dobs, deletes) = (&plan.upsert_names, &plan.upsert_dobs, &plan.deletes);
-            let result = self
-                .with_conn(WRITE_DEPTH, |c| async move {
+            let result = if deletes.is_empty() {
+                // Only upserts: every answer is known (true), no rows back.
+                self.with_conn(WRITE_DEPTH, |c| async move {
+                    c.client.execute(&c.upsert_many, &[names, dobs]).await
+                })
+                .await
+                .map(|_| Vec::new())
+            } else {
+                self.with_conn(WRITE_DEPTH, |c| async move {
                     c.client.query(&c.write_many, &[names, dobs, deletes]).await
                 })
-                .await;
+                .await
+            };
             (plan.answers, result)
         };
         match result {
