@@ -77,7 +77,7 @@ STAGE_NEEDS=(
   "monitoring|postgres psql promtool amtool prometheus-blackbox-exporter haproxy socat jq curl openssl venv"
   "deploy|postgres psql haproxy socat jq curl promtool venv"
   "systemd|systemd-analyze"
-  "aws|jq dot curl venv"
+  "aws|jq dot curl postgres psql openssl venv"
   "drills|postgres psql jq sqlite3 curl pgbackrest venv"
   "pipeline|shellcheck jq curl file readelf podman update-ca-certificates venv cargo-deny"
 )

@@ -140,6 +140,13 @@ def ci_problems(doc: dict) -> list[str]:
 
 
 REF_GUARD = "github.ref == 'refs/heads/main' || startsWith(github.ref, 'refs/tags/v')"
+# The one rule for which refs reach which environment: the same in each
+# role-taking job's `if:` (here), in the roles' trust policies
+# (deploy/aws/templates/bootstrap.yaml) and in .github/PIPELINE.md's
+# environment settings; test_refs.py checks the three agree.
+REF_RULE = {"staging": ("refs/heads/main", "refs/tags/v*"), "production": ("refs/tags/v*",)}
+SAMPLE_REFS = ("refs/heads/main", "refs/heads/feature", "refs/heads/vnext", "refs/tags/v1.4.0", "refs/tags/release-1",
+               "refs/pull/7/merge")
 ROOT = WORKFLOWS.parents[1]
 # Worst case of one deploy job, in minutes (.github/PIPELINE.md, "Timeouts"):
 # three stack waits that each reach the AWS CLI waiter's 60-minute bound
@@ -156,11 +163,40 @@ def expr(value) -> str:
     return v
 
 
+def admits(cond: str, ref: str, event: str = "push") -> bool:
+    """GitHub's evaluation of an `if:` made of github.ref / github.event_name
+    comparisons, startsWith, !, && and || (all the ref guards here use).
+    An empty condition admits everything."""
+    if not cond:
+        return True
+    text = cond
+    text = re.sub(r"startsWith\(\s*github\.ref\s*,\s*'([^']*)'\s*\)", lambda m: str(ref.startswith(m.group(1))), text)
+    text = re.sub(r"github\.ref\s*==\s*'([^']*)'", lambda m: str(ref == m.group(1)), text)
+    text = re.sub(r"github\.ref\s*!=\s*'([^']*)'", lambda m: str(ref != m.group(1)), text)
+    text = re.sub(r"github\.event_name\s*==\s*'([^']*)'", lambda m: str(event == m.group(1)), text)
+    text = text.replace("&&", " and ").replace("||", " or ").replace("!", " not ")
+    if not re.fullmatch(r"[\sA-Za-z()]*", text) or set(re.findall(r"[A-Za-z]+", text)) - {"True", "False", "and", "or",
+                                                                                         "not"}:
+        return True  # something this model cannot read: treat as admitting all, which fails the rule
+    return bool(eval(text))  # noqa: S307 - only True/False/and/or/not remain
+
+
+def rule_admits(env: str, ref: str) -> bool:
+    return any(ref.startswith(p[:-1]) if p.endswith("*") else ref == p for p in REF_RULE[env])
+
+
+def rule_env(job: dict) -> str:
+    """staging or production: whose rule applies (production-plan is production's)."""
+    return "production" if (environment(job) or "").startswith("production") else "staging"
+
+
 def guarded(job: dict) -> bool:
-    """The job's `if` admits only main and v* tags (and may add more
-    conditions with &&, never widen it with ||)."""
+    """The job's `if` admits exactly the refs of its environment's rule, on
+    a push and on workflow_dispatch alike."""
     cond = expr(job.get("if"))
-    return cond == REF_GUARD or cond.startswith(f"({REF_GUARD}) && ")
+    env = rule_env(job)
+    return all(admits(cond, ref, event) == rule_admits(env, ref)
+               for ref in SAMPLE_REFS for event in ("push", "workflow_dispatch"))
 
 
 def steps(job: dict) -> list[dict]:
@@ -222,7 +258,8 @@ def cd_problems(doc: dict) -> list[str]:
             if "role-to-assume" not in creds(job).get("with", {}):
                 problems.append(f"cd:{name}: must assume an AWS role (configure-aws-credentials role-to-assume)")
             if not guarded(job):
-                problems.append(f"cd:{name}: takes an AWS role without `if: {REF_GUARD}` (main and v* tags only)")
+                problems.append(f"cd:{name}: takes an AWS role without an `if:` admitting exactly "
+                                f"{' and '.join(REF_RULE[rule_env(job)])} (.github/PIPELINE.md, Roles and refs)")
 
     # One job per environment deploys, tests and rolls back: nothing of
     # another run can land in between, and no separate job can be cancelled
@@ -415,6 +452,11 @@ class WorkflowTests(unittest.TestCase):
         self.cd = load("cd.yml")
         self.cd["jobs"]["staging"]["if"] = f"${{{{ {REF_GUARD} || github.event_name == 'workflow_dispatch' }}}}"
         self.assertProblem(cd_problems(self.cd), "staging: takes an AWS role without")
+        # Production from main: the rule says release tags only.
+        for name in ("plan-production", "production"):
+            self.cd = load("cd.yml")
+            self.cd["jobs"][name]["if"] = f"${{{{ {REF_GUARD} }}}}"
+            self.assertProblem(cd_problems(self.cd), f"{name}: takes an AWS role without")
 
     def test_rejects_blind_approval(self) -> None:
         del self.cd["jobs"]["plan-production"]

@@ -3,8 +3,13 @@
 #   1. cfn-lint on every template: no error, no warning, no informational finding
 #   2. checkov on every template: no failed check (skips are inline, with a reason)
 #   3. property tests of the templates and parameter files (test_templates.py,
-#      test_canary_templates.py for the canary's resources)
-#   4. the instance-side script (test_host.py)
+#      test_canary_templates.py for the canary's resources); what the
+#      environment's identities may do, decided as IAM does (test_iam.py);
+#      every alarm evaluated over recorded series (test_alarms.py); the web
+#      ACL (test_waf.py); parliament and cloudsplaining over every policy
+#      (test_policy_analysis.py)
+#   4. the instance-side script (test_host.py); the service's database users
+#      on a real PostgreSQL (test_db_users.py)
 #   5. the deploy target: scripts/deploy.sh --target aws against moto on
 #      127.0.0.1, plus scripted CloudFormation outcomes (test_target.py)
 #   6. the canary step (canary.sh) and its verdict from recorded CloudWatch
@@ -19,7 +24,7 @@ VENV=$ROOT/.venv/bin
 FAST=0
 
 case "${1:-}" in
-  -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --fast) FAST=1 ;;
   "") ;;
   *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
@@ -35,8 +40,11 @@ done
 for tool in jq dot; do
   command -v "$tool" >/dev/null || die "$tool missing: run scripts/setup.sh dev"
 done
-"$VENV/python" -c 'import yaml, boto3, moto, diagrams' 2>/dev/null \
-  || die "python packages missing (PyYAML, moto, diagrams): run scripts/setup.sh dev"
+"$VENV/python" -c 'import yaml, boto3, moto, diagrams, parliament, cloudsplaining' 2>/dev/null \
+  || die "python packages missing (PyYAML, moto, diagrams, parliament, cloudsplaining): run scripts/setup.sh dev"
+for tool in psql openssl; do
+  command -v "$tool" >/dev/null || die "$tool missing: run scripts/setup.sh dev"
+done
 
 cd "$ROOT"
 mapfile -t templates < <(find deploy/aws/templates -name '*.yaml' | sort)
@@ -54,10 +62,16 @@ step "checkov"
   --skip-download --compact --quiet --output cli
 
 step "property tests of the templates"
-(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates test_canary_templates)
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_templates test_canary_templates test_iam test_alarms test_waf test_runbooks)
+
+step "IAM policy analysis (parliament, cloudsplaining) of every policy the templates define"
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_policy_analysis)
 
 step "instance-side script"
 (cd deploy/aws/tests && "$VENV/python" -m unittest test_host)
+
+step "the service's database users on a real PostgreSQL"
+(cd deploy/aws/tests && "$VENV/python" -m unittest test_db_users)
 
 if [ "$FAST" = 1 ]; then
   step "deploy target: skipped (--fast)"

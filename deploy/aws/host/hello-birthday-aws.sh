@@ -16,11 +16,17 @@ Usage: hello-birthday-aws.sh bootstrap|render-env|refresh [--help]
   render-env  Write /etc/hello-birthday/env from aws.conf and the database
               secret (Secrets Manager). Runs before every start of the unit,
               so a restart always picks up the current password.
-  refresh     Timer job: when the secret has rotated, restart the service,
-              but only while another target is healthy, so instances do not
-              restart together.
+  refresh     Timer job: when the secret has rotated, restart the service
+              to take the new login. The previous login stays valid until
+              the next rotation (alternating users), so there is no hurry:
+              each instance restarts only in its own 15-minute slot (its
+              rank among the group's targets) and only while every other
+              target is healthy, so no two restart together. A login that
+              no longer works restarts at once while another is healthy.
 
-Environment (tests): HB_AWS_CONF, HB_ENV_FILE, HB_STATE_DIR override paths.
+Environment (tests): HB_AWS_CONF, HB_ENV_FILE, HB_STATE_DIR, HB_RDS_CA_FILE
+override paths; HB_INSTANCE_ID and HB_NOW (epoch seconds) the instance id
+and the clock.
 USAGE
 }
 
@@ -56,9 +62,9 @@ load_conf() {
 # postgres://user:password@host:port/db?sslmode=require, with user and
 # password percent-encoded (generated passwords contain URL syntax).
 database_url() {
-  local secret
-  secret=$(aws secretsmanager get-secret-value --secret-id "$CONF_DB_SECRET_ARN" --query SecretString --output text) \
-    || die "cannot read the database secret"
+  local secret stage=${1:-AWSCURRENT}
+  secret=$(aws secretsmanager get-secret-value --secret-id "$CONF_DB_SECRET_ARN" --version-stage "$stage" \
+    --query SecretString --output text) || die "cannot read the database secret ($stage)"
   SECRET_JSON=$secret python3 - "$CONF_DB_HOST" "$CONF_DB_PORT" "$CONF_DB_NAME" <<'PY'
 import json, os, sys
 from urllib.parse import quote
@@ -70,19 +76,23 @@ PY
 
 # The RDS CA bundle: the service verifies the database's certificate (rustls,
 # sslmode=require), and RDS certificates chain to Amazon's RDS CA, which is
-# not a public root. Fetched once through the NAT gateway; kept across boots.
+# not a public root. It ships in the release's host bundle (checksummed by
+# the stack's HostBundleSha256; deploy/aws/rds-ca-bundle.py makes it), so
+# nothing is downloaded at boot; installed again when a release changes it.
 ensure_rds_ca() {
-  if grep -q 'BEGIN CERTIFICATE' "$RDS_CA_FILE" 2>/dev/null; then
+  local src=${CONF_RELEASE_DIR:-}/deploy/aws/host/rds-ca-bundle.pem tmp
+  if [ -z "${CONF_RELEASE_DIR:-}" ] || [ ! -r "$src" ]; then
+    die "RDS CA bundle missing from the release ($src)"
+  fi
+  grep -q 'BEGIN CERTIFICATE' "$src" || die "$src is not a PEM bundle"
+  if cmp -s "$src" "$RDS_CA_FILE"; then
     return 0
   fi
-  local url=${CONF_RDS_CA_URL:-https://truststore.pki.rds.amazonaws.com/$CONF_REGION/$CONF_REGION-bundle.pem}
-  local tmp
   tmp=$(mktemp "$RDS_CA_FILE.XXXXXX")
-  curl -fsS --retry 5 -o "$tmp" "$url" || { rm -f "$tmp"; die "cannot fetch the RDS CA bundle from $url"; }
-  grep -q 'BEGIN CERTIFICATE' "$tmp" || { rm -f "$tmp"; die "$url is not a PEM bundle"; }
+  cp "$src" "$tmp"
   chmod 0644 "$tmp"
   mv -f "$tmp" "$RDS_CA_FILE"
-  log "installed the RDS CA bundle at $RDS_CA_FILE"
+  log "installed the RDS CA bundle of release $CONF_APP_VERSION at $RDS_CA_FILE"
 }
 
 # Writes the variables this deployment owns into the env file and keeps any
@@ -129,6 +139,7 @@ render_env() {
 }
 
 imds() {
+  if [ "$1" = instance-id ] && [ -n "${HB_INSTANCE_ID:-}" ]; then echo "$HB_INSTANCE_ID"; return 0; fi
   local token
   token=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')
   curl -fsS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
@@ -242,22 +253,46 @@ bootstrap() {
   log "release $CONF_APP_VERSION is serving"
 }
 
-# The instance restarts only while at least one other target is healthy;
-# otherwise it tries again at the next timer tick.
+# After a rotation the env file still holds the previous login, which the
+# alternating-users rotation keeps valid until the next one: each instance
+# restarts in its own slot, SLOT_MINUTES long, by its rank among the target
+# group's instance ids, and only while every other target is healthy; no
+# two instances restart at once. A login that is neither the current nor
+# the previous one no longer works: restart now, while another is healthy.
+SLOT_MINUTES=15
 refresh() {
   load_conf
-  local now_hash old_hash others
-  now_hash=$(database_url | sha256sum | cut -d' ' -f1)
+  local now_hash old_hash prev_hash="" previous healthy all ids rank n slot others
+  now_hash=$(database_url AWSCURRENT | sha256sum | cut -d' ' -f1)
   old_hash=$(cat "$STATE_DIR/database-url.sha256" 2>/dev/null || true)
   if [ "$now_hash" = "$old_hash" ]; then
     log "database secret unchanged"
     return 0
   fi
+  if previous=$(database_url AWSPREVIOUS 2>/dev/null); then
+    prev_hash=$(printf '%s\n' "$previous" | sha256sum | cut -d' ' -f1)
+  fi
   INSTANCE_ID=$(imds instance-id)
-  others=$(aws elbv2 describe-target-health --target-group-arn "$CONF_TARGET_GROUP_ARN" \
-    --query "length(TargetHealthDescriptions[?Target.Id!='$INSTANCE_ID' && TargetHealth.State=='healthy'])" --output text)
-  if [ "${others:-0}" -lt 1 ]; then
-    log "database secret rotated, but no other healthy target: restart postponed"
+  healthy=$(aws elbv2 describe-target-health --target-group-arn "$CONF_TARGET_GROUP_ARN" \
+    --query "TargetHealthDescriptions[?TargetHealth.State=='healthy'].Target.Id" --output text)
+  all=$(aws elbv2 describe-target-health --target-group-arn "$CONF_TARGET_GROUP_ARN" \
+    --query "TargetHealthDescriptions[].Target.Id" --output text)
+  others=$(tr -s '[:space:]' '\n' <<<"$healthy" | grep -v '^$' | grep -cvx "$INSTANCE_ID" || true)
+  ids=$(printf '%s\n%s\n' "$all" "$INSTANCE_ID" | tr -s '[:space:]' '\n' | grep -v '^$' | sort -u)
+  if [ -n "$prev_hash" ] && [ "$old_hash" = "$prev_hash" ]; then
+    n=$(grep -c . <<<"$ids")
+    rank=$(grep -nx "$INSTANCE_ID" <<<"$ids" | cut -d: -f1)
+    slot=$(( ( ${HB_NOW:-$(date +%s)} / 60 / SLOT_MINUTES ) % n + 1 ))
+    if [ "$slot" != "$rank" ]; then
+      log "database secret rotated; the previous login still works: restart in slot $rank of $n (now $slot)"
+      return 0
+    fi
+    if [ "$others" -lt $((n - 1)) ]; then
+      log "database secret rotated; not every other target is healthy: restart postponed"
+      return 0
+    fi
+  elif [ "${others:-0}" -lt 1 ]; then
+    log "database secret rotated, the login in use is no longer valid, but no other healthy target: restart postponed"
     return 0
   fi
   log "database secret rotated: restarting (drains first)"

@@ -25,15 +25,21 @@ the patches; the tests then run the deploy program inside mock_aws().
    documents (Ref: the alarm name; Arn), nothing is created in CloudWatch.
 8. Nor AWS::WAFv2::WebACL, WebACLAssociation or LoggingConfiguration: the
    same kind of record (Arn of a regional web ACL), nothing is created.
-9. RollbackConfiguration is accepted but dropped: it is kept on the change
+9. moto's AWS::KMS::Key hands the template's Tags ({Key, Value}, as
+   CloudFormation has them) to its KMS tagger, which wants {TagKey,
+   TagValue}: they are converted first.
+10. Nor AWS::SecretsManager::Secret: a secret is created in moto's Secrets
+   Manager as CloudFormation does (GenerateSecretString: the template with
+   a generated value under GenerateStringKey); Ref is its ARN.
+11. RollbackConfiguration is accepted but dropped: it is kept on the change
    set and, once executed, on the stack, where DescribeStacks reports it as
    AWS does.
-10. ContinueUpdateRollback is not implemented: it ends the rollback
+12. ContinueUpdateRollback is not implemented: it ends the rollback
    (UPDATE_ROLLBACK_COMPLETE), as AWS does once the cause is gone.
-11. moto never rolls an update back. OUTCOMES scripts it: executing an update
+13. moto never rolls an update back. OUTCOMES scripts it: executing an update
    of a stack named there leaves the stack as it was, in the status given,
    with the failure event CloudFormation records for the resource.
-12. Deleting a stack leaves its AWS::ElasticLoadBalancingV2::ListenerRule
+14. Deleting a stack leaves its AWS::ElasticLoadBalancingV2::ListenerRule
    resources on the listener: they are deleted, as AWS does.
 
 Everything else is stock moto.
@@ -46,6 +52,7 @@ from moto.cloudformation import parsing
 from moto.cloudformation import utils as cfn_utils
 from moto.core.common_models import CloudFormationModel
 from moto.elbv2 import models as elbv2
+from moto.kms import models as kms_models
 from moto.rds import models as rds
 from moto.cloudformation import responses as cfn_responses
 from moto.cloudformation.exceptions import ValidationError
@@ -235,7 +242,37 @@ class WafRecord(AlarmRecord):
         self.arn = f"arn:aws:wafv2:{region_name}:{account_id}:regional/webacl/{name}/00000000-0000-0000-0000-000000000000"
 
 
+class SecretRecord(AlarmRecord):
+    __module__ = "moto.secretsmanager.records"
+
+    def __init__(self, arn):
+        self.name = self.arn = arn
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        import json
+        import secrets as random_source
+
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        props = cloudformation_json["Properties"]
+        value = props.get("SecretString")
+        gen = props.get("GenerateSecretString")
+        if gen:
+            value = json.loads(gen.get("SecretStringTemplate", "{}"))
+            value[gen.get("GenerateStringKey", "password")] = random_source.token_hex(int(gen.get("PasswordLength", 32)) // 2)
+            value = json.dumps(value)
+        backend = secretsmanager_backends[account_id][region_name]
+        out = json.loads(backend.create_secret(name=props.get("Name", resource_name), secret_string=value,
+                                               secret_binary=None, description=props.get("Description"), tags=None,
+                                               kms_key_id=props.get("KmsKeyId"), client_request_token=None,
+                                               replica_regions=[], force_overwrite=False))
+        return cls(out["ARN"])
+
+
 def resource_class_from_type(resource_type):
+    if resource_type == "AWS::SecretsManager::Secret":
+        return SecretRecord
     if resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
         return AlarmRecord
     if resource_type in ("AWS::WAFv2::WebACL", "AWS::WAFv2::WebACLAssociation", "AWS::WAFv2::LoggingConfiguration"):
@@ -267,3 +304,17 @@ def continue_update_rollback(self):
 
 
 cfn_responses.CloudFormationResponse.continue_update_rollback = continue_update_rollback
+
+
+_create_key = kms_models.Key.create_from_cloudformation_json.__func__
+
+
+def create_key_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    props = cloudformation_json.get("Properties", {})
+    if props.get("Tags"):
+        props = {**props, "Tags": [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in props["Tags"]]}
+        cloudformation_json = {**cloudformation_json, "Properties": props}
+    return _create_key(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+
+kms_models.Key.create_from_cloudformation_json = classmethod(create_key_from_cloudformation_json)

@@ -3,14 +3,19 @@ instance runs with, built from aws.conf and the database secret. The AWS CLI
 is replaced by a script that prints a fixed secret."""
 
 import os
+import re
+import shutil
 import stat
 import subprocess
 import tempfile
+import json
 import textwrap
 import unittest
 from urllib.parse import unquote, urlsplit
 
-from cfn import AWS_DIR
+from cfn import AWS_DIR, ENVIRONMENTS, load_parameters
+
+BUNDLE = AWS_DIR / "host" / "rds-ca-bundle.pem"
 
 SCRIPT = AWS_DIR / "host" / "hello-birthday-aws.sh"
 PASSWORD = "p@ss:w/rd?#%&=+ x"  # every URL delimiter a generated password may hold
@@ -53,12 +58,17 @@ class RenderEnv(unittest.TestCase):
         os.chmod(fake, 0o755)
         self.conf = os.path.join(self.dir, "aws.conf")
         self.env_file = os.path.join(self.dir, "env")
-        # A bundle already in place: the script must not fetch it again.
+        # The release as the user data unpacks it: the host bundle's CA file.
+        self.release = os.path.join(self.dir, "release")
+        os.makedirs(os.path.join(self.release, "deploy/aws/host"))
+        shutil.copy(BUNDLE, os.path.join(self.release, "deploy/aws/host/rds-ca-bundle.pem"))
         self.ca_file = os.path.join(self.dir, "rds-ca.pem")
-        with open(self.ca_file, "w") as f:
-            f.write("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+        # Any download would go through curl: record it and fail.
+        with open(os.path.join(bindir, "curl"), "w") as f:
+            f.write(f"#!/usr/bin/env bash\necho \"$*\" >>\"{self.dir}/curl.calls\"\nexit 7\n")
+        os.chmod(os.path.join(bindir, "curl"), 0o755)
         with open(self.conf, "w") as f:
-            f.write(CONF)
+            f.write(CONF.replace("RELEASE_DIR=/opt/hello-birthday/releases/1.4.0", f"RELEASE_DIR={self.release}"))
         self.environ = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", HB_AWS_CONF=self.conf,
                             HB_ENV_FILE=self.env_file, HB_STATE_DIR=os.path.join(self.dir, "state"),
                             HB_RDS_CA_FILE=self.ca_file)
@@ -74,6 +84,18 @@ class RenderEnv(unittest.TestCase):
     def test_the_database_certificate_is_verified_against_the_rds_ca(self):
         self.assertEqual(self.render().returncode, 0)
         self.assertEqual(self.read_env()["DATABASE_CA_FILE"], self.ca_file)
+
+    def test_the_rds_ca_comes_from_the_release_without_any_download(self):
+        proc = self.render()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        with open(self.ca_file, "rb") as a, open(BUNDLE, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "curl.calls")), "the boot downloaded something")
+        os.remove(os.path.join(self.release, "deploy/aws/host/rds-ca-bundle.pem"))
+        os.remove(self.ca_file)
+        proc = self.render()
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("RDS CA bundle missing from the release", proc.stderr)
 
     def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self):
         proc = self.render()
@@ -128,6 +150,160 @@ class RenderEnv(unittest.TestCase):
         proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
         self.assertEqual(proc.returncode, 0)
         self.assertIn("bootstrap", proc.stdout)
+
+
+class ShippedCaBundle(unittest.TestCase):
+    def certificates(self):
+        text = BUNDLE.read_text()
+        return re.findall(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", text, re.S)
+
+    def subject(self, pem):
+        return subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pem, capture_output=True, text=True,
+                              check=True).stdout
+
+    def test_it_holds_the_roots_of_every_region_the_environments_use_and_none_expired(self):
+        pems = self.certificates()
+        self.assertGreater(len(pems), 10)
+        for pem in pems:
+            self.assertEqual(subprocess.run(["openssl", "x509", "-noout", "-checkend", "0"], input=pem,
+                                            capture_output=True, text=True).returncode, 0, self.subject(pem))
+        subjects = "".join(self.subject(p) for p in pems)
+        for env in ENVIRONMENTS:
+            for region in filter(None, (load_parameters(env)["region"], load_parameters(env).get("drRegion"))):
+                # RDS's current CAs for new instances: rds-ca-rsa2048-g1 (default), rsa4096, ecc384.
+                for kind in ("RSA2048 G1", "RSA4096 G1", "ECC384 G1"):
+                    self.assertIn(f"Amazon RDS {region} Root CA {kind}", subjects, f"{env}: {region} {kind}")
+
+
+ROTATION_CONF = CONF
+
+
+class RotationRefresh(unittest.TestCase):
+    """refresh after an alternating-users rotation: the previous login still
+    works, so each instance takes the new one in its own slot, never two at
+    once; a login that no longer works restarts at once."""
+
+    OLD = {"username": "hello_birthday_app", "password": "old-pass"}
+    NEW = {"username": "hello_birthday_app_clone", "password": "new-pass"}
+    IDS = ("i-0aaa", "i-0bbb", "i-0ccc")
+
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory(prefix="aws-refresh-")
+        self.addCleanup(tmp.cleanup)
+        self.dir = tmp.name
+        bindir = os.path.join(self.dir, "bin")
+        os.makedirs(bindir)
+        self.write(os.path.join(bindir, "aws"), f"""\
+            #!/usr/bin/env bash
+            d={self.dir}
+            case "$1 $2" in
+              "secretsmanager get-secret-value")
+                stage=AWSCURRENT
+                while [ $# -gt 0 ]; do [ "$1" = --version-stage ] && stage=$2; shift; done
+                [ -f "$d/$stage.json" ] || exit 254
+                cat "$d/$stage.json" ;;
+              "elbv2 describe-target-health")
+                case "$*" in
+                  *healthy*) cat "$d/healthy" ;;
+                  *) cat "$d/all" ;;
+                esac ;;
+              *) exit 2 ;;
+            esac
+            """)
+        self.write(os.path.join(bindir, "systemctl"), f"""\
+            #!/usr/bin/env bash
+            echo "$HB_INSTANCE_ID $*" >>{self.dir}/restarts
+            """)
+        release = os.path.join(self.dir, "release", "deploy/aws/host")
+        os.makedirs(release)
+        shutil.copy(BUNDLE, release)
+        self.conf = os.path.join(self.dir, "aws.conf")
+        with open(self.conf, "w") as f:
+            f.write(CONF.replace("RELEASE_DIR=/opt/hello-birthday/releases/1.4.0",
+                                 f"RELEASE_DIR={self.dir}/release") + "TARGET_GROUP_ARN=arn:aws:elasticloadbalancing:tg\n")
+        self.path = f"{bindir}:{os.environ['PATH']}"
+
+    def write(self, path, text):
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text))
+        os.chmod(path, 0o755)
+
+    def secrets(self, current, previous=None):
+        for stage, value in (("AWSCURRENT", current), ("AWSPREVIOUS", previous)):
+            path = os.path.join(self.dir, f"{stage}.json")
+            if value is None:
+                if os.path.exists(path):
+                    os.remove(path)
+            else:
+                with open(path, "w") as f:
+                    f.write(json.dumps(value) + "\n")
+
+    def targets(self, healthy, all_ids=IDS):
+        with open(os.path.join(self.dir, "healthy"), "w") as f:
+            f.write("\t".join(healthy) + "\n")
+        with open(os.path.join(self.dir, "all"), "w") as f:
+            f.write("\t".join(all_ids) + "\n")
+
+    def run_as(self, instance, command, now=0):
+        env = dict(os.environ, PATH=self.path, HB_AWS_CONF=self.conf, HB_INSTANCE_ID=instance, HB_NOW=str(now),
+                   HB_ENV_FILE=os.path.join(self.dir, instance, "env"),
+                   HB_STATE_DIR=os.path.join(self.dir, instance, "state"),
+                   HB_RDS_CA_FILE=os.path.join(self.dir, instance, "rds-ca.pem"))
+        os.makedirs(os.path.join(self.dir, instance), exist_ok=True)
+        return subprocess.run([str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    def restarts(self):
+        path = os.path.join(self.dir, "restarts")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [line.split()[0] for line in f]
+
+    def started_with_the_old_login(self):
+        self.secrets(self.OLD)
+        for i in self.IDS:
+            self.assertEqual(self.run_as(i, "render-env").returncode, 0)
+        self.secrets(self.NEW, self.OLD)
+        self.targets(self.IDS)
+
+    def test_no_two_instances_restart_in_the_same_slot_and_each_restarts_once_per_round(self):
+        self.started_with_the_old_login()
+        slot = 15 * 60
+        by_slot = []
+        for k in range(len(self.IDS)):
+            before = len(self.restarts())
+            for i in self.IDS:
+                proc = self.run_as(i, "refresh", now=k * slot + 60)
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+            by_slot.append(self.restarts()[before:])
+        self.assertTrue(all(len(r) == 1 for r in by_slot), by_slot)
+        self.assertEqual(sorted(r[0] for r in by_slot), sorted(self.IDS))
+
+    def test_no_restart_while_another_target_is_unhealthy(self):
+        self.started_with_the_old_login()
+        self.targets(("i-0bbb",))  # i-0aaa and i-0ccc not healthy
+        for k in range(3):
+            for i in self.IDS:
+                self.assertEqual(self.run_as(i, "refresh", now=k * 900 + 60).returncode, 0)
+        self.assertEqual(self.restarts(), [])
+
+    def test_a_login_that_no_longer_works_restarts_at_once_but_never_the_last_healthy(self):
+        self.started_with_the_old_login()
+        # Two rotations later: the login in use is neither current nor previous.
+        self.secrets({"username": "hello_birthday_app", "password": "newer"}, self.NEW)
+        self.assertEqual(self.run_as("i-0aaa", "refresh", now=60).returncode, 0)
+        self.assertEqual(self.restarts(), ["i-0aaa"])
+        self.targets(("i-0bbb",), all_ids=("i-0bbb",))
+        self.assertEqual(self.run_as("i-0bbb", "refresh", now=60).returncode, 0)
+        self.assertEqual(self.restarts(), ["i-0aaa"])
+
+    def test_nothing_happens_without_a_rotation(self):
+        self.secrets(self.OLD)
+        self.targets(self.IDS)
+        self.assertEqual(self.run_as("i-0aaa", "render-env").returncode, 0)
+        proc = self.run_as("i-0aaa", "refresh")
+        self.assertIn("unchanged", proc.stdout)
+        self.assertEqual(self.restarts(), [])
 
 
 if __name__ == "__main__":

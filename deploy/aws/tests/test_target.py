@@ -224,7 +224,9 @@ class EmulatorScenario(unittest.TestCase):
         user_data = base64.b64decode(data["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]).decode()
         self.assertIn(f'echo "{sha256(binary)}  $release/hello-birthday" | sha256sum --check --strict', user_data)
         self.assertIn(f"TARGET_GROUP_ARN={edge['TargetGroupArn']}\n", user_data)
-        self.assertIn(f"DB_SECRET_ARN={db['MasterUserSecretArn']}\n", user_data)
+        # The service's own login (issue 24), never the master user's secret.
+        self.assertIn(f"DB_SECRET_ARN={db['AppUserSecretArn']}\n", user_data)
+        self.assertNotIn(db['MasterUserSecretArn'], user_data)
         self.assertIn("APP_VERSION=1.0.0\n", user_data)
         asg = self.client("autoscaling").describe_auto_scaling_groups(
             AutoScalingGroupNames=[f"hello-birthday-{ENV}"])["AutoScalingGroups"][0]
