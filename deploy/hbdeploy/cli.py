@@ -105,7 +105,8 @@ class Args:
         i = 0
         while i < len(argv):
             a = argv[i]
-            if a.startswith("--canary") or a == "--no-canary":
+            # The flow's canary options (not the AWS target's --canary-period).
+            if a in ("--canary-weight", "--canary-window", "--canary-allow-inconclusive", "--no-canary"):
                 self.canary_given = True
             if a in with_value:
                 if i + 1 >= len(argv) or not argv[i + 1]:

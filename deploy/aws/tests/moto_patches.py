@@ -31,6 +31,8 @@ the patches; the tests then run the deploy program inside mock_aws().
 10. Nor AWS::SecretsManager::Secret: a secret is created in moto's Secrets
    Manager as CloudFormation does (GenerateSecretString: the template with
    a generated value under GenerateStringKey); Ref is its ARN.
+15. Nor AWS::Backup::BackupVault (the DR Region's vault): a record with
+   its name and ARN, nothing is created.
 11. RollbackConfiguration is accepted but dropped: it is kept on the change
    set and, once executed, on the stack, where DescribeStacks reports it as
    AWS does.
@@ -270,7 +272,29 @@ class SecretRecord(AlarmRecord):
         return cls(out["ARN"])
 
 
+class BackupVaultRecord(AlarmRecord):
+    __module__ = "moto.backup.records"
+    name_property = "BackupVaultName"
+
+    def __init__(self, name, region_name, account_id):
+        self.name = name
+        self.arn = f"arn:aws:backup:{region_name}:{account_id}:backup-vault:{name}"
+
+    @classmethod
+    def has_cfn_attr(cls, attr):
+        return attr in ("BackupVaultArn", "BackupVaultName")
+
+    def get_cfn_attribute(self, attribute_name):
+        if attribute_name == "BackupVaultArn":
+            return self.arn
+        if attribute_name == "BackupVaultName":
+            return self.name
+        raise NotImplementedError(attribute_name)
+
+
 def resource_class_from_type(resource_type):
+    if resource_type == "AWS::Backup::BackupVault":
+        return BackupVaultRecord
     if resource_type == "AWS::SecretsManager::Secret":
         return SecretRecord
     if resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
