@@ -50,6 +50,8 @@ from hbdeploy.targets.aws import AwsTarget  # noqa: E402
 
 REGION = "eu-west-1"
 DOMAIN = {"staging": "hello.staging.example.com", "production": "hello.example.com"}
+# The bootstrap stack's CloudFormation role (its CloudFormationRoleArn output).
+CFN_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/hello-birthday-cloudformation"
 # moto's CloudFormation engine warns about every resource type it does not
 # create (AWS::Backup::*, scaling policies...): known, listed in README.md.
 warnings.filterwarnings("ignore", message="Tried to parse")
@@ -148,7 +150,7 @@ class Account:
         self.env = mock.patch.dict(os.environ, {
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
             "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true"})
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CFN_ROLE_ARN": CFN_ROLE})
         self.env.start()
         for k in [k for k in os.environ if k.startswith("AWS_") and k not in self.env.values]:
             os.environ.pop(k)
@@ -215,6 +217,28 @@ class Account:
                 region = cmd.split("--region ", 1)[1].split()[0]
                 body = cmd.split("--stack-policy-body '", 1)[1].rsplit("'", 1)[0]
                 self.client("cloudformation", region).set_stack_policy(StackName=stack, StackPolicyBody=body)
+
+    def create_db_users_as_told(self, run: Run) -> None:
+        """What the administrator's deploy/aws/db-users.sh leaves that the
+        deploy can see: the tag on the app secret (test_db_users.py runs the
+        script itself on a real PostgreSQL)."""
+        line = next(ln for ln in run.text.splitlines() if "deploy/aws/db-users.sh" in ln)
+        args = line.split("deploy/aws/db-users.sh", 1)[1].split()
+        env = args[args.index("--env") + 1]
+        region = args[args.index("--region") + 1] if "--region" in args else REGION
+        secret = f"hello-birthday-{env}-database-app"
+        self.client("secretsmanager", region).tag_resource(
+            SecretId=secret, Tags=[{"Key": "db-users", "Value": "2026-01-01T00:00:00Z"}])
+
+    def first_deploy(self, *args: str, env: str = "staging", **kw: Any) -> tuple[Run, Run]:
+        """A new environment: the deploy creates every stack but the fleet and
+        stops; the administrator sets the stateful stacks' policies and
+        creates the database users as told; the deploy again. Both runs."""
+        stopped = self.deploy(*args, env=env, **kw)
+        assert stopped.rc == 1 and "db-users.sh" in stopped.err, stopped.text
+        self.set_stack_policies_as_told(stopped)
+        self.create_db_users_as_told(stopped)
+        return stopped, self.deploy(*args, env=env, **kw)
 
     def during_canary(self, cw: FakeCloudWatch) -> None:
         """At a canary's first look: what AWS holds then (stacks, rules)."""

@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import sys
 import tarfile
 import unittest
+from unittest import mock
 
 import emulator
 import moto_patches
@@ -103,8 +105,20 @@ class Staging(Scenario):
 
     def test_01_first_deploy_creates_every_stack_and_publishes_the_release(self) -> None:
         one = self.aws.binary("one")
-        run = self.aws.deploy("--release", str(one), "--write-checksum", "--version", "1.0.0")
+        stopped, run = self.aws.first_deploy("--release", str(one), "--write-checksum", "--version", "1.0.0")
+        # A new environment: every stack but the fleet, then a stop for what
+        # only an administrator does: the stateful stacks' policies (the
+        # pipeline may not set them) and the database users (db-users.sh,
+        # from inside the VPC).
+        self.assertFails(stopped, 'failed at step "database users"')
+        for key in ("network", "database"):
+            self.assertIn(f"set-stack-policy --region eu-west-1 --stack-name hello-birthday-staging-{key} ", stopped.err)
+        self.assertIn("deploy/aws/db-users.sh --env staging\n", stopped.err)
+        self.assertIn(("cloudformation", "CreateChangeSet"), stopped.calls)
+        self.assertNotIn(("cloudformation", "SetStackPolicy"), stopped.calls + run.calls)
         self.assertOk(run)
+        self.assertEqual(run.out.count("already published (sha256 matches)"), 2, run.out)
+        self.assertIn("database users created 2026-01-01T00:00:00Z (db-users.sh)", run.out)
         for key in STAGING_KEYS:
             region = "us-east-1" if key == "dns-alarm" else emulator.REGION
             stack = self.aws.stack("staging", key, region)
@@ -112,6 +126,8 @@ class Staging(Scenario):
             self.assertEqual(stack["StackStatus"], "CREATE_COMPLETE", key)
             # Stated on every change set: the app stack's rolling update has the
             # fast burn alarms as triggers, every other stack none.
+            # Through the CloudFormation role, which the guardrails require.
+            self.assertEqual(stack.get("RoleARN"), emulator.CFN_ROLE, key)
             triggers = stack["RollbackConfiguration"]["RollbackTriggers"]
             if key == "app":
                 self.assertEqual([t["Arn"].rsplit(":", 1)[1] for t in triggers],
@@ -163,16 +179,20 @@ class Staging(Scenario):
         self.no_canary_left()
 
     def test_02_a_stateful_stack_without_its_policy_stops_the_deploy_with_the_command(self) -> None:
-        before = self.aws.stack("staging", "network")["StackStatus"], self.app()
+        # Someone loosened the database stack's policy.
+        self.aws.client("cloudformation").set_stack_policy(
+            StackName="hello-birthday-staging-database",
+            StackPolicyBody=json.dumps({"Statement": [{"Effect": "Allow", "Action": "Update:*", "Principal": "*",
+                                                       "Resource": "*"}]}))
+        before = self.aws.stack("staging", "database")["StackStatus"], self.app()
         run = self.aws.deploy("--version", "1.0.0")
-        self.assertFails(run, "set-stack-policy --region eu-west-1 --stack-name hello-birthday-staging-network")
+        self.assertFails(run, "set-stack-policy --region eu-west-1 --stack-name hello-birthday-staging-database ")
         self.assertIn('failed at step "preflight"', run.err)
+        self.assertNotIn("--stack-name hello-birthday-staging-network ", run.err)
         self.assertNotIn(("cloudformation", "CreateChangeSet"), run.calls)
-        self.assertEqual((self.aws.stack("staging", "network")["StackStatus"], self.app()), before)
+        self.assertNotIn(("cloudformation", "SetStackPolicy"), run.calls)
+        self.assertEqual((self.aws.stack("staging", "database")["StackStatus"], self.app()), before)
         # The operator sets it as told.
-        self.aws.set_stack_policies_as_told(run)
-        run = self.aws.deploy("--version", "1.0.0")
-        self.assertFails(run, "--stack-name hello-birthday-staging-database")
         self.aws.set_stack_policies_as_told(run)
         policy = json.loads(self.aws.client("cloudformation").get_stack_policy(
             StackName="hello-birthday-staging-database")["StackPolicyBody"])
@@ -372,10 +392,9 @@ class Production(Scenario):
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        run = cls.aws.deploy("--release", str(cls.aws.binary("one")), "--write-checksum", "--version", "1.0.0",
-                             env="production")
+        _, run = cls.aws.first_deploy("--release", str(cls.aws.binary("one")), "--write-checksum", "--version",
+                                      "1.0.0", env="production")
         assert run.rc == 0, run.text
-        cls.aws.set_stack_policies_as_told(run)
         cls.plan_file = cls.aws.dir / "plan.json"
 
     def plan(self, name: str, version: str, **kw: object) -> Plan:
@@ -481,9 +500,9 @@ class Outcomes(Scenario):
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
-        run = cls.aws.deploy("--release", str(cls.aws.binary("one")), "--write-checksum", "--version", "1.0.0")
+        _, run = cls.aws.first_deploy("--release", str(cls.aws.binary("one")), "--write-checksum", "--version",
+                                      "1.0.0")
         assert run.rc == 0, run.text
-        cls.aws.set_stack_policies_as_told(run)
 
     def test_an_app_stack_rolled_back_by_cloudformation_fails_the_deploy_with_its_reason(self) -> None:
         moto_patches.OUTCOMES["hello-birthday-staging-app"] = (
@@ -497,6 +516,15 @@ class Outcomes(Scenario):
         self.assertIn("Received 0 SUCCESS signal(s) out of 1", run.err)
         self.assertIn('failed at step "stack app"', run.err)
         self.assertEqual(self.app()["AppVersion"], "1.0.0")
+
+    def test_without_the_cloudformation_role_nothing_is_changed(self) -> None:
+        with mock.patch.dict(os.environ):
+            del os.environ["AWS_CFN_ROLE_ARN"]
+            run = self.aws.deploy("--release", str(self.aws.binary("two")), "--write-checksum", "--version", "2.0.0")
+        self.assertFails(run, "AWS_CFN_ROLE_ARN is not set")
+        self.assertIn('failed at step "preflight"', run.err)
+        self.assertNotIn(("cloudformation", "CreateChangeSet"), run.calls)
+        self.assertNotIn(("s3", "PutObject"), run.calls)
 
     def test_no_rollback_triggers_for_an_emergency_fix(self) -> None:
         run = self.aws.deploy("--release", str(self.aws.binary("fix")), "--write-checksum", "--version", "1.0.1",

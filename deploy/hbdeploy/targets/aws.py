@@ -55,6 +55,8 @@ WINDOW_DEFAULT = 300
 # What `aws cloudformation wait` allows (120 polls, 30 s apart): CloudFormation's
 # own bounds (PauseTime, CreationPolicy) sit inside it.
 WAIT_SECONDS = 3600
+# db-users.sh tags the app secret with this once the users exist.
+DB_USERS_TAG = "db-users"
 # The processes the app group's rolling update suspends (app.yaml,
 # UpdatePolicy): CloudFormation resumes them afterwards, unless the update
 # or its rollback broke off.
@@ -459,9 +461,9 @@ class AwsTarget:
             Capabilities=["CAPABILITY_IAM"], RollbackConfiguration=rollback,
             Tags=[{"Key": "project", "Value": self.prefix}, {"Key": "environment", "Value": self.env}])
         # The bootstrap stack's CloudFormationRoleArn: CloudFormation, not the
-        # caller, then holds the rights to create the resources.
-        if os.environ.get("AWS_CFN_ROLE_ARN"):
-            kwargs["RoleARN"] = os.environ["AWS_CFN_ROLE_ARN"]
+        # caller, holds the rights to create the resources, and the change-set
+        # guardrails refuse a change set without it.
+        kwargs["RoleARN"] = self.cfn_role_arn()
         try:
             cfn.create_change_set(**kwargs)
         except Exception as e:
@@ -634,9 +636,50 @@ class AwsTarget:
                 f" --region {self.region} --stack-name {name} (the fleet was not changed)")
         self.console.say(f"canary stack {name} deleted")
 
+    def cfn_role_arn(self) -> str:
+        arn = os.environ.get("AWS_CFN_ROLE_ARN", "")
+        if not arn.startswith("arn:"):
+            raise DeployError("AWS_CFN_ROLE_ARN is not set: the CloudFormation role every change set runs with (the"
+                              " bootstrap stack's CloudFormationRoleArn output); the guardrails refuse a change set"
+                              " without it")
+        return arn
+
+    def check_database_users(self) -> None:
+        """The service logs in with its own users, which an administrator
+        creates once per database (db-users.sh, from inside the VPC: the
+        deploy never reads the master secret, nor reaches the database).
+        Before the app stack's first creation (a new environment, or the DR
+        Region after its restore, whose database stack makes a new app
+        secret) the deploy stops until db-users.sh has tagged the app
+        secret; afterwards the instances' own login proves it."""
+        if self.status(self.spec("app")) != "NONE":
+            return
+        arn = self.outputs(self.spec("database")).get("AppUserSecretArn", "")
+        tags: dict[str, str] = {}
+        if arn:
+            described = self.client("secretsmanager").describe_secret(SecretId=arn)
+            tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+        if DB_USERS_TAG in tags:
+            self.console.say(f"database users created {tags[DB_USERS_TAG]} (db-users.sh)")
+            return
+        # db-users.sh defaults to the Region of the environment's own parameter
+        # file; a DR rebuild's file (dr-params.sh) names another.
+        try:
+            home = json.loads((ROOT / "deploy" / "aws" / "parameters" / f"{self.env}.json").read_text())["region"]
+        except (OSError, ValueError, KeyError):
+            home = self.region
+        region = "" if self.region == home else f" --region {self.region}"
+        todo = [f"{self.policy_command(self.spec(k))}" for k in self.new_stateful]
+        todo.append(f"deploy/aws/db-users.sh --env {self.env}{region}")
+        raise DeployError(
+            f"the database users of {self.env} in {self.region} are not created yet, and the app stack's instances"
+            " would not log in; the fleet was not created. An administrator, once (docs/runbooks/aws-bootstrap.md),"
+            " then deploy again:\n    " + "\n    ".join(todo))
+
     def preflight(self) -> None:
         if self.placeholders():
             raise DeployError(f"fill in {self.params_path} first (placeholders: {' '.join(self.placeholders())})")
+        self.cfn_role_arn()
         for spec in self.stacks:
             status = self.status(spec)
             if status == "UPDATE_ROLLBACK_FAILED":
@@ -920,7 +963,8 @@ class AwsTarget:
                 f"$ aws --region {self.region_of(spec)} cloudformation create-change-set --stack-name"
                 f" {self.name_of(spec)} --template-body file://{spec.template.relative_to(ROOT)} --parameters"
                 f" '{json.dumps([{'ParameterKey': k, 'ParameterValue': v} for k, v in params.items()])}'"
-                f" --capabilities CAPABILITY_IAM --rollback-configuration"
+                f" --capabilities CAPABILITY_IAM --role-arn {os.environ.get('AWS_CFN_ROLE_ARN') or '<AWS_CFN_ROLE_ARN>'}"
+                " --rollback-configuration"
                 f" '{json.dumps(self.rollback_configuration(spec))}'")
 
     def prepare(self) -> None:
@@ -943,6 +987,8 @@ class AwsTarget:
                     with self.console.step("check release", f"release {self.version} as recorded for {self.env}"):
                         self.release = self.recorded_release(self.version)
                         self.verify_published(self.release)
+        with self.console.step("database users", announce=False):
+            self.check_database_users()
         with self.console.step("capacity", announce=False):
             self.capacity()  # a group with no room for the update stops the deploy here, before the canary
         for key in self.new_stateful:
