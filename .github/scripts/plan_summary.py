@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 MANUAL = [
     "open `{url}/healthz` in a browser: `release` is **{version}**",
@@ -26,7 +27,7 @@ MANUAL = [
 ]
 
 
-def render(plan: dict, staging_url: str, run_url: str = "") -> str:
+def render(plan: dict[str, Any], staging_url: str, run_url: str = "") -> str:
     out = [f"## Production plan: release {plan['version']}", ""]
     out.append(f"Planned {plan['createdAt']} for **{plan['environment']}** in {plan['region']}; "
                f"artifact sha256 `{plan['artifactSha256']}`, already published (immutable). "

@@ -51,13 +51,13 @@ import ipaddress
 
 from moto.cloudformation import models as cfn
 from moto.cloudformation import parsing
+from moto.cloudformation import responses as cfn_responses
 from moto.cloudformation import utils as cfn_utils
+from moto.cloudformation.exceptions import ValidationError
 from moto.core.common_models import CloudFormationModel
 from moto.elbv2 import models as elbv2
 from moto.kms import models as kms_models
 from moto.rds import models as rds
-from moto.cloudformation import responses as cfn_responses
-from moto.cloudformation.exceptions import ValidationError
 
 _clean_json = parsing.clean_json
 

@@ -20,13 +20,13 @@ import tarfile
 import unittest
 from unittest import mock
 
-import emulator
-import moto_patches
-from cfn import AWS_DIR, ROOT, TEMPLATES, load_template
-from emulator import ERRORS, PASS, QUIET, SLOW, Account, Backend
 from moto.cloudformation import models as moto_cfn
 from moto.core import DEFAULT_ACCOUNT_ID
 
+import emulator
+import moto_patches
+from cfn import AWS_DIR, ROOT, TEMPLATES, load_template
+from emulator import ERRORS, QUIET, SLOW, Account, Backend
 from hbdeploy.record import Plan
 from hbdeploy.stacks import CANARY, STACKS, Region
 
@@ -600,7 +600,7 @@ class NoAws(unittest.TestCase):
 class Table(unittest.TestCase):
     def test_the_table_of_stacks_names_every_template(self) -> None:
         keys = [s.key for s in STACKS]
-        self.assertEqual(sorted(p.stem for p in TEMPLATES.glob("*.yaml")), 
+        self.assertEqual(sorted(p.stem for p in TEMPLATES.glob("*.yaml")),
                          # bootstrap and db-rotation are an administrator's stacks, never a deploy's.
                          sorted([*keys, CANARY.key, "bootstrap", "db-rotation"]))
         self.assertEqual(keys.index("dns-alarm"), keys.index("edge") + 1, "the DNS alarm needs the edge's health check")

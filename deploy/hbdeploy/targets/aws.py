@@ -289,7 +289,7 @@ class AwsTarget:
     # ---- AWS access ---------------------------------------------------------------
 
     def make_client(self, service: str, region: str) -> Any:
-        import boto3  # only this target needs it
+        import boto3  # type: ignore[import-untyped]  # only this target needs it (no stubs: its calls are typed Any)
 
         return boto3.session.Session().client(service, region_name=region)
 
@@ -1183,7 +1183,8 @@ class AwsTarget:
         canary = PlannedCanary(
             runs=skipped is None, reason=self.canary_text() if skipped is None else skipped,
             stack=self.name_of(CANARY), weight=self.opts.canary.weight, window=self.window(),
-            allowInconclusive=self.opts.canary.allow_inconclusive, probeRate=self.probe_rate, baseline=self.running.version if self.running else "",
+            allowInconclusive=self.opts.canary.allow_inconclusive, probeRate=self.probe_rate,
+            baseline=self.running.version if self.running else "",
             template=str(CANARY.template.relative_to(ROOT)), templateSha256=sha256(CANARY.template.read_bytes()))
         plan = Plan(environment=self.env, region=self.region, stackPrefix=self.prefix, version=self.version,
                     artifactSha256=self.release.artifact_sha256, hostBundleSha256=self.release.host_bundle_sha256,
