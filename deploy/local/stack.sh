@@ -304,7 +304,7 @@ cmd_start() {
 
 cmd_stop() {
   local slot=${1:-} pid port t0
-  [ -n "$slot" ] && [ $# -eq 1 ] || usage_error "usage: stack.sh stop SLOT"
+  if [ -z "$slot" ] || [ $# -ne 1 ]; then usage_error "usage: stack.sh stop SLOT"; fi
   load_stack_env "$STATE"
   stack_lock "$STATE"
   pid=$(instance_field "$STATE" "$slot" pid)
