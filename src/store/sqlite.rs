@@ -56,15 +56,6 @@ const ERASURE_BUSY: Duration = Duration::from_millis(100);
 /// Retry interval of an erasure checkpoint that could not complete.
 const ERASURE_RETRY: Duration = Duration::from_secs(1);
 
-/// `sqlite://data/x.db` (relative) or `sqlite:///abs/x.db` to a path.
-pub fn path_from_url(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let rest = rest.split('?').next().unwrap_or(rest);
-    (!rest.is_empty()).then(|| PathBuf::from(rest))
-}
-
 enum Op {
     Upsert {
         username: String,
