@@ -10,7 +10,9 @@
 //!
 //! Reads: every runtime worker thread keeps its own read-only connection and
 //! queries it inline. A primary-key lookup in a warm page cache takes a few
-//! microseconds; handing it to `spawn_blocking` halved throughput in the prototype the design notes measured.
+//! microseconds; handing it to `spawn_blocking` halved GET throughput (to
+//! measure: wrap the SQLite arm of `Store::get` in it and compare the
+//! `sqlite` GET req/s of `bench/run.sh`).
 //!
 //! Several processes may open one file (rolling deploys on one host): WAL
 //! allows one writer and many readers, `busy_timeout` serialises writers, and
