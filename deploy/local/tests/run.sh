@@ -78,8 +78,13 @@ if [ -z "$PYTHON" ] && [ "${CI:-}" = true ]; then
 fi
 
 say "canary verdict unit tests (deploy/canary, plain python3)"
-python3 -m unittest discover -s "$ROOT/deploy/canary" 2>&1 | tail -n 3
-python3 -m unittest discover -s "$ROOT/deploy/canary" >/dev/null 2>&1 || fail "deploy/canary unit tests"
+verdict_log=$(mktemp)
+if ! python3 -m unittest discover -s "$ROOT/deploy/canary" >"$verdict_log" 2>&1; then
+  cat "$verdict_log" >&2
+  fail "deploy/canary unit tests"
+fi
+tail -n 3 "$verdict_log"
+rm -f "$verdict_log"
 
 if [ -z "$BINARY" ]; then
   say "building hello-birthday and loadgen (debug)"
