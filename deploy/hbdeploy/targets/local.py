@@ -621,7 +621,7 @@ class LocalTarget:
         self.console.heading(f"report: {rate} req/s through {self.url()} during the deploy, into {report}")
         with (report / "loadgen.log").open("w") as log:
             load = subprocess.Popen(
-                [str(loadgen), "--url", self.url(), "--rate", rate,
+                [str(loadgen), "run", "--url", self.url(), "--rate", rate,
                  "--connections", os.environ.get("REPORT_CONNECTIONS", "16"), "--duration", "900",
                  "--max-failures", "1000000000", "--cleanup", "--ready-file", str(report / "ready"),
                  "--csv", str(report / "requests.csv"), "--summary", str(report / "summary.json")],

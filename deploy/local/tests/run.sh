@@ -128,7 +128,7 @@ mkdir -p "$REPORT"
 start_load() {
   local name=$1; shift
   rm -f "$WORK/ready" "$REPORT/$name".*
-  "$LOADGEN" --url "$(stack_url)" --rate "$RATE" --connections "$CONNS" --duration 120 \
+  "$LOADGEN" run --url "$(stack_url)" --rate "$RATE" --connections "$CONNS" --duration 120 \
     --ready-file "$WORK/ready" --csv "$REPORT/$name.csv" --summary "$REPORT/$name.summary.json" \
     "$@" >"$REPORT/$name.loadgen.log" 2>&1 &
   LG_PID=$!
@@ -395,7 +395,7 @@ for scenario in "${SCENARIOS[@]}"; do
     # The case leastconn got wrong: an idle backend, one request at a time.
     w=$(awk 'BEGIN { print int(100 * 2 * 10 / 90 + 0.5) }')
     haproxy_cmd "$STATE" "set weight be/s1 $w" >/dev/null
-    "$LOADGEN" --url "$(stack_url)" --rate 200 --connections 1 --max-requests 600 --duration 30 --no-verify \
+    "$LOADGEN" run --url "$(stack_url)" --rate 200 --connections 1 --max-requests 600 --duration 30 --no-verify \
       --summary "$REPORT/canary-share.summary.json" >"$REPORT/canary-share.loadgen.log" 2>&1 \
       || { cat "$REPORT/canary-share.loadgen.log"; fail "load failed"; }
     haproxy_cmd "$STATE" "set weight be/s1 100" >/dev/null
