@@ -203,11 +203,8 @@ fn libpq_env(pg: &tokio_postgres::Config, ca_file: Option<&Path>) -> Vec<(&'stat
         put("PGSSLROOTCERT", ca.as_os_str().as_encoded_bytes());
     }
     if let Some(t) = pg.get_connect_timeout() {
-        // libpq: whole seconds; under 2 it uses 2.
-        put(
-            "PGCONNECT_TIMEOUT",
-            t.as_secs().max(1).to_string().as_bytes(),
-        );
+        // Whole seconds in both (the driver sets none for 0).
+        put("PGCONNECT_TIMEOUT", t.as_secs().to_string().as_bytes());
     }
     if matches!(pg.get_target_session_attrs(), TargetSessionAttrs::ReadWrite) {
         put("PGTARGETSESSIONATTRS", b"read-write");
