@@ -51,7 +51,7 @@ build_service() {
 # seed URL COUNT PREFIX OUT: PUT COUNT new users; every one must be
 # acknowledged and read back. OUT gets one JSON line per write (--writes).
 seed() {
-  "$LOADGEN" --url "$1" --fresh-users --put-ratio 1 --max-requests "$2" --prefix "$3" \
+  "$LOADGEN" run --url "$1" --fresh-users --put-ratio 1 --max-requests "$2" --prefix "$3" \
     --rate 1000 --connections 8 --duration 120 --writes "$4" 2>/dev/null \
     || fail "seeding $2 users through $1"
 }

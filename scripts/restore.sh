@@ -65,7 +65,7 @@ record of acknowledged writes (--verify-writes).
   --report FILE        the measured steps (and verification) as JSON
 
 Verification (--verify-writes FILE, with --database-url of the application
-database): FILE holds one JSON line per PUT as tools/loadgen --fresh-users
+database): FILE holds one JSON line per PUT as tools/loadgen run --fresh-users
 --writes records it (user, dob, t_start, t_end, status). Every write
 acknowledged (2xx) before the target time (--to-time; with --latest, every
 one) must be in the users table with its date of birth; a write sent after
@@ -172,7 +172,7 @@ pitr_time() {
 }
 
 # verify_writes FILE TARGET_EPOCH|"": compares the users table (libpq
-# variables from parse_db_url) with a loadgen --writes record. Sets
+# variables from parse_db_url) with a loadgen run --writes record. Sets
 # VERIFY_JSON; returns 1 when the database contradicts the record.
 verify_writes() {
   local file=$1 target=$2 rows
@@ -184,7 +184,7 @@ verify_writes() {
     ($rows | split("\n") | map(select(length > 0) | split("|") | {key: .[0], value: .[1]}) | from_entries) as $db
     | (if $t == "" then null else ($t | tonumber) end) as $t
     | ($w | map(.user) | length) as $n
-    | if ($w | map(.user) | unique | length) != $n then error("the record writes some user twice: it must come from loadgen --fresh-users") else . end
+    | if ($w | map(.user) | unique | length) != $n then error("the record writes some user twice: it must come from loadgen run --fresh-users") else . end
     | ($w | map(select(.status >= 200 and .status < 300))) as $acked
     | ($acked | map(select($t == null or .t_end < $t))) as $want
     | ($want | map(select($db[.user] == null))) as $missing

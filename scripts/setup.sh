@@ -180,7 +180,7 @@ setup_dev() {
     local sum
     sum=$(sha256sum "$ROOT/requirements-dev.txt" | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
-      "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
+      "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$ROOT/requirements-dev.txt"
       echo "$sum" > "$stamp"
     else
       step "Python packages already installed"

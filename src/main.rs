@@ -1,15 +1,42 @@
 //! The `hello-birthday` binary: read the configuration, start logging, build
-//! the application, serve until SIGTERM/SIGINT.
+//! the application, serve until SIGTERM/SIGINT. `hello-birthday database`
+//! says what `DATABASE_URL` names, for the backup and restore scripts.
 
 use clap::Parser;
 use hello_birthday::app::Application;
-use hello_birthday::config::Config;
-use hello_birthday::{shutdown, telemetry};
+use hello_birthday::config::{Cli, Command, Config};
+use hello_birthday::{fd_limit, shutdown, telemetry};
+use std::io::Write;
 use std::process::ExitCode;
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.config),
+        Some(Command::Database { env }) => database(&cli.config, env),
+    }
+}
+
+/// `hello-birthday database [--env]`: the URL was parsed (and a bad one
+/// refused, exit 2) before this runs.
+fn database(config: &Config, env: bool) -> ExitCode {
+    let url = &config.database_url;
+    let out = if env {
+        url.shell_env(config.database_ca_file.as_deref())
+    } else {
+        Ok(format!("{url}\n").into_bytes())
+    };
+    match out.and_then(|bytes| std::io::stdout().lock().write_all(&bytes)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hello-birthday: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = Config::parse();
+async fn serve(config: Config) -> ExitCode {
     let _logs = match telemetry::init(&config) {
         Ok(guard) => guard,
         Err(e) => {
@@ -17,7 +44,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shutdown::raise_fd_limit();
+    fd_limit::raise_fd_limit();
     let result = async {
         let app = Application::build(config).await?;
         app.run_until(shutdown::signal()).await

@@ -150,7 +150,7 @@ wait_for 30 "all 5 scrape targets up (2 instances, prometheus, blackbox probe, b
 step "load through HAProxy, then the recording rules must have values"
 # PUT 204, GET 200 (greeting checked), GET of unknown users 404 and invalid
 # names 400 (--invalid-ratio), DELETE 204 (--cleanup); any other answer fails.
-"$LOADGEN" --url "$HAPROXY_URL" --duration 6 --rate 200 --connections 4 --invalid-ratio 0.3 --cleanup \
+"$LOADGEN" run --url "$HAPROXY_URL" --duration 6 --rate 200 --connections 4 --invalid-ratio 0.3 --cleanup \
   2>"$WORK/loadgen-up.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-up.log" >&2; fail "traffic through HAProxy failed"; }
 wait_for 20 "job:up:sum == 2" holds 'job:up:sum{job="hello-birthday"} == 2'
 wait_for 20 "job:hello_birthday_instances_ready:sum == 2" holds 'job:hello_birthday_instances_ready:sum{job="hello-birthday"} == 2'
@@ -196,7 +196,7 @@ pg_stop "${PG_DATA%/data}" fast >"$WORK/pg-stop.log" 2>&1 || fail "pg_ctl stop f
 # invalid name is still 400 (checked before the database).
 lg_urls=()
 for u in "${API_URLS[@]}"; do lg_urls+=(--url "$u"); done
-"$LOADGEN" "${lg_urls[@]}" --duration 2 --rate 100 --connections 4 --invalid-ratio 0.3 --accept-status 503 \
+"$LOADGEN" run "${lg_urls[@]}" --duration 2 --rate 100 --connections 4 --invalid-ratio 0.3 --accept-status 503 \
   --no-verify 2>"$WORK/loadgen-down.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-down.log" >&2; fail "traffic during the outage failed"; }
 wait_for "$FOR_SECONDS" "DatabaseUnavailable pending (its for: ${FOR_SECONDS}s)" \
   test "$(alert_state DatabaseUnavailable)" = pending

@@ -102,9 +102,14 @@ async fn writes_in_one_batch_apply_in_arrival_order_and_answer_after_the_commit(
         return;
     }
     let url = fresh_postgres_database().await;
-    let store = PgStore::connect(&url, None, 4, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let store = PgStore::connect(
+        &url.parse().expect("a test URL"),
+        None,
+        std::num::NonZeroUsize::new(4).unwrap(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let db = session(&url).await;
     store.upsert(&name("zed"), dob(1)).await.unwrap();
     let (locker, blocked) = hold_runners(&url, &store, "EXCLUSIVE").await;
@@ -152,9 +157,14 @@ async fn a_data_error_fails_only_its_own_request() {
         return;
     }
     let url = fresh_postgres_database().await;
-    let store = PgStore::connect(&url, None, 4, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let store = PgStore::connect(
+        &url.parse().expect("a test URL"),
+        None,
+        std::num::NonZeroUsize::new(4).unwrap(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let db = session(&url).await;
     // A rule the service does not know: only the database refuses it.
     db.batch_execute("ALTER TABLE users ADD CONSTRAINT no_mallory CHECK (username <> 'mallory')")
@@ -199,9 +209,14 @@ async fn concurrent_reads_are_one_query_and_each_gets_its_own_row() {
         return;
     }
     let url = fresh_postgres_database().await;
-    let store = PgStore::connect(&url, None, 4, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let store = PgStore::connect(
+        &url.parse().expect("a test URL"),
+        None,
+        std::num::NonZeroUsize::new(4).unwrap(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     for (i, user) in ["ann", "ben", "cat"].iter().enumerate() {
         store.upsert(&name(user), dob(i as u8 + 1)).await.unwrap();
     }
@@ -256,7 +271,14 @@ async fn the_timeout_bounds_a_request_waiting_for_a_batch() {
     }
     let url = fresh_postgres_database().await;
     let timeout = Duration::from_millis(400);
-    let store = PgStore::connect(&url, None, 4, timeout).await.unwrap();
+    let store = PgStore::connect(
+        &url.parse().expect("a test URL"),
+        None,
+        std::num::NonZeroUsize::new(4).unwrap(),
+        timeout,
+    )
+    .await
+    .unwrap();
     let locker = session(&url).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")

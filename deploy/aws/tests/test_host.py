@@ -2,13 +2,13 @@
 instance runs with, built from aws.conf and the database secret. The AWS CLI
 is replaced by a script that prints a fixed secret."""
 
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
 import tempfile
-import json
 import textwrap
 import unittest
 from urllib.parse import unquote, urlsplit
