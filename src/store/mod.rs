@@ -69,6 +69,47 @@ impl StoreError {
     }
 }
 
+/// A username copied into a request queued for a writer or a batch,
+/// without a heap allocation: a username is at most
+/// [`Username::MAX_LEN`] ASCII letters.
+#[derive(Clone, Copy)]
+pub(crate) struct Name {
+    len: u8,
+    bytes: [u8; Username::MAX_LEN],
+}
+
+impl Name {
+    pub(crate) fn new(user: &Username) -> Self {
+        let src = user.as_str().as_bytes();
+        let mut bytes = [0; Username::MAX_LEN];
+        bytes[..src.len()].copy_from_slice(src);
+        Self {
+            len: src.len() as u8,
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Copied from a `Username`: ASCII letters, so valid UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// `YYYY-MM-DD` on the stack, for SQLite's TEXT column.
+pub(crate) fn iso_date(date: time::Date, buf: &mut [u8; 10]) -> &str {
+    use std::io::Write;
+    let mut out = &mut buf[..];
+    // Years are 0001-9999 (the domain refuses others): always 10 bytes.
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    );
+    std::str::from_utf8(&buf[..]).unwrap_or_default()
+}
+
 /// Connection counts for the pool metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStatus {
@@ -111,25 +152,44 @@ impl Store {
     }
 
     pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
-        match self {
+        let result = match self {
             Self::Sqlite(s) => s.upsert(user, dob).await,
             Self::Postgres(s) => s.upsert(user, dob).await,
+        };
+        #[cfg(feature = "fault-stale-reads")]
+        if result.is_ok() {
+            stale::remember(user, Some(dob));
         }
+        result
     }
 
     pub async fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
-        match self {
+        #[cfg(feature = "fault-stale-reads")]
+        if let Some(cached) = stale::recall(user) {
+            return Ok(cached);
+        }
+        let result = match self {
             Self::Sqlite(s) => s.get(user),
             Self::Postgres(s) => s.get(user).await,
+        };
+        #[cfg(feature = "fault-stale-reads")]
+        if let Ok(found) = &result {
+            stale::remember(user, *found);
         }
+        result
     }
 
     /// Whether a row was there to delete.
     pub async fn delete(&self, user: &Username) -> Result<bool, StoreError> {
-        match self {
+        let result = match self {
             Self::Sqlite(s) => s.delete(user).await,
             Self::Postgres(s) => s.delete(user).await,
+        };
+        #[cfg(feature = "fault-stale-reads")]
+        if result.is_ok() {
+            stale::remember(user, None);
         }
+        result
     }
 
     /// A round trip through the database, for readiness.
@@ -162,5 +222,40 @@ impl Store {
             Self::Sqlite(s) => s.close().await,
             Self::Postgres(s) => s.close(),
         }
+    }
+}
+
+/// A deliberately wrong store for the stale-read test to catch
+/// (`tests/hardening/test_stale_reads.py`), compiled only with the
+/// `fault-stale-reads` feature, never into a release: a write-through cache
+/// of every user this process wrote or read. It is right while one process
+/// owns the database and serves stale values as soon as another process
+/// writes, which is the mistake the test exists to find.
+#[cfg(feature = "fault-stale-reads")]
+mod stale {
+    use crate::domain::{DateOfBirth, Username};
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    type Cache = Mutex<HashMap<String, Option<DateOfBirth>>>;
+
+    fn cache() -> &'static Cache {
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        CACHE.get_or_init(Cache::default)
+    }
+
+    pub fn recall(user: &Username) -> Option<Option<DateOfBirth>> {
+        cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user.as_str())
+            .copied()
+    }
+
+    pub fn remember(user: &Username, dob: Option<DateOfBirth>) {
+        cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.as_str().to_owned(), dob);
     }
 }

@@ -35,7 +35,7 @@
 //! files that others may read is refused ([`private_files`]).
 
 use super::migrations::{self, Migration, SQLITE};
-use super::{PoolStatus, StoreError};
+use super::{Name, PoolStatus, StoreError, iso_date};
 use crate::domain::{DateOfBirth, Username};
 use futures_util::FutureExt;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
@@ -60,11 +60,11 @@ const ERASURE_RETRY: Duration = Duration::from_secs(1);
 
 enum Op {
     Upsert {
-        username: String,
-        dob: String,
+        username: Name,
+        dob: time::Date,
     },
     Delete {
-        username: String,
+        username: Name,
     },
     /// Answered by the writer: proves it is alive and not stuck.
     Ping,
@@ -337,15 +337,15 @@ impl SqliteStore {
 
     pub async fn upsert(&self, user: &Username, dob: DateOfBirth) -> Result<(), StoreError> {
         let op = Op::Upsert {
-            username: user.as_str().to_owned(),
-            dob: dob.to_string(),
+            username: Name::new(user),
+            dob: dob.date(),
         };
         self.write(op).await.map(|_| ())
     }
 
     pub async fn delete(&self, user: &Username) -> Result<bool, StoreError> {
         self.write(Op::Delete {
-            username: user.as_str().to_owned(),
+            username: Name::new(user),
         })
         .await
     }
@@ -382,16 +382,20 @@ impl SqliteStore {
     }
 
     pub fn get(&self, user: &Username) -> Result<Option<DateOfBirth>, StoreError> {
-        let raw: Option<String> = self.with_reader(|conn| {
+        // Parsed from SQLite's own buffer: no String per read.
+        let found: Option<Option<DateOfBirth>> = self.with_reader(|conn| {
             conn.prepare_cached("SELECT date_of_birth FROM users WHERE username = ?1")?
-                .query_row([user.as_str()], |r| r.get(0))
+                .query_row([user.as_str()], |r| {
+                    Ok(r.get_ref(0)?
+                        .as_str()
+                        .ok()
+                        .and_then(crate::domain::date_of_birth_from_storage))
+                })
                 .optional()
         })?;
-        raw.map(|s| {
-            crate::domain::date_of_birth_from_storage(&s)
-                .ok_or_else(|| StoreError::internal("a stored date of birth does not parse"))
-        })
-        .transpose()
+        found
+            .map(|d| d.ok_or_else(|| StoreError::internal("a stored date of birth does not parse")))
+            .transpose()
     }
 
     pub fn pool_status(&self) -> PoolStatus {
@@ -581,13 +585,22 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<(Result<bool, St
             for req in batch {
                 out.push(match &req.op {
                     Op::Upsert { username, dob } => {
-                        let old: Option<String> =
-                            current.query_row([username], |r| r.get(0)).optional()?;
-                        let changed = old.is_some_and(|old| old != *dob);
-                        (upsert.execute(params![username, dob, now])? > 0, changed)
+                        let mut buf = [0; 10];
+                        let dob = iso_date(*dob, &mut buf);
+                        // Compared in SQLite's buffer: no copy of the old date.
+                        let changed = current
+                            .query_row([username.as_str()], |r| {
+                                Ok(r.get_ref(0)?.as_str().ok() != Some(dob))
+                            })
+                            .optional()?
+                            .unwrap_or(false);
+                        (
+                            upsert.execute(params![username.as_str(), dob, now])? > 0,
+                            changed,
+                        )
                     }
                     Op::Delete { username } => {
-                        let deleted = delete.execute([username])? > 0;
+                        let deleted = delete.execute([username.as_str()])? > 0;
                         (deleted, deleted)
                     }
                     Op::Ping | Op::Shutdown => (true, false),

@@ -7,6 +7,7 @@ mod internal_error;
 mod lifecycle;
 mod openapi;
 mod outage;
+mod pg_batch;
 mod pg_pool;
 mod support;
 mod tls;

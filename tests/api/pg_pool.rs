@@ -6,7 +6,7 @@
 use crate::support::{fresh_postgres_database, require_postgres, wait_until};
 use hello_birthday::domain::{DateOfBirth, Username};
 use hello_birthday::store::StoreError;
-use hello_birthday::store::postgres::{PgStore, READ_DEPTH, WRITE_DEPTH};
+use hello_birthday::store::postgres::{PgStore, READ_DEPTH, WRITE_BATCHES, WRITE_DEPTH};
 use std::time::{Duration, Instant};
 use time::{Date, Month};
 
@@ -91,12 +91,18 @@ async fn concurrent_calls_share_few_connections_and_each_gets_its_answer() {
     for r in futures_util::future::join_all(puts).await {
         r.unwrap();
     }
-    // Writes spread over one connection per WRITE_DEPTH calls in flight,
-    // not one per call (which would take all 16).
+    // Concurrent writes are a few batches (pg_batch.rs), each one call on
+    // a connection of its own (WRITE_DEPTH batches in flight on one), beside
+    // the first connection the pool opened: not one connection per write.
     let open = backends(&admin, &url).await.len();
     assert!(
-        (2..=n / WRITE_DEPTH).contains(&open),
+        (2..=1 + WRITE_BATCHES.div_ceil(WRITE_DEPTH)).contains(&open),
         "{open} connections for {n} concurrent writes"
+    );
+    let batches = store.batch_stats().write_batches;
+    assert!(
+        batches <= (n / 4) as u64,
+        "{batches} batches for {n} concurrent writes"
     );
     store.close();
     assert_unavailable(&get(&store, 0).await);

@@ -233,9 +233,14 @@ class Service:
     log_path: Path | None = None
     starts: int = 0
     nofile: int | None = None  # the child's open-files limit (soft and hard), if set
+    bin: Path | None = None  # another build of the service (default BIN)
+    # Variables for the process that the service itself does not read
+    # (LD_PRELOAD and a shim's settings); `env` is checked against --help.
+    process_env: dict = field(default_factory=dict)
 
     def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
-        require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
+        binary = self.bin or BIN
+        require(binary.exists(), f"service binary {binary} (run cargo build --bin hello-birthday)")
         # A fresh port per start: a killed instance's port may linger in TIME_WAIT.
         unknown = sorted(set(self.env) - service_vars())
         if unknown:
@@ -255,13 +260,14 @@ class Service:
             "SHUTDOWN_TIMEOUT_SECONDS": "3",
         })
         env.update(self.env)
+        env.update(self.process_env)
         self.starts += 1
         self.log_path = self.workdir / f"service-{self.starts}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         limit = self.nofile
         preexec = None if limit is None else (
             lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
-        self.proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=preexec)
         log.close()
 

@@ -25,6 +25,9 @@ affected test is skipped with a message.
 
 Environment:
   HELLO_BIN                 binary to test (default target/debug/hello-birthday)
+  HELLO_FAULT_BIN           the stale-read test's caching build
+                            (default target/debug/hello-birthday-fault-stale-reads)
+  HARDENING_STALE_SECONDS   length of each stale-read history (3)
   HARDENING_CRASH_CYCLES    kill -9 cycles (20)
   HARDENING_ST_EXAMPLES     schemathesis examples per operation and phase (40)
 USAGE
@@ -55,6 +58,13 @@ if [ "${CI:-}" = true ]; then
   fi
 fi
 
+if [ "$build" = 1 ] && [ -z "${HELLO_FAULT_BIN:-}" ]; then
+  # The stale-read test's proof that it can fail: a build that caches reads.
+  # Built first and copied aside, since both builds write the same path.
+  step "cargo build --bin hello-birthday --features fault-stale-reads (debug, for test_stale_reads)"
+  (cd "$ROOT" && cargo build --locked --quiet --bin hello-birthday --features fault-stale-reads \
+    && cp target/debug/hello-birthday target/debug/hello-birthday-fault-stale-reads)
+fi
 if [ "$build" = 1 ] && [ -z "${HELLO_BIN:-}" ]; then
   step "cargo build --bin hello-birthday (debug)"
   (cd "$ROOT" && cargo build --locked --quiet --bin hello-birthday)
