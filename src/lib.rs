@@ -15,7 +15,8 @@
 //!   9457 problem+json, and the middleware for limits, metrics and logs.
 //! - [`app`]: builds the application from a [`config::Config`] and serves it
 //!   with a drain-then-stop shutdown; used by `main` and by the tests.
-//! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
+//! - [`metrics`], [`telemetry`], [`trace`]: Prometheus metrics, structured
+//!   logs, OpenTelemetry traces.
 
 pub mod app;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 /// What this binary is: version, git revision and a per-process nonce.
 pub mod build {

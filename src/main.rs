@@ -4,7 +4,7 @@
 use clap::Parser;
 use hello_birthday::app::Application;
 use hello_birthday::config::Config;
-use hello_birthday::{shutdown, telemetry};
+use hello_birthday::{shutdown, telemetry, trace};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -17,12 +17,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let traces = match trace::init() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("hello-birthday: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     shutdown::raise_fd_limit();
     let result = async {
         let app = Application::build(config).await?;
         app.run_until(shutdown::signal()).await
     }
     .await;
+    // The exporter's last batch, off the async workers (it blocks).
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

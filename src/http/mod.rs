@@ -12,6 +12,7 @@ mod hello;
 
 use crate::metrics::Metrics;
 use crate::startup::StoreHandle;
+use crate::trace::RequestTrace;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
@@ -233,17 +234,18 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let method = method_label(req.method());
     let route = route_label(req.extensions().get::<MatchedPath>());
     let id = request_id(req.headers());
+    let trace = RequestTrace::start(req.headers(), method, route);
 
     if let Some(why) = ambiguous_framing(&req) {
         let resp = ApiError::AmbiguousRequest(why).into_response();
-        return finish(&st, resp, method, route, id, started);
+        return finish(&st, resp, method, route, id, trace, started);
     }
     // In flight from here: a request waiting for its body is being served,
     // though it holds no slot.
     let _in_flight = InFlight::new(&st.metrics.in_flight);
     let req = match buffer_body(req, st.body_timeout).await {
         Ok(req) => req,
-        Err(e) => return finish(&st, e.into_response(), method, route, id, started),
+        Err(e) => return finish(&st, e.into_response(), method, route, id, trace, started),
     };
 
     // Health checks are never shed: under overload the instance is busy, not
@@ -255,7 +257,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
             Err(_) => {
                 st.metrics.shed.inc();
                 let resp = ApiError::Overloaded.into_response();
-                return finish(&st, resp, method, route, id, started);
+                return finish(&st, resp, method, route, id, trace, started);
             }
         }
     } else {
@@ -264,7 +266,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 
     let outcome = tokio::time::timeout(
         st.request_timeout,
-        AssertUnwindSafe(next.run(req)).catch_unwind(),
+        AssertUnwindSafe(trace.scope(next.run(req))).catch_unwind(),
     )
     .await;
     drop(permit);
@@ -277,7 +279,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         }
         Err(_elapsed) => ApiError::Timeout.into_response(),
     };
-    finish(&st, resp, method, route, id, started)
+    finish(&st, resp, method, route, id, trace, started)
 }
 
 fn finish(
@@ -286,6 +288,7 @@ fn finish(
     method: &'static str,
     route: &'static str,
     id: HeaderValue,
+    trace: RequestTrace,
     started: Instant,
 ) -> Response {
     let mut resp = problem_for_bare_405(resp);
@@ -309,7 +312,9 @@ fn finish(
         route,
         status,
         elapsed.as_micros() as u64,
+        trace.trace_id(),
     );
+    trace.finish(status);
     h.insert("x-request-id", id);
     resp
 }
