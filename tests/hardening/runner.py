@@ -11,7 +11,7 @@ import time
 import unittest
 
 # The systemd unit's exposure is checked once, by deploy/systemd/check.sh.
-MODULES = ["test_harness", "test_security", "test_logging", "test_attacks", "test_overload", "test_faults", "test_crash",
+MODULES = ["test_harness", "test_security", "test_logging", "test_conventions", "test_attacks", "test_overload", "test_faults", "test_crash",
            "test_schemathesis"]
 
 

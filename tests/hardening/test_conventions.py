@@ -1,0 +1,96 @@
+"""The conventions operators bring from elsewhere, seen in the real binary:
+request ids that match the load balancer's log (a real HAProxy from the
+local stack's template; the ALB's X-Amzn-Trace-Id), RUST_LOG beside
+LOG_LEVEL, the systemd notify protocol and its watchdog, secrets read from
+files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+
+from harness import ROOT, ServiceTestCase, free_port, request, require, wait_until
+
+
+def json_lines(svc) -> list[dict]:
+    out = []
+    for raw in svc.logs().splitlines():
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    return out
+
+
+class RequestIds(ServiceTestCase):
+    def haproxy(self, backend_port: int) -> tuple[int, object]:
+        """HAProxy from deploy/local/haproxy.cfg.tmpl, one server; its port
+        and a function returning its log's hb-req lines."""
+        require(shutil.which("haproxy") is not None, "haproxy (scripts/setup.sh dev)")
+        state = self.tmp / "state"
+        (state / "haproxy").mkdir(parents=True)
+        port = free_port()
+        text = (ROOT / "deploy/local/haproxy.cfg.tmpl").read_text()
+        for k, v in {"@STATE@": str(state), "@HAPROXY_PORT@": str(port),
+                     "@HAPROXY_STATS_PORT@": str(free_port()),
+                     "@SERVERS@": f"    server s1 127.0.0.1:{backend_port}"}.items():
+            text = text.replace(k, v)
+        cfg = state / "haproxy" / "haproxy.cfg"
+        cfg.write_text(text)
+        subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], check=True, timeout=30)
+        log_path = self.tmp / "haproxy.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: (proc.terminate(), proc.wait(10)))
+
+        def served() -> bool:
+            try:
+                return request(port, "GET", "/readyz", timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_until(served, 10, what="HAProxy to route to the service")
+        return port, lambda: [l.split() for l in log_path.read_text().splitlines()
+                              if l.startswith("hb-req")]
+
+    def test_haproxys_logged_id_is_the_one_the_service_logs(self):
+        svc = self.sqlite_service(REQUEST_LOG="all").start()
+        port, hb_lines = self.haproxy(svc.port)
+        # A client's own id is replaced: HAProxy's log must name the request.
+        answers = [request(port, "GET", "/hello/Nobody", headers={"X-Request-Id": "client-chosen"})
+                   for _ in range(3)]
+        self.assertTrue(all(a.status == 404 for a in answers))
+        ids = [a.header("x-request-id") for a in answers]
+        self.assertEqual(len(set(ids)), 3, ids)
+        self.assertNotIn("client-chosen", ids)
+        wait_until(lambda: len([f for f in hb_lines() if f[6] == "/hello/Nobody"]) == 3, 10,
+                   what="HAProxy's log lines")
+        logged_by_haproxy = [f[7] for f in hb_lines() if f[6] == "/hello/Nobody"]
+        self.assertEqual(sorted(logged_by_haproxy), sorted(ids))
+        svc.stop()
+        logged_by_service = [e["request_id"] for e in json_lines(svc)
+                             if e.get("message") == "request" and e.get("status") == 404]
+        self.assertEqual(sorted(logged_by_service), sorted(ids))
+        # The grammar the service accepts (else it would have made its own).
+        self.assertTrue(all(not i.startswith("hb:") for i in ids), ids)
+
+    def test_an_albs_trace_id_root_is_the_request_id(self):
+        svc = self.sqlite_service().start()
+        root = "1-67891233-abcdef012345678912345678"
+        amzn = f"Self=1-67891234-12456789abcdef0123456789;Root={root};Parent=53995c3f42cd8ad8;Sampled=1"
+        resp = request(svc.port, "GET", "/hello/Nobody",
+                       headers={"X-Amzn-Trace-Id": amzn, "X-Request-Id": "client"})
+        self.assertEqual(resp.status, 404)
+        self.assertEqual(resp.header("x-request-id"), root)
+        malformed = request(svc.port, "GET", "/hello/Nobody",
+                            headers={"X-Amzn-Trace-Id": "Root=1-xyz", "X-Request-Id": "client"})
+        self.assertEqual(malformed.header("x-request-id"), "client")
+        svc.stop()
+        logged = [e["request_id"] for e in json_lines(svc) if e.get("message") == "request"]
+        self.assertEqual(logged, [root, "client"])
