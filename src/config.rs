@@ -137,9 +137,10 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log level or tracing filter (e.g. info, debug, hello_birthday=debug).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log level or tracing filter (e.g. info, debug, hello_birthday=debug) [default: info].
+    /// RUST_LOG, when set and not empty, takes precedence.
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     /// Which requests are logged one by one (needs LOG_LEVEL info for target http).
     #[arg(long, env = "REQUEST_LOG", value_enum, default_value_t = RequestLog::Errors)]
@@ -205,6 +206,20 @@ impl Config {
         Duration::from_millis(self.db_timeout_ms)
     }
 
+    /// The log filter in effect and where it came from: `RUST_LOG` (the
+    /// variable every tracing user reaches for) when set and not empty,
+    /// else `LOG_LEVEL` / `--log-level`, else `info`.
+    pub fn log_filter(&self, rust_log: Option<&str>) -> (String, &'static str) {
+        match (
+            rust_log.map(str::trim).filter(|v| !v.is_empty()),
+            &self.log_level,
+        ) {
+            (Some(r), _) => (r.to_owned(), "RUST_LOG"),
+            (None, Some(l)) => (l.clone(), "LOG_LEVEL"),
+            (None, None) => ("info".to_owned(), "default"),
+        }
+    }
+
     pub fn release(&self) -> &str {
         self.release.as_deref().unwrap_or(crate::build::VERSION)
     }
@@ -213,6 +228,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_wins_over_log_level_which_wins_over_the_default() {
+        let mut c = Config::defaults();
+        c.log_level = None;
+        assert_eq!(c.log_filter(None), ("info".into(), "default"));
+        assert_eq!(c.log_filter(Some("  ")), ("info".into(), "default"));
+        assert_eq!(c.log_filter(Some("debug")), ("debug".into(), "RUST_LOG"));
+        c.log_level = Some("warn".into());
+        assert_eq!(c.log_filter(None), ("warn".into(), "LOG_LEVEL"));
+        assert_eq!(c.log_filter(Some("")), ("warn".into(), "LOG_LEVEL"));
+        assert_eq!(
+            c.log_filter(Some("hello_birthday=debug")),
+            ("hello_birthday=debug".into(), "RUST_LOG")
+        );
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -258,9 +258,10 @@ impl Drop for LogGuard {
 }
 
 pub fn init(config: &Config) -> anyhow::Result<LogGuard> {
-    let level = config.log_level.as_str();
-    let filter = EnvFilter::try_new(level)
-        .map_err(|e| anyhow::anyhow!("LOG_LEVEL {level:?} is not a valid filter: {e}"))?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (level, source) = config.log_filter(rust_log.as_deref());
+    let filter = EnvFilter::try_new(&level)
+        .map_err(|e| anyhow::anyhow!("{source} {level:?} is not a valid filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Buffered);
@@ -290,6 +291,9 @@ pub fn init(config: &Config) -> anyhow::Result<LogGuard> {
         config.slow_request_ms.saturating_mul(1000),
         Ordering::Relaxed,
     );
+    if source == "RUST_LOG" && config.log_level.is_some() {
+        tracing::info!(filter = %level, "RUST_LOG takes precedence over LOG_LEVEL");
+    }
     let summary_every = Duration::from_secs(config.log_summary_seconds);
     std::thread::Builder::new()
         .name("log-flush".into())

@@ -94,3 +94,34 @@ class RequestIds(ServiceTestCase):
         svc.stop()
         logged = [e["request_id"] for e in json_lines(svc) if e.get("message") == "request"]
         self.assertEqual(logged, [root, "client"])
+
+
+class RustLog(ServiceTestCase):
+    """RUST_LOG, when set, is the filter; else LOG_LEVEL; else info."""
+
+    def debug_lines(self, svc) -> list[dict]:
+        return [e for e in json_lines(svc) if e.get("level") == "DEBUG"]
+
+    def test_rust_log_takes_precedence_over_log_level(self):
+        # The harness sets LOG_LEVEL=info: debug lines appear only by RUST_LOG.
+        svc = self.sqlite_service().start()
+        svc.stop()
+        self.assertEqual(self.debug_lines(svc), [])
+        svc = self.sqlite_service("b.sqlite", RUST_LOG="hello_birthday=debug").start()
+        svc.stop()
+        self.assertTrue(self.debug_lines(svc), "RUST_LOG=hello_birthday=debug gives debug lines")
+        self.assertTrue(any(e.get("message") == "RUST_LOG takes precedence over LOG_LEVEL"
+                            for e in json_lines(svc)))
+        svc = self.sqlite_service("c.sqlite", RUST_LOG="warn", LOG_LEVEL="debug").start()
+        svc.stop()
+        levels = {e.get("level") for e in json_lines(svc)}
+        self.assertNotIn("DEBUG", levels)
+        self.assertNotIn("INFO", levels, "RUST_LOG=warn silences LOG_LEVEL=debug")
+
+    def test_an_invalid_filter_names_its_variable_and_exits_2(self):
+        from harness import BIN
+        env = {"PATH": os.environ["PATH"], "RUST_LOG": "hello_birthday=loud",
+               "DATABASE_URL": f"sqlite://{self.tmp / 'x.sqlite'}", "PORT": "0", "METRICS_PORT": "0"}
+        out = subprocess.run([str(BIN)], env=env, capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("RUST_LOG", out.stderr)
