@@ -39,6 +39,8 @@ Options:
 
 Environment:
   DATABASE_URL, BACKUP_DEST, BACKUP_KEEP   defaults for the options above
+                      (without DATABASE_URL: $CREDENTIALS_DIRECTORY/database-url,
+                      the systemd credential the units load)
   PGPASSWORD, ~/.pgpass                    used when the URL has no password
   AWS_PROFILE, AWS_* credentials           for s3:// (AWS CLI)
   AWS_ENDPOINT_URL                         another S3 endpoint (tests)
@@ -419,6 +421,11 @@ backup_pitr() {
 
 backup_main() {
   local url=${DATABASE_URL:-} dest=${BACKUP_DEST:-} keep=${BACKUP_KEEP:-}
+  # Under systemd the URL is the service's credential (LoadCredential=).
+  local cred=${CREDENTIALS_DIRECTORY:-}/database-url
+  if [ -z "$url" ] && [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$cred" ]; then
+    url=$(<"$cred")
+  fi
   local a rest=()
   for a in "$@"; do [ "$a" = --pitr ] || rest+=("$a"); done
   if [ ${#rest[@]} -lt $# ]; then backup_pitr "${rest[@]}"; return; fi

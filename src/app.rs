@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::http::conn::{self, ConnState, FirstRequestDeadline, MarkStarted, Silent};
 use crate::http::{AppState, Clock, Shared, metrics_router, router, utc_clock};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::startup::StoreHandle;
 use anyhow::Context;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub struct Application {
     config: Config,
@@ -113,15 +114,37 @@ impl Application {
             })
         };
         let graceful = GracefulShutdown::new();
+        let (probe_tx, probe_rx) = mpsc::channel(1);
         let accept_loop = tokio::spawn(accept_loop(
             listener,
             state.clone(),
             config.clone(),
             graceful,
             stop_rx,
+            probe_rx,
         ));
+        // systemd (Type=notify): ready once the accept loop runs; the
+        // watchdog is fed only while the service proves it works.
+        let notifier = Notifier::from_env().map(Arc::new);
+        let watchdog = notifier.as_ref().and_then(|n| {
+            n.send("READY=1\nSTATUS=serving");
+            let period = crate::notify::watchdog_period()?;
+            tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog on");
+            Some(tokio::spawn(watchdog(
+                n.clone(),
+                period,
+                probe_tx,
+                state.clone(),
+            )))
+        });
 
         shutdown.await;
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        if let Some(n) = &notifier {
+            n.send("STOPPING=1\nSTATUS=draining");
+        }
         tracing::info!(
             drain_seconds = config.drain_seconds,
             "shutdown requested: draining"
@@ -170,6 +193,7 @@ async fn accept_loop(
     config: Config,
     graceful: GracefulShutdown,
     mut stop: watch::Receiver<bool>,
+    mut probes: mpsc::Receiver<oneshot::Sender<()>>,
 ) -> GracefulShutdown {
     let metrics = state.metrics.clone();
     let app = router(state);
@@ -198,6 +222,11 @@ async fn accept_loop(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
+            // The watchdog's probe: answered only while this loop is polled.
+            Some(reply) = probes.recv() => {
+                let _ = reply.send(());
+                continue;
+            }
         };
         let (stream, _peer) = match accepted {
             Ok(conn) => conn,
@@ -259,6 +288,60 @@ async fn accept_loop(
     }
     trimmer.abort();
     graceful
+}
+
+/// Feeds the systemd watchdog while the accept loop answers its probe and,
+/// on SQLite, the writer thread answers a ping, each check within half the
+/// period (see `notify`). A check that fails or hangs skips that feed;
+/// systemd restarts the unit once a whole period passes unfed.
+async fn watchdog(
+    notifier: Arc<Notifier>,
+    period: Duration,
+    probes: mpsc::Sender<oneshot::Sender<()>>,
+    state: AppState,
+) {
+    let every = crate::notify::feed_interval(period);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = true;
+    loop {
+        tick.tick().await;
+        let check = async {
+            let (reply, answer) = oneshot::channel();
+            let ended = "the accept loop has ended";
+            probes.send(reply).await.map_err(|_| ended)?;
+            answer.await.map_err(|_| ended)?;
+            if state.store.is_local() && state.store.connected() {
+                state
+                    .store
+                    .ping()
+                    .await
+                    .map_err(|_| "the SQLite writer does not answer")?;
+            }
+            Ok::<(), &'static str>(())
+        };
+        let verdict = tokio::time::timeout(every, check)
+            .await
+            .unwrap_or(Err("a check did not answer in time"));
+        match verdict {
+            Ok(()) => {
+                notifier.send("WATCHDOG=1");
+                if !healthy {
+                    tracing::info!("watchdog fed again");
+                }
+                healthy = true;
+            }
+            Err(why) => {
+                if healthy {
+                    tracing::warn!(
+                        reason = why,
+                        "watchdog not fed: systemd restarts the service if this lasts"
+                    );
+                }
+                healthy = false;
+            }
+        }
+    }
 }
 
 /// Connections that must have closed since the last check before memory is

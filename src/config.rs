@@ -121,6 +121,12 @@ pub struct Config {
     )]
     pub database_url: DatabaseUrl,
 
+    /// A file holding the database URL (a secret kept out of the environment);
+    /// replaces DATABASE_URL, which must then be unset. Without it, systemd's
+    /// credential `database-url` ($CREDENTIALS_DIRECTORY/database-url) is read if present.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<std::path::PathBuf>,
+
     /// PEM bundle of extra CA certificates for PostgreSQL TLS (the RDS CA bundle).
     #[arg(long, env = "DATABASE_CA_FILE")]
     pub database_ca_file: Option<std::path::PathBuf>,
@@ -202,6 +208,49 @@ impl Config {
         Self::parse_from(["hello-birthday"])
     }
 
+    /// Reads the database URL from `DATABASE_URL_FILE`, else from the
+    /// systemd credential `database-url` (`LoadCredential=`), if either is
+    /// there. `url_in_env` says whether `DATABASE_URL` is set too:
+    /// - with `DATABASE_URL_FILE`, two explicit sources of one secret are
+    ///   refused rather than one silently preferred;
+    /// - with the credential, `DATABASE_URL` wins and the returned warning
+    ///   says so: a host whose env file predates the credential keeps
+    ///   working until the operator moves the secret.
+    pub fn resolve_secrets(
+        &mut self,
+        url_in_env: bool,
+        credentials_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<String>> {
+        let credential = credentials_dir
+            .map(|d| d.join("database-url"))
+            .filter(|p| p.exists());
+        let path = match (self.database_url_file.clone(), credential) {
+            (Some(file), _) => {
+                anyhow::ensure!(
+                    !url_in_env,
+                    "DATABASE_URL and DATABASE_URL_FILE are both set: keep the secret in one place"
+                );
+                file
+            }
+            (None, Some(_)) if url_in_env => {
+                return Ok(Some(
+                    "DATABASE_URL is set in the environment, so the credential database-url is \
+                     not read; move the URL out of the env file"
+                        .into(),
+                ));
+            }
+            (None, Some(credential)) => credential,
+            (None, None) => return Ok(None),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!("reading the database URL from {}: {e}", path.display())
+        })?;
+        let url = text.trim();
+        anyhow::ensure!(!url.is_empty(), "{} is empty", path.display());
+        self.database_url = DatabaseUrl::new(url);
+        Ok(None)
+    }
+
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)
     }
@@ -228,6 +277,57 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_url_comes_from_a_file_or_a_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://u:from-file@h/db\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("database-url"), "postgres://u:from-cred@h/db").unwrap();
+
+        let mut c = Config::defaults();
+        c.resolve_secrets(false, None).unwrap();
+        assert_eq!(c.database_url.expose(), "sqlite://data/hello-birthday.db");
+
+        let mut c = Config::defaults();
+        c.resolve_secrets(false, Some(&creds)).unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://u:from-cred@h/db");
+
+        let mut c = Config::defaults();
+        c.database_url_file = Some(file.clone());
+        c.resolve_secrets(false, Some(&creds)).unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://u:from-file@h/db");
+
+        // A credentials directory without the credential changes nothing.
+        let mut c = Config::defaults();
+        assert_eq!(c.resolve_secrets(true, Some(dir.path())).unwrap(), None);
+        assert_eq!(c.database_url.expose(), "sqlite://data/hello-birthday.db");
+
+        // DATABASE_URL beside the credential: the variable, and a warning.
+        let mut c = Config::defaults();
+        let warning = c.resolve_secrets(true, Some(&creds)).unwrap();
+        assert!(warning.unwrap().contains("not read"));
+        assert_eq!(c.database_url.expose(), "sqlite://data/hello-birthday.db");
+
+        let mut c = Config::defaults();
+        c.database_url_file = Some(file.clone());
+        let err = c.resolve_secrets(true, None).unwrap_err().to_string();
+        assert!(err.contains("both set"), "{err}");
+
+        for (name, content) in [("missing", None), ("empty", Some("\n"))] {
+            let path = dir.path().join(name);
+            if let Some(text) = content {
+                std::fs::write(&path, text).unwrap();
+            }
+            let mut c = Config::defaults();
+            c.database_url_file = Some(path);
+            let err = format!("{:#}", c.resolve_secrets(false, None).unwrap_err());
+            assert!(err.contains(name), "{err}");
+            assert!(!err.contains("from-file"), "{err}");
+        }
+    }
 
     #[test]
     fn rust_log_wins_over_log_level_which_wins_over_the_default() {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
     let _logs = match telemetry::init(&config) {
         Ok(guard) => guard,
         Err(e) => {
@@ -17,6 +17,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let url_in_env = std::env::var_os("DATABASE_URL").is_some_and(|v| !v.is_empty());
+    match config.resolve_secrets(url_in_env, credentials.as_deref()) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Err(e) => {
+            eprintln!("hello-birthday: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let traces = match trace::init() {
         Ok(guard) => guard,
         Err(e) => {

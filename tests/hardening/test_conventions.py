@@ -125,3 +125,148 @@ class RustLog(ServiceTestCase):
         out = subprocess.run([str(BIN)], env=env, capture_output=True, text=True, timeout=30)
         self.assertEqual(out.returncode, 2)
         self.assertIn("RUST_LOG", out.stderr)
+
+
+class Notify(ServiceTestCase):
+    """Type=notify: a datagram socket bound by the test stands in for systemd."""
+
+    def listener(self) -> tuple[str, list[tuple[float, str]]]:
+        path = str(self.tmp / "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(0.2)
+        got: list[tuple[float, str]] = []
+        stop = []
+
+        def run() -> None:
+            while not stop:
+                try:
+                    got.append((time.monotonic(), sock.recv(4096).decode()))
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+
+        import threading
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        self.addCleanup(lambda: (stop.append(1), t.join(2), sock.close()))
+        return path, got
+
+    def test_ready_watchdog_stopping_in_order_and_a_wedged_writer_starves_the_watchdog(self):
+        path, got = self.listener()
+        period_s = 0.6
+        db = self.tmp / "db.sqlite"
+        svc = self.sqlite_service(NOTIFY_SOCKET=path, WATCHDOG_USEC=str(int(period_s * 1e6)),
+                                  DB_TIMEOUT_MS="30000").start()
+        feeds = lambda: [t for t, m in got if m == "WATCHDOG=1"]  # noqa: E731
+        wait_until(lambda: len(feeds()) >= 3, 10, what="three watchdog feeds")
+        self.assertTrue(got[0][1].startswith("READY=1"), got[:2])
+
+        # Wedge the store writer: another process holds SQLite's write lock
+        # and a PUT makes the writer wait on it (busy_timeout 30 s).
+        lock = sqlite3.connect(db, timeout=5, isolation_level=None)
+        self.addCleanup(lock.close)
+        lock.execute("BEGIN IMMEDIATE")
+        import threading
+        put_status: list[int] = []
+        writer = threading.Thread(target=lambda: put_status.append(request(
+            svc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"}, timeout=60).status))
+        writer.start()
+        wedged_at = time.monotonic()
+        # Starved: no feed for three whole periods while the writer waits.
+        wait_until(lambda: time.monotonic() - max(feeds()) > 3 * period_s, 10,
+                   what="the watchdog to go unfed")
+        starved_from = max(feeds())
+        # A check already past the writer when the PUT queued may still feed.
+        self.assertLess(starved_from, wedged_at + 2 * period_s, "the feeds stop at once")
+        self.assertTrue(writer.is_alive(), "the PUT is still waiting on the writer")
+
+        # Unwedged: the PUT completes and the feeds resume.
+        lock.execute("COMMIT")
+        writer.join(30)
+        self.assertEqual(put_status, [204])
+        wait_until(lambda: max(feeds()) > starved_from + 3 * period_s, 10,
+                   what="the watchdog to be fed again")
+
+        svc.stop()
+        wait_until(lambda: any(m.startswith("STOPPING=1") for _, m in got), 5, what="STOPPING=1")
+        kinds = [m.split("=")[0] for _, m in got]
+        stopping = kinds.index("STOPPING")
+        self.assertEqual(kinds[0], "READY")
+        self.assertEqual(kinds.count("READY"), 1)
+        self.assertNotIn("WATCHDOG", kinds[stopping:], "no feed after the drain starts")
+        warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
+        self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
+
+    def test_without_notify_socket_nothing_is_sent_and_it_still_serves(self):
+        path, got = self.listener()
+        svc = self.sqlite_service(WATCHDOG_USEC="200000").start()
+        self.assertEqual(request(svc.port, "GET", "/healthz").status, 200)
+        svc.stop()
+        self.assertEqual(got, [])
+
+
+class SecretsFromFiles(ServiceTestCase):
+    """DATABASE_URL_FILE and systemd's LoadCredential= (CREDENTIALS_DIRECTORY)."""
+
+    def run_with(self, env: dict[str, str]) -> subprocess.Popen:
+        from harness import BIN, service_vars
+        port = free_port()
+        base = {k: v for k, v in os.environ.items() if k not in service_vars()}
+        base.update({"PORT": str(port), "METRICS_PORT": str(free_port()), "BIND_ADDR": "127.0.0.1",
+                     "LOG_FORMAT": "json", "DRAIN_SECONDS": "0"})
+        base.update(env)
+        log = open(self.tmp / f"svc-{port}.log", "wb")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen([str(BIN)], env=base, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=self.tmp)
+        log.close()
+        self.addCleanup(lambda: (proc.poll() is None and proc.terminate(), proc.wait(15)))
+        proc.port = port  # type: ignore[attr-defined]
+        return proc
+
+    def stored(self, db) -> list[str]:
+        with sqlite3.connect(db) as c:
+            return [r[0] for r in c.execute("SELECT username FROM users")]
+
+    def put_through(self, proc) -> None:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"exited {proc.returncode}")
+            try:
+                return request(proc.port, "GET", "/readyz", timeout=1).status == 200
+            except OSError:
+                return False
+        wait_until(ready, 20, what="the service to be ready")
+        resp = request(proc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"})
+        self.assertEqual(resp.status, 204)
+
+    def test_the_url_file_and_the_credential_name_the_database(self):
+        via_file, via_cred = self.tmp / "from-file.sqlite", self.tmp / "from-cred.sqlite"
+        url_file = self.tmp / "database-url.txt"
+        url_file.write_text(f"sqlite://{via_file}\n")
+        creds = self.tmp / "credentials"
+        creds.mkdir()
+        (creds / "database-url").write_text(f"sqlite://{via_cred}")
+
+        self.put_through(self.run_with({"DATABASE_URL_FILE": str(url_file)}))
+        self.assertEqual(self.stored(via_file), ["Alice"])
+        self.put_through(self.run_with({"CREDENTIALS_DIRECTORY": str(creds)}))
+        self.assertEqual(self.stored(via_cred), ["Alice"])
+        # An env file that still sets DATABASE_URL wins over the credential, with a warning.
+        via_env = self.tmp / "from-env.sqlite"
+        proc = self.run_with({"CREDENTIALS_DIRECTORY": str(creds), "DATABASE_URL": f"sqlite://{via_env}"})
+        self.put_through(proc)
+        self.assertEqual(self.stored(via_env), ["Alice"])
+        wait_until(lambda: "credential database-url is not read"
+                   in (self.tmp / f"svc-{proc.port}.log").read_text(), 5, what="the warning")
+
+    def test_two_sources_of_the_secret_are_refused(self):
+        url_file = self.tmp / "database-url.txt"
+        url_file.write_text("postgres://u:s3cret@127.0.0.1:1/db")
+        proc = self.run_with({"DATABASE_URL_FILE": str(url_file),
+                              "DATABASE_URL": f"sqlite://{self.tmp / 'x.sqlite'}"})
+        self.assertEqual(proc.wait(15), 2)
+        out = (self.tmp / f"svc-{proc.port}.log").read_text()
+        self.assertIn("both set", out)
+        self.assertNotIn("s3cret", out)
