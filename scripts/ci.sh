@@ -13,7 +13,7 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # name|command. Each stage owns one concern and lives in that concern's folder.
 STAGES=(
   "fmt|cargo fmt --all -- --check"
-  "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings"
+  "clippy|cargo clippy --workspace --all-targets --locked -- -D warnings && cargo machete"
   "shellcheck|scripts/lint-shell.sh && scripts/check-fail-loud.sh"
   "test|cargo test --workspace --locked"
   "hardening|tests/hardening/run.sh"

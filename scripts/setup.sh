@@ -65,11 +65,11 @@ DEV_PACKAGES=(
 
 # What each stage of scripts/ci.sh needs besides Rust: commands of
 # DEV_PACKAGES, "postgres" (the server binaries), "venv" (.venv from
-# requirements-dev.txt), "cargo-deny". Every stage has a line, so a new stage
+# requirements-dev.txt), "cargo-deny", "cargo-machete". Every stage has a line, so a new stage
 # without one fails its hosted job instead of running without its tools.
 STAGE_NEEDS=(
   "fmt|"
-  "clippy|"
+  "clippy|cargo-machete"
   "shellcheck|shellcheck"
   "test|postgres openssl strace"
   "hardening|postgres psql curl venv"
@@ -83,6 +83,7 @@ STAGE_NEEDS=(
 )
 
 CARGO_DENY_VERSION=0.20.2
+CARGO_MACHETE_VERSION=0.9.2
 
 # needs STAGE: the words of its STAGE_NEEDS line; fails for an unknown stage.
 needs() {
@@ -156,6 +157,15 @@ setup_dev() {
       cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
     fi
   fi
+  # cargo-machete: declared dependencies the code does not use (clippy stage).
+  if wanted cargo-machete; then
+    step "cargo-machete"
+    if cargo machete --version >/dev/null 2>&1; then
+      echo "  already installed: $(cargo machete --version)"
+    else
+      cargo install --locked cargo-machete --version "$CARGO_MACHETE_VERSION"
+    fi
+  fi
 
   [ "$want" = all ] || { step "ready for the $stage stage"; return 0; }
   step "Versions"
@@ -172,6 +182,7 @@ setup_dev() {
     podman "$(podman --version)" \
     pgbackrest "$(pgbackrest version)" \
     cargo-deny "$(cargo deny --version)" \
+    cargo-machete "$(cargo machete --version)" \
     cfn-lint "$("$ROOT/.venv/bin/cfn-lint" --version)" \
     checkov "$("$ROOT/.venv/bin/checkov" --version)"
 }
