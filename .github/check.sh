@@ -6,8 +6,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONDONTWRITEBYTECODE=1
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+# shellcheck source=scripts/lib/runner.sh
+. "$ROOT/scripts/lib/runner.sh"
 
+# The steps table, run by the one runner (scripts/lib/runner.sh): each name
+# runs the function step_NAME below. advisories runs only when named.
+RUN_NAMES=(actionlint workflows deny release image advisories)
+RUN_CMDS=()
+for s in "${RUN_NAMES[@]}"; do RUN_CMDS+=("step_$s"); done
 ALL_STEPS=(actionlint workflows deny release image)
+# The image is built from the release binary: no point without it.
+RUN_STOP_AFTER=(release)
 
 usage() {
   cat <<'USAGE'
@@ -32,8 +43,7 @@ USAGE
 }
 
 step_actionlint() {
-  command -v actionlint >/dev/null || { echo "actionlint missing (scripts/setup.sh dev: requirements-dev.txt)" >&2; return 1; }
-  command -v shellcheck >/dev/null || { echo "shellcheck missing (scripts/setup.sh dev)" >&2; return 1; }
+  require actionlint shellcheck
   echo "$(actionlint --version | head -n1), on: $(echo .github/workflows/*.yml)"
   actionlint -no-color
   echo "actionlint: no findings"
@@ -44,7 +54,7 @@ step_workflows() {
 }
 
 cargo_deny_present() {
-  cargo deny --version >/dev/null 2>&1 || { echo "cargo-deny missing (scripts/setup.sh dev installs it)" >&2; return 1; }
+  cargo deny --version >/dev/null 2>&1 || die "cargo-deny missing (scripts/setup.sh dev installs it)"
 }
 
 step_deny() {
@@ -82,33 +92,14 @@ step_image() {
 main() {
   case "${1:-}" in
     -h|--help) usage; exit 0 ;;
+    -*) usage_error "unknown option $1" ;;
   esac
-  local steps=("$@") s start rc failed=() passed=0
+  local steps=("$@") rc=0
   [ ${#steps[@]} -gt 0 ] || steps=("${ALL_STEPS[@]}")
-  for s in "${steps[@]}"; do
-    declare -F "step_$s" >/dev/null || { echo "unknown step: $s" >&2; usage >&2; exit 2; }
-  done
-  for s in "${steps[@]}"; do
-    printf '\n--> pipeline: %s\n' "$s"
-    start=$(date +%s)
-    # Not as an `if` condition: that would switch off set -e inside the step.
-    set +e
-    ( set -e; "step_$s" )
-    rc=$?
-    set -e
-    if [ "$rc" -eq 0 ]; then
-      passed=$((passed + 1))
-      printf '<-- pipeline: %s ok in %ds\n' "$s" "$(( $(date +%s) - start ))"
-    else
-      failed+=("$s")
-      printf '<-- pipeline: %s FAILED in %ds\n' "$s" "$(( $(date +%s) - start ))"
-      # The image is built from the release binary: no point without it.
-      if [ "$s" = release ]; then break; fi
-    fi
-  done
+  run_table step "${steps[@]}" || rc=1
   echo
-  echo "pipeline: ${passed} passed, ${#failed[@]} failed${failed[*]:+ (${failed[*]})}"
-  [ ${#failed[@]} -eq 0 ]
+  echo "pipeline: ${#RUN_PASSED[@]} passed, ${#RUN_FAILED[@]} failed${RUN_FAILED[*]:+ (${RUN_FAILED[*]})}"
+  return "$rc"
 }
 
 main "$@"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as dt
-import glob
 import http.client
 import json
 import os
@@ -37,6 +36,8 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+from pg_throwaway import PostgresError, ThrowawayPostgres, pg_bin  # noqa: E402
 TARGET_NAMES = ["ceiling", "sqlite", "sqlite-1m", "postgres", "flask"]
 LABELS = {
     "ceiling": "ceiling (bare hyper)",
@@ -307,51 +308,35 @@ class Server:
         return code
 
 
-class Postgres:
-    """A throwaway cluster in a temp dir on a random port (scripts/pg-throwaway.sh:
-    initdb as the postgres user, free port, cleanup), pinned to the server CPU."""
+class Postgres(ThrowawayPostgres):
+    """The shared throwaway cluster (scripts/lib/pg_throwaway.py), pinned to
+    the server CPU, with the benchmark's database and CPU accounting."""
 
     def __init__(self, workdir: Path, cpu: str) -> None:
-        self.dir = workdir / "pg"
-        self.port = 0
+        super().__init__(workdir / "pg")
         self.cpu = cpu
         self.pid: int | None = None
 
-    @staticmethod
-    def _bindir() -> Path:
-        found = shutil.which("initdb")
-        if found:
-            return Path(found).resolve().parent
-        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not candidates:
-            raise BenchError("PostgreSQL server binaries (initdb) not found")
-        return Path(candidates[-1]).parent
-
     def start(self) -> None:
         os.chmod(self.dir.parent, 0o755)  # the postgres user must reach its cluster
+        if pg_bin("initdb") is None:
+            raise BenchError("PostgreSQL server binaries (initdb) not found")
         log(f"initdb PostgreSQL cluster in {self.dir}")
         # The server inherits the CPU pinning and niceness of the helper.
         # Durable settings stay at their defaults (fsync, synchronous_commit on)
         # so a PUT's 204 means the same thing as on SQLite.
-        helper = str(ROOT / "scripts" / "pg-throwaway.sh")
-        out = run(["taskset", "-c", self.cpu, "nice", "-n", str(NICE), helper, "start", str(self.dir)],
-                  capture_output=True, check=False)
-        if out.returncode != 0:
-            raise BenchError("PostgreSQL did not start:\n" + out.stderr.decode(errors="replace"))
-        self.port = int(out.stdout.decode().rsplit(":", 1)[1].split("/")[0])
-        self.pid = int(run([helper, "pid", str(self.dir)], capture_output=True).stdout)
+        self.prefix = ["taskset", "-c", self.cpu, "nice", "-n", str(NICE)]
+        try:
+            super().start()
+        except PostgresError as e:
+            raise BenchError(f"PostgreSQL did not start:\n{e}") from None
+        self.pid = self.postmaster_pid()
         self.psql("CREATE DATABASE bench")
         log(f"PostgreSQL ready on 127.0.0.1:{self.port}")
 
-    def psql(self, sql: str, db: str = "postgres", check: bool = True,
-             stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
-                    str(self.port), "-U", "postgres", "-d", db, "-At", "-c", sql],
-                   input=stdin, capture_output=True, check=check)
-
     @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/bench"
+        return self.dsn("bench")
 
     def cpu_seconds(self) -> float:
         assert self.pid is not None
@@ -363,10 +348,8 @@ class Postgres:
                 pass  # a backend that just exited is in the parent's cutime
         return total
 
-    def stop(self) -> None:
-        if self.pid is not None:
-            run([str(ROOT / "scripts" / "pg-throwaway.sh"), "stop", str(self.dir)],
-                capture_output=True, check=False)
+    def stop(self, mode: str = "fast") -> None:
+        super().stop(mode)
         self.pid = None
 
 
@@ -408,10 +391,9 @@ def seed_postgres(pg: Postgres, n: int) -> None:
     # COPY is the fast path for bulk loads; created_at/updated_at take defaults.
     rows = "".join(f"{user_name(i)}\t{dt.date(1950, 1, 1) + dt.timedelta(days=i % 20000)}\n"
                    for i in range(n))
-    pg.psql("COPY users (username, date_of_birth) FROM STDIN", db="bench",
-            stdin=rows.encode())
+    pg.psql("COPY users (username, date_of_birth) FROM STDIN", db="bench", stdin=rows)
     pg.psql("ANALYZE users", db="bench")
-    count = pg.psql("SELECT count(*) FROM users", db="bench").stdout.decode().strip()
+    count = pg.psql("SELECT count(*) FROM users", db="bench").stdout.strip()
     if count != str(n):
         raise BenchError(f"seeding PostgreSQL left {count} users, expected {n}")
 
@@ -545,7 +527,7 @@ def versions(args) -> dict:
         "profile": args.profile,
     }
     if "postgres" in args.targets:
-        v["postgres"] = cmd_output([str(Postgres._bindir() / "postgres"), "--version"])
+        v["postgres"] = cmd_output([pg_bin("postgres") or "postgres", "--version"])
     if "flask" in args.targets:
         import importlib.metadata as md
         v["flask"] = md.version("flask")

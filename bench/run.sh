@@ -6,6 +6,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY="$ROOT/.venv/bin/python"
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 
 usage() {
   cat <<'USAGE'
@@ -58,23 +60,27 @@ disk-backed, since fsync on tmpfs is free and would flatter PUT.
 USAGE
 }
 
-die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
-
 main() {
-  local quick=0 render=0 profile="" targets="ceiling,sqlite,sqlite-1m,postgres,flask" pass=()
+  # shellcheck disable=SC2034 # v: optarg checks a value that bench.py reads
+  local quick=0 render=0 profile="" v targets="ceiling,sqlite,sqlite-1m,postgres,flask" pass=()
   while [ $# -gt 0 ]; do
     case "$1" in
       -h|--help) usage; exit 0 ;;
       --quick) quick=1; pass+=("$1") ;;
-      --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile=$2; shift ;;
-      --targets) [ $# -ge 2 ] || die "--targets needs a value"; targets=$2; pass+=("$1" "$2"); shift ;;
-      --render) [ $# -ge 2 ] || die "--render needs a file"; render=1; pass+=("$1" "$2"); shift ;;
-      *) pass+=("$1") ;;
+      --profile) optarg profile "$@"; shift ;;
+      --targets) optarg targets "$@"; pass+=("$1" "$2"); shift ;;
+      --render) optarg v "$@"; render=1; pass+=("$1" "$2"); shift ;;
+      # bench.py's own options, checked here so a typo fails before the build.
+      --runs|--duration|--warmup|--connections|--users|--scale-users|--server-cpu|--load-cpu|\
+      --out|--log-level|--request-log|--nice|--max-interference|--retries|--ready-deadline)
+        optarg v "$@"; pass+=("$1" "$2"); shift ;;
+      --keep|--no-readme) pass+=("$1") ;;
+      *) usage_error "unknown option $1" ;;
     esac
     shift
   done
   if [ "$render" = 1 ]; then
-    printf '==> redrawing table, chart and README from %s\n' "${pass[*]}"
+    step "redrawing table, chart and README from ${pass[*]}"
     exec "$PY" "$ROOT/bench/bench.py" "${pass[@]}"
   fi
   # Quick mode checks plumbing, not speed: the debug build is the cheap one
@@ -83,13 +89,10 @@ main() {
   case "$profile" in
     release) local cargo_profile=(--release) ;;
     debug) local cargo_profile=() ;;
-    *) die "--profile must be release or debug" ;;
+    *) usage_error "--profile must be release or debug" ;;
   esac
 
-  local tool
-  for tool in cargo wrk taskset sqlite3 psql; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (run scripts/setup.sh dev)"
-  done
+  require cargo wrk taskset sqlite3 psql
   [ -x "$PY" ] || die "$PY not found (run scripts/setup.sh dev)"
   "$PY" -c 'import flask, matplotlib' 2>/dev/null || die "Flask or matplotlib missing in .venv (run scripts/setup.sh dev)"
   [ "$(nproc)" -ge 2 ] || echo "bench/run.sh: warning: fewer than 2 CPUs, server and wrk share one" >&2
@@ -100,11 +103,11 @@ main() {
     pkgs+=(-p hello-birthday); bins+=(--bin hello-birthday)
   fi
   if [ ${#bins[@]} -gt 0 ]; then
-    printf '==> cargo build (%s): %s\n' "$profile" "${bins[*]}"
+    step "cargo build ($profile): ${bins[*]}"
     (cd "$ROOT" && cargo build "${cargo_profile[@]}" "${pkgs[@]}" "${bins[@]}")
   fi
 
-  printf '==> running the benchmark\n'
+  step "running the benchmark"
   exec "$PY" "$ROOT/bench/bench.py" --bin-dir "$ROOT/target/$profile" --profile "$profile" \
     ${pass[@]+"${pass[@]}"}
 }

@@ -26,7 +26,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 concurrency=4
 while [ $# -gt 0 ]; do
   case "$1" in
-    --concurrency) concurrency=${2:?}; shift 2 ;;
+    --concurrency) optarg concurrency "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -79,7 +79,7 @@ log "service at $(svc_url api), database via 127.0.0.1:$proxy_port"
 # 4. Write load, then the failure.
 # Failures are expected while the database is away: the figures below judge
 # them (none before the stop), so loadgen itself tolerates them.
-"$LOADGEN" --url "$(svc_url api)" --fresh-users --put-ratio 1 --prefix load --connections "$concurrency" \
+"$LOADGEN" run --url "$(svc_url api)" --fresh-users --put-ratio 1 --prefix load --connections "$concurrency" \
   --rate $(( concurrency * 200 )) --timeout-ms 3000 --duration 150 --max-failures 1000000 \
   --stop-file "$WORK/stop" --status "$WORK/load.status" --writes "$WORK/load.jsonl" >"$WORK/load.log" 2>&1 &
 load_pid=$!
@@ -141,7 +141,7 @@ echo "$figures"
 [ "$(jq .failed_before_failover <<<"$figures")" = 0 ] || fail "PUTs failed before the primary was stopped"
 [ "$(jq '.acknowledged_before_failover > 0 and .acknowledged_by_new_primary > 0' <<<"$figures")" = true ] \
   || fail "need acknowledged writes both before and after the failover"
-"$LOADGEN" --url "$(svc_url api)" --check "$WORK/load.jsonl" --db-rows "$WORK/new-primary.rows"
+"$LOADGEN" check "$WORK/load.jsonl" --url "$(svc_url api)" --db-rows "$WORK/new-primary.rows"
 db_up=$(curl -fsS "$(svc_metrics api)/metrics" | awk '$1 == "db_up" { print $2 }')
 [ "$db_up" = 1 ] || fail "db_up is '$db_up' after the failover"
 service_stop api

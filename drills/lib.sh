@@ -13,21 +13,11 @@ export PATH="$DRILL_ROOT/.venv/bin:$PATH"
 PY=${PYTHON:-python3}
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
-fail() { printf 'DRILL FAILED: %s\n' "$*" >&2; exit 1; }
 
 # now: wall-clock seconds with microseconds, the same clock loadgen stamps
 # its requests with (--writes, --status).
 now() { printf '%s\n' "$EPOCHREALTIME"; }
-# elapsed START [END]: seconds between two now() stamps, 3 decimals.
-elapsed() { awk -v a="$1" -v b="${2:-$EPOCHREALTIME}" 'BEGIN { printf "%.3f\n", b - a }'; }
 
-# require CMD...: every command must exist. A drill never skips silently.
-require() {
-  local c
-  for c in "$@"; do
-    command -v "$c" >/dev/null 2>&1 || fail "missing tool: $c (run scripts/setup.sh dev)"
-  done
-}
 
 # drill_workdir: a temp dir readable by the postgres user (its clusters live
 # below it); sets WORK. The caller's EXIT trap calls drill_cleanup.
@@ -61,7 +51,7 @@ build_service() {
 # seed URL COUNT PREFIX OUT: PUT COUNT new users; every one must be
 # acknowledged and read back. OUT gets one JSON line per write (--writes).
 seed() {
-  "$LOADGEN" --url "$1" --fresh-users --put-ratio 1 --max-requests "$2" --prefix "$3" \
+  "$LOADGEN" run --url "$1" --fresh-users --put-ratio 1 --max-requests "$2" --prefix "$3" \
     --rate 1000 --connections 8 --duration 120 --writes "$4" 2>/dev/null \
     || fail "seeding $2 users through $1"
 }

@@ -38,9 +38,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 load_seconds=16 rate=100 archive_timeout="" save_example=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --load-seconds) load_seconds=${2:?}; shift 2 ;;
-    --rate) rate=${2:?}; shift 2 ;;
-    --archive-timeout) archive_timeout=${2:?}; shift 2 ;;
+    --load-seconds) optarg load_seconds "$@"; shift 2 ;;
+    --rate) optarg rate "$@"; shift 2 ;;
+    --archive-timeout) optarg archive_timeout "$@"; shift 2 ;;
     --save-example) save_example=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -103,7 +103,7 @@ log "base backup $label in $(elapsed "$t_backup" "$t_backup_done")s"
 service_start a "$(app_url "$PORT_A")"
 log "Region A: PostgreSQL 127.0.0.1:$PORT_A, service $(svc_url a)"
 
-"$LOADGEN" --url "$(svc_url a)" --fresh-users --put-ratio 1 --prefix rega --connections 4 --rate "$rate" \
+"$LOADGEN" run --url "$(svc_url a)" --fresh-users --put-ratio 1 --prefix rega --connections 4 --rate "$rate" \
   --timeout-ms 3000 --duration $(( load_seconds + 60 )) --max-failures 1000000 --no-verify \
   --stop-file "$WORK/stop-a" --status "$WORK/load-a.status" --writes "$WORK/load-a.jsonl" \
   >"$WORK/load-a.log" 2>&1 &
@@ -161,7 +161,7 @@ log "Region B answers: first 2xx from /readyz $rto s after the loss"
 # it is not part of the recovery).
 wait "$load_a" || fail "load client of Region A failed: $(tail -n 5 "$WORK/load-a.log")"
 
-"$LOADGEN" --url "$(svc_url b)" --fresh-users --put-ratio 1 --prefix regb --connections 4 --rate "$rate" \
+"$LOADGEN" run --url "$(svc_url b)" --fresh-users --put-ratio 1 --prefix regb --connections 4 --rate "$rate" \
   --duration 3 --status "$WORK/load-b.status" --writes "$WORK/load-b.jsonl" >"$WORK/load-b.log" 2>&1 \
   || fail "load on Region B failed: $(tail -n 5 "$WORK/load-b.log")"
 acked_b=$(load_ok "$WORK/load-b.status")

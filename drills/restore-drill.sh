@@ -27,8 +27,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 backend="" users=3000
 while [ $# -gt 0 ]; do
   case "$1" in
-    --backend) backend=${2:?}; shift 2 ;;
-    --users) users=${2:?}; shift 2 ;;
+    --backend) optarg backend "$@"; shift 2 ;;
+    --users) optarg users "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -89,7 +89,7 @@ log "service on ${SRC_URL/:$PGPASS_URL@/:***@} at $(svc_url src)"
 seed "$(svc_url src)" "$users" seed "$WORK/seed.jsonl"
 
 # 2. PUT traffic that keeps going while the backup runs.
-"$LOADGEN" --url "$(svc_url src)" --fresh-users --put-ratio 1 --prefix load --connections 2 --rate 400 \
+"$LOADGEN" run --url "$(svc_url src)" --fresh-users --put-ratio 1 --prefix load --connections 2 --rate 400 \
   --duration 120 --stop-file "$WORK/stop" --status "$WORK/load.status" --writes "$WORK/load.jsonl" \
   >"$WORK/load.log" 2>&1 &
 load_pid=$!
@@ -138,8 +138,8 @@ log "restored database matches the manifest after the service started: $r_rows r
 # API as from the source service, exact date in the restored rows.
 query "$DST_URL" "SELECT username || '|' || date_of_birth FROM users" >"$WORK/restored.rows"
 acked_load=$(jq -s --argjson t "$t_backup" '[.[] | select(.status == 204 and .t_end < $t)] | length' "$WORK/load.jsonl")
-"$LOADGEN" --url "$(svc_url restored)" --reference "$(svc_url src)" \
-  --check "$WORK/seed.jsonl" --check "$WORK/load.jsonl" --acked-before "$t_backup" \
+"$LOADGEN" check --url "$(svc_url restored)" --reference "$(svc_url src)" \
+  "$WORK/seed.jsonl" "$WORK/load.jsonl" --acked-before "$t_backup" \
   --db-rows "$WORK/restored.rows"
 
 # 7. A non-empty target is refused without --force.

@@ -26,7 +26,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rows=100000 backends=(sqlite postgres)
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rows) rows=${2:?}; shift 2 ;;
+    --rows) optarg rows "$@"; shift 2 ;;
     --backend) case "${2:?}" in both) ;; sqlite|postgres) backends=("$2") ;; *) usage >&2; exit 2 ;; esac; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;

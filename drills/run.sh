@@ -6,14 +6,20 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+# shellcheck source=scripts/lib/runner.sh
+. "$ROOT/scripts/lib/runner.sh"
 
-DRILLS=(
-  "restore-sqlite|drills/restore-drill.sh --backend sqlite"
-  "restore-postgres|drills/restore-drill.sh --backend postgres"
-  "s3|drills/s3-drill.sh"
-  "failover|drills/failover-drill.sh"
-  "region-loss|drills/region-loss-drill.sh"
-  "timing|drills/restore-timing.sh --rows 100000"
+# The drills table, run by the one runner (scripts/lib/runner.sh).
+RUN_NAMES=(restore-sqlite restore-postgres s3 failover region-loss timing)
+RUN_CMDS=(
+  "drills/restore-drill.sh --backend sqlite"
+  "drills/restore-drill.sh --backend postgres"
+  "drills/s3-drill.sh"
+  "drills/failover-drill.sh"
+  "drills/region-loss-drill.sh"
+  "drills/restore-timing.sh --rows 100000"
 )
 
 usage() {
@@ -38,44 +44,29 @@ USAGE
 }
 
 main() {
-  local want=() d name cmd start rc failed=() took
+  local want=() rc=0
   while [ $# -gt 0 ]; do
     case "$1" in
       -h|--help) usage; exit 0 ;;
-      --list) for d in "${DRILLS[@]}"; do echo "${d%%|*}"; done; exit 0 ;;
+      --list) run_list; exit 0 ;;
+      -*) usage_error "unknown option $1" ;;
       *) want+=("$1"); shift ;;
     esac
   done
   # An unknown drill is a usage error, not a run of nothing that "passed".
-  for name in "${want[@]}"; do
-    if ! printf '%s\n' "${DRILLS[@]%%|*}" | grep -qxF -- "$name"; then
-      echo "drills/run.sh: unknown drill '$name' (see --list)" >&2
-      exit 2
-    fi
-  done
+  run_check_names drill "${want[@]}"
   cd "$ROOT"
   export DRILL_RESULTS=${DRILL_RESULTS:-$ROOT/target/drills/results.jsonl}
   mkdir -p "$(dirname "$DRILL_RESULTS")"
   : >"$DRILL_RESULTS"
   if [ -z "${HELLO_BIRTHDAY_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
-    echo "==> cargo build --bin hello-birthday --bin loadgen (a no-op after the test stage)"
+    step "cargo build --bin hello-birthday --bin loadgen (a no-op after the test stage)"
     cargo build --quiet --locked -p hello-birthday -p loadgen --bin hello-birthday --bin loadgen
     export HELLO_BIRTHDAY_BIN=${HELLO_BIRTHDAY_BIN:-$ROOT/target/debug/hello-birthday}
     export LOADGEN_BIN=${LOADGEN_BIN:-$ROOT/target/debug/loadgen}
   fi
 
-  for d in "${DRILLS[@]}"; do
-    name=${d%%|*} cmd=${d#*|}
-    if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $name "* ]]; then continue; fi
-    printf '\n==> drill %s: %s\n' "$name" "$cmd"
-    start=$EPOCHREALTIME
-    rc=0
-    # shellcheck disable=SC2086 # the command line is split on purpose
-    ./$cmd || rc=$?
-    took=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-    printf '<== drill %s: %s in %ss\n' "$name" "$([ "$rc" -eq 0 ] && echo PASS || echo "FAIL (exit $rc)")" "$took"
-    [ "$rc" -eq 0 ] || failed+=("$name")
-  done
+  run_table drill "${want[@]}" || rc=1
 
   echo
   echo "Figures (from $DRILL_RESULTS):"
@@ -91,8 +82,8 @@ main() {
     elif .drill == "timing" then
       "  timing \(.backend): \(.rows) rows, \(.backup_bytes) bytes; backup \(.backup_seconds) s, verified restore \(.restore_seconds) s"
     else tostring end' "$DRILL_RESULTS"
-  if [ ${#failed[@]} -gt 0 ]; then
-    echo "FAILED drills: ${failed[*]}" >&2
+  if [ "$rc" -ne 0 ]; then
+    echo "FAILED drills: ${RUN_FAILED[*]}" >&2
     exit 1
   fi
   echo "all drills passed"

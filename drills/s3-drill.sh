@@ -23,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 users=500
 while [ $# -gt 0 ]; do
   case "$1" in
-    --users) users=${2:?}; shift 2 ;;
+    --users) optarg users "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -91,8 +91,8 @@ restore_seconds=$(elapsed "$t0")
 newest=${manifests[2]##*/}
 grep -q "from ${newest%.manifest.json}\$" <<<"$out" || fail "did not restore the newest complete backup"
 service_start restored "sqlite://$WORK/restored/hb.db"
-"$LOADGEN" --url "$(svc_url restored)" --reference "$(svc_url src)" \
-  --check "$WORK/seed.jsonl" --check "$WORK/morea.jsonl" --check "$WORK/moreb.jsonl" --check "$WORK/morec.jsonl"
+"$LOADGEN" check --url "$(svc_url restored)" --reference "$(svc_url src)" \
+  "$WORK/seed.jsonl" "$WORK/morea.jsonl" "$WORK/moreb.jsonl" "$WORK/morec.jsonl"
 
 # The older kept backup, named by its manifest URL.
 DATABASE_URL="sqlite://$WORK/restored2.db" "$DRILL_ROOT/scripts/restore.sh" --from "${manifests[1]}" >/dev/null

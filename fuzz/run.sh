@@ -4,6 +4,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$HERE/../scripts/lib/common.sh"
 TARGETS=(username date_of_birth put_body)
 
 usage() {
@@ -29,27 +31,22 @@ targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
-    --sanitizer) sanitizer=${2:?--sanitizer needs a value}; shift 2 ;;
+    --seconds) optarg seconds "$@"; shift 2 ;;
+    --sanitizer) optarg sanitizer "$@"; shift 2 ;;
     -*) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
 [ ${#targets[@]} -gt 0 ] || targets=("${TARGETS[@]}")
 
-say() { printf '==> %s\n' "$*"; }
-
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked" >&2
-  exit 1
-fi
+cargo fuzz --version >/dev/null 2>&1 || die "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"
 
 # -Zsanitizer and friends are nightly flags; stable rustc accepts them with
 # RUSTC_BOOTSTRAP=1. Scoped to this process: nothing else is built this way.
 export RUSTC_BOOTSTRAP=1
 cd "$HERE/.."
 
-say "cargo fuzz build (sanitizer=$sanitizer, debug assertions on)"
+step "cargo fuzz build (sanitizer=$sanitizer, debug assertions on)"
 # One build for all targets (the library is compiled once, instrumented).
 if [ ${#targets[@]} -eq ${#TARGETS[@]} ]; then
   cargo fuzz build --sanitizer "$sanitizer" --debug-assertions
@@ -65,7 +62,7 @@ for t in "${targets[@]}"; do
   [ -d "$HERE/corpus/$t" ] || { echo "no seed corpus fuzz/corpus/$t" >&2; exit 1; }
   mkdir -p "$HERE/work/$t" "$HERE/artifacts/$t"
   log="$HERE/work/$t.log"
-  say "fuzz $t for ${seconds}s ($(find "$HERE/corpus/$t" -type f | wc -l) seeds)"
+  step "fuzz $t for ${seconds}s ($(find "$HERE/corpus/$t" -type f | wc -l) seeds)"
   set +e
   # The first corpus dir receives new inputs; the seeds dir is only read.
   cargo fuzz run --sanitizer "$sanitizer" --debug-assertions "$t" \
@@ -82,7 +79,7 @@ for t in "${targets[@]}"; do
   fi
 done
 
-say "summary (${seconds}s per target)"
+step "summary (${seconds}s per target)"
 for t in "${targets[@]}"; do
   printf '  %-14s %12s executions\n' "$t" "${execs[$t]:-?}"
 done

@@ -5,6 +5,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 MON="$ROOT/monitoring"
 cd "$ROOT"
 
@@ -35,8 +37,6 @@ case "${1:-}" in
   *) usage >&2; exit 2 ;;
 esac
 
-step() { printf '\n==> %s\n' "$*"; }
-die() { printf 'monitoring/check.sh: FAIL: %s\n' "$*" >&2; exit 1; }
 
 PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"
@@ -55,7 +55,7 @@ promtool check rules "$MON"/prometheus/rules/*.yml
 step "2. blackbox exporter modules"
 for f in "$MON/prometheus/blackbox.yml" "$MON/tests/blackbox-local.yml"; do
   prometheus-blackbox-exporter --config.check --config.file="$f" >/dev/null 2>&1 \
-    || { prometheus-blackbox-exporter --config.check --config.file="$f" || true; die "invalid $f"; }
+    || { prometheus-blackbox-exporter --config.check --config.file="$f" || true; fail "invalid $f"; }
   echo "  $f: ok"
 done
 

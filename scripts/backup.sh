@@ -8,6 +8,18 @@
 # checksums, storage); sourced, it only defines functions.
 set -euo pipefail
 
+# A backup holds everyone's date of birth: whatever the caller's umask, the
+# files and directories written here are for their owner only (0600, 0700),
+# as the service keeps its own database. restore.sh sources this file, so a
+# restored database is private too (the service refuses to start on one
+# that others can read).
+umask 077
+
+# The shared vocabulary (step, die, usage_error, elapsed) and pg_bin. An
+# installed copy keeps lib/ beside it (deploy/systemd/check.sh installs both).
+# shellcheck source=scripts/lib/pg.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/pg.sh"
+
 HB_MANIFEST_FORMAT="hello-birthday-backup/1"
 HB_NAME_PREFIX="hello-birthday-"
 
@@ -66,9 +78,6 @@ Prints the backup's label on stdout. Restore with restore.sh --pitr.
 USAGE
 }
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
-
 # ------------------------------------------------------------ database URL
 
 # urldecode STRING: %XX escapes of a URL component (a password may hold any
@@ -125,7 +134,7 @@ parse_db_url() {
           sslrootcert) export PGSSLROOTCERT="$value" ;;
           connect_timeout) export PGCONNECT_TIMEOUT="$value" ;;
           application_name) export PGAPPNAME="$value" ;;
-          *) say "ignoring URL parameter $key" ;;
+          *) step "ignoring URL parameter $key" ;;
         esac
       done
       DB_SOURCE="postgres://${PGUSER:+$PGUSER@}${PGHOST:-}${PGPORT:+:$PGPORT}/${PGDATABASE:-}"
@@ -138,12 +147,8 @@ parse_db_url() {
   esac
 }
 
-pg_tool() {
-  local t=$1
-  if [ -n "${PG_BINDIR:-}" ]; then t="$PG_BINDIR/$1"; fi
-  command -v "$t" >/dev/null 2>&1 || die "$1 not found (install postgresql-client, or set PG_BINDIR)"
-  printf '%s\n' "$t"
-}
+# pg_tool NAME: pg_bin, or the script stops.
+pg_tool() { pg_bin "$1" || die "$1 not found (install postgresql-client, or set PG_BINDIR)"; }
 
 # psql_q: run the SQL on stdin; unaligned, tuples only, stop at the first error.
 psql_q() { "$(pg_tool psql)" -X -q -A -t -v ON_ERROR_STOP=1; }
@@ -223,10 +228,14 @@ store_names() {
   fi
 }
 
-# store_ids DEST: IDs of complete backups (with a manifest), oldest first.
-store_ids() {
-  store_names "$1" | sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort
+# manifest_ids: the IDs of the manifests among the names on stdin, oldest
+# first: the one place that knows what a backup ID looks like.
+manifest_ids() {
+  sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort
 }
+
+# store_ids DEST: IDs of complete backups (with a manifest), oldest first.
+store_ids() { store_names "$1" | manifest_ids; }
 
 # store_put FILE DEST NAME: upload, encrypted at rest on S3.
 store_put() {
@@ -283,8 +292,7 @@ store_rm() {
 prune() {
   local dest=$1 keep=$2 names=() ids=() old=() data=() n i name id oldest
   mapfile -t names < <(store_names "$dest")
-  mapfile -t ids < <(printf '%s\n' "${names[@]}" \
-    | sed -n "s/^\\(${HB_NAME_PREFIX}[0-9TZ.]*\\)\\.manifest\\.json\$/\\1/p" | LC_ALL=C sort)
+  mapfile -t ids < <(printf '%s\n' "${names[@]}" | manifest_ids)
   n=${#ids[@]}
   [ "$n" -gt 0 ] || return 0
   for (( i = 0; i < n - keep; i++ )); do old+=("${ids[$i]}"); done
@@ -296,11 +304,11 @@ prune() {
     if [[ "$id" < "$oldest" ]]; then data+=("$name"); fi
   done
   if [ ${#old[@]} -gt 0 ]; then
-    say "retention: deleting ${old[*]} (keeping the $keep newest of $n)"
+    step "retention: deleting ${old[*]} (keeping the $keep newest of $n)"
     store_rm "$dest" "${old[@]/%/.manifest.json}"
   fi
   if [ ${#data[@]} -gt 0 ]; then
-    say "retention: deleting data files ${data[*]}"
+    step "retention: deleting data files ${data[*]}"
     store_rm "$dest" "${data[@]}"
   fi
 }
@@ -395,25 +403,25 @@ backup_pitr() {
   local type=diff started label info
   while [ $# -gt 0 ]; do
     case "$1" in
-      --type) type=${2:?--type needs a value}; shift 2 ;;
-      --config) PITR_CONFIG=${2:?--config needs a value}; shift 2 ;;
-      --stanza) PITR_STANZA=${2:?--stanza needs a value}; shift 2 ;;
-      *) backup_usage >&2; die "unknown argument with --pitr: $1" ;;
+      --type) optarg type "$@"; shift 2 ;;
+      --config) optarg PITR_CONFIG "$@"; shift 2 ;;
+      --stanza) optarg PITR_STANZA "$@"; shift 2 ;;
+      *) usage_error "unknown argument with --pitr: $1" ;;
     esac
   done
-  case "$type" in full|diff|incr) ;; *) die "--type must be full, diff or incr" ;; esac
+  case "$type" in full|diff|incr) ;; *) usage_error "--type must be full, diff or incr" ;; esac
   command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
   pitr_config_check
   started=$EPOCHREALTIME
-  say "pgbackrest stanza-create (stanza $PITR_STANZA; a no-op when it exists)"
+  step "pgbackrest stanza-create (stanza $PITR_STANZA; a no-op when it exists)"
   pgbr --log-level-console=warn stanza-create || die "stanza-create failed (see above)"
-  say "pgbackrest check: archive_command delivers WAL to the repository"
+  step "pgbackrest check: archive_command delivers WAL to the repository"
   pgbr --log-level-console=warn check || die "check failed: WAL does not reach the repository (archive_mode, archive_command?)"
-  say "pgbackrest backup --type=$type"
+  step "pgbackrest backup --type=$type"
   pgbr --log-level-console=warn backup --type="$type" || die "backup failed (see above)"
   info=$(pitr_info)
   label=$(jq -r '.backup[-1].label' <<<"$info")
-  jq -r --arg s "$(elapsed_since "$started")" '.backup[-1] as $b
+  jq -r --arg s "$(elapsed "$started")" '.backup[-1] as $b
     | "==> backup \($b.label) (\($b.type)): \($b.info.size) bytes in the cluster, \($b.info.repository.delta) bytes added to the repository; WAL \($b.archive.start)..\($b.archive.stop); \(.backup | length) backups kept, WAL archive \(.archive[-1].min)..\(.archive[-1].max); \($s) s"' \
     <<<"$info" >&2
   printf '%s\n' "$label"
@@ -431,18 +439,18 @@ backup_main() {
   if [ ${#rest[@]} -lt $# ]; then backup_pitr "${rest[@]}"; return; fi
   while [ $# -gt 0 ]; do
     case "$1" in
-      --database-url) url=${2:?--database-url needs a value}; shift 2 ;;
+      --database-url) optarg url "$@"; shift 2 ;;
       --database-url=*) url=${1#*=}; shift ;;
-      --to) dest=${2:?--to needs a value}; shift 2 ;;
+      --to) optarg dest "$@"; shift 2 ;;
       --to=*) dest=${1#*=}; shift ;;
-      --keep) keep=${2:?--keep needs a value}; shift 2 ;;
+      --keep) optarg keep "$@"; shift 2 ;;
       --keep=*) keep=${1#*=}; shift ;;
       -h|--help) backup_usage; exit 0 ;;
-      *) backup_usage >&2; die "unknown argument: $1" ;;
+      *) usage_error "unknown argument: $1" ;;
     esac
   done
   [ -n "$dest" ] || die "no destination: pass --to DIR|s3://bucket/prefix or set BACKUP_DEST"
-  [ -z "$keep" ] || [[ "$keep" =~ ^[1-9][0-9]*$ ]] || die "--keep must be a positive number"
+  [ -z "$keep" ] || [[ "$keep" =~ ^[1-9][0-9]*$ ]] || usage_error "--keep must be a positive number"
   command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
   parse_db_url "$url"
 
@@ -467,11 +475,11 @@ backup_main() {
   [ "$stage" = "$dest" ] || BACKUP_CLEAN+=("$stage")
   trap 'rm -rf -- "${BACKUP_CLEAN[@]}"' EXIT
 
-  say "backing up $DB_SOURCE ($DB_BACKEND) to $dest as $id"
+  step "backing up $DB_SOURCE ($DB_BACKEND) to $dest as $id"
   if [ "$DB_BACKEND" = postgres ]; then dump_postgres "$data"; else dump_sqlite "$data"; fi
   sha=$(sha256sum -- "$data" | cut -d' ' -f1)
   bytes=$(stat -c %s -- "$data")
-  seconds=$(elapsed_since "$started")
+  seconds=$(elapsed "$started")
 
   local algorithm=$PG_CHECKSUM_ALGORITHM formula=$PG_CHECKSUM_SQL
   if [ "$DB_BACKEND" = sqlite ]; then algorithm=$SQLITE_CHECKSUM_ALGORITHM; formula=$SQLITE_CHECKSUM_SQL; fi
@@ -493,7 +501,7 @@ backup_main() {
   # The data first, the manifest last: a backup is complete only once its
   # manifest is visible.
   if is_s3 "$dest"; then
-    say "uploading $id.$ext ($bytes bytes) and its manifest"
+    step "uploading $id.$ext ($bytes bytes) and its manifest"
     store_put "$data" "$dest" "$id.$ext"
     store_put "$manifest" "$dest" "$id.manifest.json"
   else
@@ -502,7 +510,7 @@ backup_main() {
     mv -- "$manifest" "$dest/$id.manifest.json"
     sync -- "$dest"
   fi
-  say "backup $id: $STAT_ROWS rows, schema v$STAT_SCHEMA, checksum ${STAT_SUM:0:16}..., $bytes bytes in $(elapsed_since "$started") s"
+  step "backup $id: $STAT_ROWS rows, schema v$STAT_SCHEMA, checksum ${STAT_SUM:0:16}..., $bytes bytes in $(elapsed "$started") s"
 
   if [ -n "$keep" ]; then prune "$dest" "$keep"; fi
   if is_s3 "$dest"; then
@@ -512,9 +520,6 @@ backup_main() {
     printf '%s/%s.manifest.json\n' "${dest%/}" "$id"
   fi
 }
-
-# elapsed_since START [END]: seconds between two $EPOCHREALTIME stamps.
-elapsed_since() { awk -v a="$1" -v b="${2:-$EPOCHREALTIME}" 'BEGIN { printf "%.3f\n", b - a }'; }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   backup_main "$@"

@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# Checks that would pass by checking nothing fail instead: the entry points
-# that take stage or drill names refuse an unknown one (exit 2) rather than
-# run nothing and report success, and the alert coverage check refuses empty
-# rule and test folders. Run by the `shellcheck` stage of scripts/ci.sh;
-# runs nothing heavy.
+# Checks that would pass by checking nothing fail instead, and the one
+# exit-code rule of scripts/lib/common.sh holds: every executable script of
+# the repository exits 2 on an unknown option and 0 on --help; the entry
+# points that take stage, drill or step names refuse an unknown one (exit 2)
+# rather than run nothing and report success; the alert coverage check
+# refuses empty rule and test folders. Run by the `shellcheck` stage of
+# scripts/ci.sh; runs nothing heavy (each call is bounded by a timeout).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-usage() {
-  echo "Usage: scripts/check-fail-loud.sh"
-  echo "Checks that scripts/ci.sh and drills/run.sh exit 2 on an unknown name,"
-  echo "and that monitoring/tests/check_rules_coverage.py fails on zero alerts."
-}
-case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+case "${1:-}" in
+  -h|--help) usage_from_header; exit 0 ;;
+  "") ;;
+  *) usage_error "takes no arguments" ;;
+esac
 
 failed=0
 # expect CODE COMMAND...: runs the command, compares its exit status.
 expect() {
   local want=$1 rc=0 err
   shift
-  err=$("$@" 2>&1 >/dev/null) || rc=$?
+  err=$(timeout 60 "$@" 2>&1 >/dev/null </dev/null) || rc=$?
   err=${err//$'\n'/; }  # one line per check, so an expected "FAIL:" stays inside it
   if [ "$rc" -eq "$want" ]; then
     echo "ok: $* -> exit $rc${err:+ ($err)}"
@@ -31,12 +34,26 @@ expect() {
   fi
 }
 
+# Every executable bash script but .ci/run (it takes no arguments and runs
+# the whole suite).
+mapfile -t scripts < <(git ls-files -s | awk '$1 == "100755" { print $4 }' | while read -r f; do
+  head -n1 "$f" | grep -q '^#!/usr/bin/env bash' && printf '%s\n' "$f"; done)
+for f in "${scripts[@]}"; do
+  case $f in .ci/run) continue ;; esac
+  expect 2 "$f" --no-such-option
+  expect 0 "$f" --help
+done
+
 expect 2 scripts/ci.sh no-such-stage
 expect 2 scripts/ci.sh fmt no-such-stage
 expect 0 scripts/ci.sh --list
 expect 2 drills/run.sh no-such-drill
 expect 2 drills/run.sh units no-such-drill
 expect 0 drills/run.sh --list
+expect 2 .github/check.sh no-such-step
+expect 2 scripts/ci.sh --needs no-such-stage
+expect 2 scripts/setup.sh dev --for no-such-stage
+expect 0 scripts/setup.sh dev --dry-run
 
 PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"

@@ -9,6 +9,8 @@
 #   scripts/pg-throwaway.sh destroy DIR    stop at once and delete DIR
 #   scripts/pg-throwaway.sh url DIR [DB]   the superuser URL
 #   scripts/pg-throwaway.sh pid DIR        the postmaster's pid
+#   scripts/pg-throwaway.sh bin NAME       the path of a PostgreSQL program
+#                                          (pg_bin: PG_BINDIR, PATH, Debian's)
 # Durability settings stay at PostgreSQL's defaults unless --set changes them.
 # As root the server runs as the postgres user: DIR's parents need o+x.
 set -euo pipefail
@@ -16,17 +18,16 @@ set -euo pipefail
 # shellcheck source=scripts/lib/pg.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/pg.sh"
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-die() { printf 'pg-throwaway: %s\n' "$*" >&2; exit 2; }
+usage() { usage_from_header; }
 
 cmd_start() {
   local dir=$1 init=() conf=()
   shift
   while [ $# -gt 0 ]; do
     case $1 in
-      --user|--password|--auth-host|--port|--copy-of) [ $# -ge 2 ] || die "$1 needs a value"; init+=("$1" "$2"); shift 2 ;;
-      --set) [[ ${2:-} == *=* ]] || die "--set NAME=VALUE"; conf+=("${2%%=*} = '${2#*=}'"); shift 2 ;;
-      *) die "unknown option for start: $1" ;;
+      --user|--password|--auth-host|--port|--copy-of) [ $# -ge 2 ] || usage_error "$1 needs a value"; init+=("$1" "$2"); shift 2 ;;
+      --set) [[ ${2:-} == *=* ]] || usage_error "--set NAME=VALUE"; conf+=("${2%%=*} = '${2#*=}'"); shift 2 ;;
+      *) usage_error "unknown option for start: $1" ;;
     esac
   done
   if [ ! -d "$dir/data" ]; then
@@ -48,7 +49,8 @@ main() {
   local cmd=${1:-}
   case $cmd in
     -h|--help) usage; exit 0 ;;
-    start|stop|destroy|url|pid) [ $# -ge 2 ] || die "usage: $cmd DIR (see --help)" ;;
+    bin) [ $# -eq 2 ] || usage_error "usage: bin NAME"; pg_bin "$2"; exit ;;
+    start|stop|destroy|url|pid) [ $# -ge 2 ] || usage_error "usage: $cmd DIR (see --help)" ;;
     *) usage >&2; exit 2 ;;
   esac
   local dir=$2
@@ -57,7 +59,7 @@ main() {
     start) cmd_start "$dir" "$@" ;;
     stop)
       local mode=fast
-      if [ "${1:-}" = --mode ]; then mode=${2:?--mode fast|immediate}; fi
+      if [ "${1:-}" = --mode ]; then optarg mode "$@"; fi
       echo "pg-throwaway: stop ($mode) $dir" >&2
       pg_stop "$dir" "$mode" ;;
     destroy) echo "pg-throwaway: destroy $dir" >&2; pg_destroy "$dir" ;;

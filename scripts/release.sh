@@ -53,17 +53,14 @@ USAGE
 # shellcheck source=deploy/container/chroot-check.sh
 . "$ROOT/deploy/container/chroot-check.sh"
 
-step() { printf '==> %s\n' "$*"; }
-die() { printf 'release.sh: %s\n' "$*" >&2; exit 1; }
-
 OUT="$ROOT/target/dist"
 LABEL=""
 SKIP_BUILD=0
 CHECK_REPRO=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) [ $# -ge 2 ] || die "--out needs a directory"; OUT=$2; shift 2 ;;
-    --release) [ $# -ge 2 ] || die "--release needs a label"; LABEL=$2; shift 2 ;;
+    --out) optarg OUT "$@"; shift 2 ;;
+    --release) optarg LABEL "$@"; shift 2 ;;
     --skip-build) SKIP_BUILD=1; shift ;;
     --check-reproducible) CHECK_REPRO=1; shift ;;
     -h|--help) usage; exit 0 ;;

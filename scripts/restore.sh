@@ -65,7 +65,7 @@ record of acknowledged writes (--verify-writes).
   --report FILE        the measured steps (and verification) as JSON
 
 Verification (--verify-writes FILE, with --database-url of the application
-database): FILE holds one JSON line per PUT as tools/loadgen --fresh-users
+database): FILE holds one JSON line per PUT as tools/loadgen run --fresh-users
 --writes records it (user, dob, t_start, t_end, status). Every write
 acknowledged (2xx) before the target time (--to-time; with --latest, every
 one) must be in the users table with its date of birth; a write sent after
@@ -172,7 +172,7 @@ pitr_time() {
 }
 
 # verify_writes FILE TARGET_EPOCH|"": compares the users table (libpq
-# variables from parse_db_url) with a loadgen --writes record. Sets
+# variables from parse_db_url) with a loadgen run --writes record. Sets
 # VERIFY_JSON; returns 1 when the database contradicts the record.
 verify_writes() {
   local file=$1 target=$2 rows
@@ -184,7 +184,7 @@ verify_writes() {
     ($rows | split("\n") | map(select(length > 0) | split("|") | {key: .[0], value: .[1]}) | from_entries) as $db
     | (if $t == "" then null else ($t | tonumber) end) as $t
     | ($w | map(.user) | length) as $n
-    | if ($w | map(.user) | unique | length) != $n then error("the record writes some user twice: it must come from loadgen --fresh-users") else . end
+    | if ($w | map(.user) | unique | length) != $n then error("the record writes some user twice: it must come from loadgen run --fresh-users") else . end
     | ($w | map(select(.status >= 200 and .status < 300))) as $acked
     | ($acked | map(select($t == null or .t_end < $t))) as $want
     | ($want | map(select($db[.user] == null))) as $missing
@@ -216,26 +216,15 @@ pitr_wait_production() {
   local dir=$1 log=$2 deadline state
   deadline=$(( EPOCHSECONDS + $3 ))
   while :; do
-    state=$(as_owner "$(pg_server_tool pg_controldata)" "$dir" | sed -n 's/^Database cluster state: *//p')
+    state=$(as_owner "$(pg_tool pg_controldata)" "$dir" | sed -n 's/^Database cluster state: *//p')
     [ "$state" != "in production" ] || return 0
-    if ! as_owner "$(pg_server_tool pg_ctl)" -D "$dir" status >/dev/null 2>&1; then
+    if ! as_owner "$(pg_tool pg_ctl)" -D "$dir" status >/dev/null 2>&1; then
       tail -n 15 "$log" >&2
       die "PostgreSQL stopped during the replay (server log above: $log)"
     fi
     [ "$EPOCHSECONDS" -lt "$deadline" ] || die "the replay has not ended after $3 s (state: $state; log: $log)"
     sleep 0.1
   done
-}
-
-# pg_server_tool NAME: a server binary (pg_ctl, pg_controldata): PG_BINDIR,
-# PATH, else Debian's /usr/lib/postgresql/N/bin (newest N).
-pg_server_tool() {
-  local p
-  if [ -z "${PG_BINDIR:-}" ] && ! command -v "$1" >/dev/null 2>&1; then
-    p=$(find /usr/lib/postgresql -path "*/bin/$1" 2>/dev/null | sort -V | tail -n1)
-    [ -z "$p" ] || { printf '%s\n' "$p"; return; }
-  fi
-  pg_tool "$1"
 }
 
 as_owner() {
@@ -248,27 +237,27 @@ restore_pitr() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --pitr) shift ;;
-      --to-time) to_time=${2:?--to-time needs a value}; mode="time"; shift 2 ;;
+      --to-time) optarg to_time "$@"; mode="time"; shift 2 ;;
       --latest) latest=1; mode=latest; shift ;;
-      --pg-data) pgdata=${2:?--pg-data needs a value}; shift 2 ;;
-      --config) PITR_CONFIG=${2:?--config needs a value}; shift 2 ;;
-      --stanza) PITR_STANZA=${2:?--stanza needs a value}; shift 2 ;;
-      --set) [[ "${2:-}" == ?*=* ]] || die "--set NAME=VALUE"; sets+=("$2"); shift 2 ;;
+      --pg-data) optarg pgdata "$@"; shift 2 ;;
+      --config) optarg PITR_CONFIG "$@"; shift 2 ;;
+      --stanza) optarg PITR_STANZA "$@"; shift 2 ;;
+      --set) [[ "${2:-}" == ?*=* ]] || usage_error "--set NAME=VALUE"; sets+=("$2"); shift 2 ;;
       --start) start=1; shift ;;
-      --log) log=${2:?--log needs a value}; shift 2 ;;
-      --wait) wait_s=${2:?--wait needs a value}; shift 2 ;;
-      --report) report=${2:?--report needs a value}; shift 2 ;;
-      --verify-writes) writes=${2:?--verify-writes needs a value}; shift 2 ;;
-      *) restore_usage >&2; die "unknown argument with --pitr: $1" ;;
+      --log) optarg log "$@"; shift 2 ;;
+      --wait) optarg wait_s "$@"; shift 2 ;;
+      --report) optarg report "$@"; shift 2 ;;
+      --verify-writes) optarg writes "$@"; shift 2 ;;
+      *) usage_error "unknown argument with --pitr: $1" ;;
     esac
   done
   command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
-  [ -n "$mode" ] || die "--pitr needs --to-time TIME or --latest"
-  [ "$latest" = 0 ] || [ -z "$to_time" ] || die "--to-time and --latest exclude each other"
+  [ -n "$mode" ] || usage_error "--pitr needs --to-time TIME or --latest"
+  [ "$latest" = 0 ] || [ -z "$to_time" ] || usage_error "--to-time and --latest exclude each other"
   [ -z "$to_time" ] || target=$(pitr_time "$to_time")
-  [ -n "$pgdata" ] || die "--pitr needs --pg-data DIR (the new data directory)"
-  [[ "$wait_s" =~ ^[1-9][0-9]*$ ]] || die "--wait must be a positive number of seconds"
-  [ -z "$writes" ] || [ "$start" = 1 ] || die "--verify-writes needs --start (the database must run)"
+  [ -n "$pgdata" ] || usage_error "--pitr needs --pg-data DIR (the new data directory)"
+  [[ "$wait_s" =~ ^[1-9][0-9]*$ ]] || usage_error "--wait must be a positive number of seconds"
+  [ -z "$writes" ] || [ "$start" = 1 ] || usage_error "--verify-writes needs --start (the database must run)"
   [ -z "$writes" ] || [ -f "$writes" ] || die "no write record at $writes"
   [ -z "$writes" ] || parse_db_url "$url"
   pitr_config_check
@@ -291,10 +280,10 @@ restore_pitr() {
     # Normalised to UTC with microseconds, as PostgreSQL reads it.
     to_time=$(date -u -d "@$target" '+%Y-%m-%d %H:%M:%S.%6N+00')
     opts=(--type=time --target="$to_time" --target-action=promote)
-    say "restoring stanza $PITR_STANZA into $pgdata up to $to_time"
+    step "restoring stanza $PITR_STANZA into $pgdata up to $to_time"
   else
     opts=(--type=default)
-    say "restoring stanza $PITR_STANZA into $pgdata up to the end of the WAL archive ($(jq -r '.archive[-1].max' <<<"$info"))"
+    step "restoring stanza $PITR_STANZA into $pgdata up to the end of the WAL archive ($(jq -r '.archive[-1].max' <<<"$info"))"
   fi
 
   local t1 t2 t3 set
@@ -306,20 +295,20 @@ restore_pitr() {
     printf "%s = '%s'\n" "${set%%=*}" "$(printf '%s' "${set#*=}" | sed "s/'/''/g")"
   done | as_owner tee -a "$pgdata/postgresql.auto.conf" >/dev/null
   t1=$EPOCHREALTIME
-  say "files restored in $(elapsed_since "$t0" "$t1") s (repository checks included)"
+  step "files restored in $(elapsed "$t0" "$t1") s (repository checks included)"
   t2=$t1 t3=$t1
   if [ "$start" = 1 ]; then
     log=${log:-$pgdata/pitr-start.log}
-    as_owner "$(pg_server_tool pg_ctl)" -D "$pgdata" -l "$log" -w -t "$wait_s" start </dev/null >/dev/null \
+    as_owner "$(pg_tool pg_ctl)" -D "$pgdata" -l "$log" -w -t "$wait_s" start </dev/null >/dev/null \
       || { tail -n 15 "$log" >&2; die "PostgreSQL did not start on the restored data (log: $log)"; }
     t2=$EPOCHREALTIME
-    say "PostgreSQL up (consistent, replaying) in $(elapsed_since "$t1" "$t2") s"
+    step "PostgreSQL up (consistent, replaying) in $(elapsed "$t1" "$t2") s"
     pitr_wait_production "$pgdata" "$log" "$wait_s"
     t3=$EPOCHREALTIME
-    say "replay done, promoted, accepting writes after $(elapsed_since "$t2" "$t3") s more"
+    step "replay done, promoted, accepting writes after $(elapsed "$t2" "$t3") s more"
   fi
-  printf 'pitr restore time: %s s (restore %s s, start %s s, replay %s s)\n' "$(elapsed_since "$t0" "$t3")" \
-    "$(elapsed_since "$t0" "$t1")" "$(elapsed_since "$t1" "$t2")" "$(elapsed_since "$t2" "$t3")"
+  printf 'pitr restore time: %s s (restore %s s, start %s s, replay %s s)\n' "$(elapsed "$t0" "$t3")" \
+    "$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" "$(elapsed "$t2" "$t3")"
 
   local rc=0
   VERIFY_JSON=null
@@ -328,8 +317,8 @@ restore_pitr() {
     if [ "$mode" = time ] && [ "$(jq .missing <<<"$VERIFY_JSON")" != 0 ]; then rc=1; fi
   fi
   if [ -n "$report" ]; then
-    jq -n --arg mode "$mode" --arg target "$to_time" --argjson restore "$(elapsed_since "$t0" "$t1")" \
-      --argjson start "$(elapsed_since "$t1" "$t2")" --argjson replay "$(elapsed_since "$t2" "$t3")" \
+    jq -n --arg mode "$mode" --arg target "$to_time" --argjson restore "$(elapsed "$t0" "$t1")" \
+      --argjson start "$(elapsed "$t1" "$t2")" --argjson replay "$(elapsed "$t2" "$t3")" \
       --argjson t0 "$t0" --argjson t1 "$t1" --argjson t2 "$t2" --argjson t3 "$t3" --argjson verify "$VERIFY_JSON" \
       '{mode: $mode, target: (if $mode == "time" then $target else null end),
         seconds: {restore: $restore, start: $start, replay: $replay},
@@ -344,10 +333,10 @@ verify_only() {
   shift
   while [ $# -gt 0 ]; do
     case "$1" in
-      --verify-writes) writes=${2:?--verify-writes needs a value}; shift 2 ;;
-      --report) report=${2:?--report needs a value}; shift 2 ;;
-      --to-time) to_time=${2:?--to-time needs a value}; shift 2 ;;
-      *) restore_usage >&2; die "unknown argument with --verify-writes: $1" ;;
+      --verify-writes) optarg writes "$@"; shift 2 ;;
+      --report) optarg report "$@"; shift 2 ;;
+      --to-time) optarg to_time "$@"; shift 2 ;;
+      *) usage_error "unknown argument with --verify-writes: $1" ;;
     esac
   done
   command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
@@ -374,7 +363,7 @@ restore_main() {
   if [ "$pitr" = 1 ] || [ "$verify" = 1 ]; then
     while [ $# -gt 0 ]; do
       case "$1" in
-        --database-url) url=${2:?--database-url needs a value}; shift 2 ;;
+        --database-url) optarg url "$@"; shift 2 ;;
         --database-url=*) url=${1#*=}; shift ;;
         *) rest+=("$1"); shift ;;
       esac
@@ -384,16 +373,16 @@ restore_main() {
   fi
   while [ $# -gt 0 ]; do
     case "$1" in
-      --from) from=${2:?--from needs a value}; shift 2 ;;
+      --from) optarg from "$@"; shift 2 ;;
       --from=*) from=${1#*=}; shift ;;
-      --database-url) url=${2:?--database-url needs a value}; shift 2 ;;
+      --database-url) optarg url "$@"; shift 2 ;;
       --database-url=*) url=${1#*=}; shift ;;
       --force) force=1; shift ;;
       -h|--help) restore_usage; exit 0 ;;
-      *) restore_usage >&2; die "unknown argument: $1" ;;
+      *) usage_error "unknown argument: $1" ;;
     esac
   done
-  [ -n "$from" ] || { restore_usage >&2; die "--from is required"; }
+  [ -n "$from" ] || usage_error "--from is required"
   command -v jq >/dev/null 2>&1 || die "jq not found (apt-get install jq)"
   parse_db_url "$url"
 
@@ -404,7 +393,7 @@ restore_main() {
   RESTORE_CLEAN=("$stage")
   trap 'rm -rf -- "${RESTORE_CLEAN[@]}"' EXIT
 
-  say "restoring $SRC_ID from $SRC_DEST into $DB_SOURCE"
+  step "restoring $SRC_ID from $SRC_DEST into $DB_SOURCE"
   manifest="$stage/$SRC_ID.manifest.json"
   store_get "$SRC_DEST" "$SRC_ID.manifest.json" "$manifest" || die "cannot read the manifest of $SRC_ID"
   local m_backend m_file m_sha m_algo fields
@@ -430,23 +419,23 @@ restore_main() {
   t1=$EPOCHREALTIME
   sha=$(sha256sum -- "$file" | cut -d' ' -f1)
   [ "$sha" = "$m_sha" ] || die "REFUSED: $m_file is corrupt (sha256 $sha, manifest says $m_sha)"
-  say "sha256 of $m_file matches the manifest; expecting $M_ROWS rows, schema v$M_SCHEMA"
+  step "sha256 of $m_file matches the manifest; expecting $M_ROWS rows, schema v$M_SCHEMA"
 
   rows=$(target_rows) || die "cannot inspect the target database"
   if [ "$rows" != 0 ] && [ "$force" != 1 ]; then
     die "REFUSED: the target holds $rows users; pass --force to replace them"
   fi
-  [ "$rows" = 0 ] || say "--force: replacing $rows users"
+  [ "$rows" = 0 ] || step "--force: replacing $rows users"
 
   t2=$EPOCHREALTIME
   if [ "$DB_BACKEND" = postgres ]; then restore_postgres "$file"; else restore_sqlite "$file"; fi
   check_stats "the restored database"
   t3=$EPOCHREALTIME
 
-  say "verified: $STAT_ROWS rows, schema v$STAT_SCHEMA, checksum $STAT_SUM"
+  step "verified: $STAT_ROWS rows, schema v$STAT_SCHEMA, checksum $STAT_SUM"
   printf 'restore time: %s s (fetch %s s, sha256 and target checks %s s, load and verify %s s) for %s rows from %s\n' \
-    "$(elapsed_since "$t0" "$t3")" "$(elapsed_since "$t0" "$t1")" "$(elapsed_since "$t1" "$t2")" \
-    "$(elapsed_since "$t2" "$t3")" "$STAT_ROWS" "$SRC_ID"
+    "$(elapsed "$t0" "$t3")" "$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" \
+    "$(elapsed "$t2" "$t3")" "$STAT_ROWS" "$SRC_ID"
 }
 
 restore_main "$@"

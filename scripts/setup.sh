@@ -2,24 +2,36 @@
 # Prepare a machine for hello-birthday.
 #   setup.sh dev   everything the full test suite and the local stack need
 #   setup.sh dev --for STAGE   only what one stage of scripts/ci.sh needs
+#   setup.sh dev --dry-run     say what it would install and change, change nothing
 #   setup.sh host  provision a Linux server to run the service under systemd
 # Idempotent: every step checks before it changes anything.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/setup.sh dev [--for STAGE] | host [options]
+Usage: scripts/setup.sh dev [--for STAGE] [--dry-run] | host [options]
 
   dev    Install on Debian/Ubuntu what the test suite and the local stack need:
          PostgreSQL server binaries, HAProxy, Prometheus (promtool),
          Alertmanager (amtool), shellcheck, wrk, podman, graphviz, sqlite3,
          and a Python virtualenv (.venv) with cfn-lint, checkov, actionlint,
-         moto, awscli, matplotlib, schemathesis; cargo-deny from crates.io.
-         Then prints tool versions.
+         moto, awscli, matplotlib, schemathesis; cargo-deny and cargo-machete
+         from crates.io.
+         Then prints tool versions. It first prints its plan: the packages
+         it will install, the daemons among them it then disables and stops
+         (PostgreSQL, HAProxy, Prometheus, Alertmanager, the blackbox
+         exporter: the tests start their own throwaway instances; a policy-rc.d
+         keeps them from starting during the install), the rustup components
+         and whether cargo-deny and cargo-machete get compiled. Already-installed packages and
+         their services are left as they are.
          --for STAGE: only what that stage of scripts/ci.sh needs (the hosted
-         CI jobs, one per stage); an unknown stage is an error.
+         CI jobs, one per stage; the table is scripts/ci.sh's, read with
+         `scripts/ci.sh --needs STAGE`); an unknown stage is an error (2).
+         --dry-run: print the plan and the commands, change nothing.
   host   Provision a server (Amazon Linux 2023, Debian, Ubuntu) to run the
          service: system user, directories, env file, hardened systemd unit.
          Options: --binary PATH (install this release binary)
@@ -28,9 +40,6 @@ Environment:
   SETUP_SKIP_APT=1   do not call the package manager (tools already present)
 USAGE
 }
-
-step() { printf '==> %s\n' "$*"; }
-die() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -63,48 +72,62 @@ DEV_PACKAGES=(
   "pgbackrest:pgbackrest"
 )
 
-# What each stage of scripts/ci.sh needs besides Rust: commands of
-# DEV_PACKAGES, "postgres" (the server binaries), "venv" (.venv from
-# requirements-dev.txt), "cargo-deny", "cargo-machete". Every stage has a line, so a new stage
-# without one fails its hosted job instead of running without its tools.
-STAGE_NEEDS=(
-  "fmt|"
-  "clippy|cargo-machete"
-  "shellcheck|shellcheck"
-  "test|postgres openssl strace"
-  "hardening|postgres psql curl venv"
-  "bench-smoke|postgres psql wrk taskset sqlite3 pgrep venv"
-  "monitoring|postgres psql promtool amtool prometheus-blackbox-exporter haproxy socat jq curl openssl venv"
-  "deploy|postgres psql haproxy socat jq curl promtool venv"
-  "systemd|systemd-analyze"
-  "aws|jq dot curl postgres psql openssl venv"
-  "drills|postgres psql jq sqlite3 curl pgbackrest venv"
-  "pipeline|shellcheck jq curl file readelf podman update-ca-certificates venv cargo-deny"
+# Services that packages of DEV_PACKAGES (and the PostgreSQL server) enable
+# and start on install. A dev or CI machine wants none of them running: the
+# tests start their own throwaway instances on free ports.
+DEV_DAEMONS=(
+  "postgresql:postgresql.service"
+  "haproxy:haproxy.service"
+  "prometheus:prometheus.service"
+  "prometheus-alertmanager:prometheus-alertmanager.service"
+  "prometheus-blackbox-exporter:prometheus-blackbox-exporter.service"
 )
 
 CARGO_DENY_VERSION=0.20.2
 CARGO_MACHETE_VERSION=0.9.2
 
-# needs STAGE: the words of its STAGE_NEEDS line; fails for an unknown stage.
-needs() {
-  local s
-  for s in "${STAGE_NEEDS[@]}"; do
-    if [ "${s%%|*}" = "$1" ]; then printf '%s\n' "${s#*|}"; return 0; fi
-  done
-  return 1
+# run CMD...: prints the command, and runs it unless --dry-run.
+DRY_RUN=0
+run() {
+  note "+ $*"
+  [ "$DRY_RUN" = 1 ] || "$@"
+}
+
+# no_daemon_start CMD...: CMD (a package install) with invoke-rc.d told not
+# to start services (policy-rc.d exit 101), so nothing listens before
+# disable_daemons runs. An existing policy-rc.d is the host's: kept.
+no_daemon_start() {
+  local policy=/usr/sbin/policy-rc.d rc=0
+  if [ -e "$policy" ]; then "$@"; return; fi
+  as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 0755 $policy"
+  "$@" || rc=$?
+  as_root rm -f "$policy"
+  return "$rc"
+}
+
+# disable_daemons UNIT...: not enabled at boot, not running. Without systemd
+# as PID 1 (a container, this CI) only the enablement links exist.
+disable_daemons() {
+  [ $# -gt 0 ] && command -v systemctl >/dev/null 2>&1 || return 0
+  if [ -d /run/systemd/system ]; then
+    run as_root systemctl disable --now "$@"
+  else
+    run as_root systemctl --root=/ disable "$@"
+  fi
 }
 
 setup_dev() {
-  local missing=() entry cmd pkg stage="" want="all"
+  local missing=() daemons=() entry cmd pkg stage="" want="all" components=() c
   while [ $# -gt 0 ]; do
     case $1 in
-      --for) stage=${2:?--for STAGE}; shift 2 ;;
-      *) usage >&2; exit 2 ;;
+      --for) optarg stage "$@"; shift 2 ;;
+      --dry-run) DRY_RUN=1; shift ;;
+      *) usage_error "unknown option for dev: $1" ;;
     esac
   done
   if [ -n "$stage" ]; then
-    want=$(needs "$stage") || { printf 'setup.sh: no stage %s (scripts/ci.sh --list)\n' "$stage" >&2; exit 2; }
-    step "installing what the $stage stage needs: ${want:-Rust only}"
+    want=$("$ROOT/scripts/ci.sh" --needs "$stage") || exit $?
+    step "what the $stage stage needs: ${want:-Rust only}"
   fi
   # wanted WORD: is it needed (everything without --for)?
   wanted() { [ "$want" = all ] || [[ " $want " == *" $1 "* ]]; }
@@ -113,20 +136,46 @@ setup_dev() {
     wanted "$cmd" || continue
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
-  # The server binaries: the machine image ships them on PATH; elsewhere the
-  # Debian package provides them under /usr/lib/postgresql/*/bin.
-  if wanted postgres && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # The server programs: on PATH in the machine image; elsewhere the Debian
+  # package provides them under /usr/lib/postgresql/*/bin.
+  if wanted postgres && ! pg_bin initdb >/dev/null 2>&1; then
     missing+=(postgresql)
   fi
+  for entry in "${DEV_DAEMONS[@]}"; do
+    [[ " ${missing[*]} " == *" ${entry%%:*} "* ]] && daemons+=("${entry#*:}")
+  done
+  for c in clippy rustfmt; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || components+=("$c")
+  done
+
+  if [ "$DRY_RUN" = 1 ]; then step "plan (--dry-run: nothing is changed)"; else step "plan"; fi
+  note "Debian packages to install: ${missing[*]:-none}"
+  note "daemons they bring, then disabled and stopped: ${daemons[*]:-none}"
+  note "rustup components to add: ${components[*]:-none}"
+  if wanted venv; then note "Python virtualenv: $ROOT/.venv from requirements-dev.txt"; fi
+  if wanted cargo-deny; then
+    if cargo deny --version >/dev/null 2>&1; then note "cargo-deny: present"
+    else note "cargo-deny $CARGO_DENY_VERSION: cargo install from crates.io (minutes)"; fi
+  fi
+  if wanted cargo-machete; then
+    if cargo machete --version >/dev/null 2>&1; then note "cargo-machete: present"
+    else note "cargo-machete $CARGO_MACHETE_VERSION: cargo install from crates.io"; fi
+  fi
+
   if [ ${#missing[@]} -gt 0 ]; then
     [ "${SETUP_SKIP_APT:-0}" = 1 ] && die "missing packages: ${missing[*]}"
     step "apt-get install ${missing[*]}"
-    as_root apt-get update -qq
-    # Services that packages try to start (haproxy, prometheus) are not wanted
-    # on a dev machine: the tests start their own throwaway instances.
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    run as_root apt-get update -qq
+    run no_daemon_start as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ ${#daemons[@]} -eq 0 ] || step "disabling the services the packages enabled"
+    disable_daemons "${daemons[@]}"
   else
     step "Debian packages already present"
+  fi
+  if [ "$DRY_RUN" = 1 ]; then
+    [ ${#components[@]} -eq 0 ] || run rustup component add "${components[@]}"
+    step "dry run: stopping before the virtualenv, Rust components and cargo-deny"
+    return 0
   fi
 
   if wanted venv; then
@@ -137,7 +186,7 @@ setup_dev() {
     local sum
     sum=$(sha256sum "$ROOT/requirements-dev.txt" | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
-      "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
+      "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$ROOT/requirements-dev.txt"
       echo "$sum" > "$stamp"
     else
       step "Python packages already installed"
@@ -145,7 +194,7 @@ setup_dev() {
   fi
 
   step "Rust components"
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+  [ ${#components[@]} -eq 0 ] || rustup component add "${components[@]}"
 
   # cargo-deny (supply-chain checks) from crates.io; compiling it takes a few
   # minutes once, so an installed one is kept.
@@ -170,7 +219,7 @@ setup_dev() {
   [ "$want" = all ] || { step "ready for the $stage stage"; return 0; }
   step "Versions"
   local pgbin
-  pgbin=$(command -v initdb || find /usr/lib/postgresql -path "*/bin/initdb" | sort | tail -n1)
+  pgbin=$(pg_bin initdb)
   printf '  %-12s %s\n' \
     cargo "$(cargo --version)" \
     postgres "$("$pgbin" --version)" \
@@ -194,12 +243,12 @@ setup_host() {
 }
 
 main() {
-  [ $# -ge 1 ] || { usage; exit 2; }
+  [ $# -ge 1 ] || usage_error "dev or host?"
   case "$1" in
     -h|--help) usage ;;
     dev) shift; setup_dev "$@" ;;
     host) shift; setup_host "$@" ;;
-    *) usage >&2; exit 2 ;;
+    *) usage_error "unknown command $1" ;;
   esac
 }
 

@@ -20,13 +20,17 @@ Environment: SMOKE_TIMEOUT  seconds per request (default 5)
 USAGE
 }
 
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
 case ${1:-} in
   -h|--help) usage; exit 0 ;;
   "") usage >&2; exit 2 ;;
+  -*) usage_error "unknown option $1" ;;
 esac
 BASE=${1%/}
 TIMEOUT=${SMOKE_TIMEOUT:-5}
-for t in curl jq; do command -v "$t" >/dev/null || { echo "smoke: $t is not installed" >&2; exit 1; }; done
+require curl jq
 
 # Letters only (the username rule), random so parallel runs never collide.
 LETTERS=abcdefghijklmnopqrstuvwxyz
@@ -43,7 +47,6 @@ cleanup() {
 trap cleanup EXIT
 
 N=0
-fail() { printf 'smoke: FAIL: %s\n' "$*" >&2; exit 1; }
 pass() { N=$((N + 1)); printf 'smoke: ok   %s\n' "$*"; }
 
 # req METHOD PATH [CONTENT_TYPE BODY]: sets STATUS and CTYPE, body in $BODY.

@@ -4,10 +4,11 @@
 
 use crate::config::Config;
 use crate::http::conn::{self, ConnState, FirstRequestDeadline, MarkStarted, Silent};
-use crate::http::{AppState, Clock, Shared, metrics_router, router, utc_clock};
+use crate::http::{AppState, Clock, MAX_HEAD_BYTES, Shared, metrics_router, router, utc_clock};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::startup::StoreHandle;
+use crate::telemetry::RateLimit;
 use anyhow::Context;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -25,6 +26,54 @@ pub struct Application {
     state: AppState,
     listener: TcpListener,
     metrics_listener: TcpListener,
+    caps: Caps,
+}
+
+/// Open connections each listener accepts at once.
+#[derive(Clone, Copy, Debug)]
+struct Caps {
+    api: usize,
+    metrics: usize,
+}
+
+/// File descriptors kept outside the connection caps, so that neither
+/// listener can take the last ones: the listeners, stdio and the runtime's
+/// own; SQLite's three per connection (file, WAL, shared memory) for a
+/// reader per worker thread and the writer; the PostgreSQL pool; and room
+/// for short-lived ones (/proc reads, a connection accepted only to be
+/// closed at the cap).
+fn reserved_fds(config: &Config) -> usize {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    32 + 3 * (workers + 1) + config.db_pool_size
+}
+
+/// The connection caps within the open-files limit. Every connection is a
+/// file descriptor: with the caps inside the limit an accept never fails
+/// with EMFILE, so the API port can always accept, and at its cap make room
+/// by closing a silent connection instead of leaving the new one (a load
+/// balancer's health check) in the kernel's queue.
+fn connection_caps(config: &Config) -> Caps {
+    let metrics = config.metrics_max_connections.max(1);
+    let wanted = config.max_connections.max(1);
+    #[cfg(unix)]
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map_or(u64::MAX, |(soft, _hard)| soft)
+        .min(usize::MAX as u64) as usize;
+    #[cfg(not(unix))]
+    let limit = usize::MAX;
+    let budget = limit.saturating_sub(reserved_fds(config) + metrics).max(1);
+    if budget < wanted {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = wanted,
+            allowed = budget,
+            "the open-files limit allows fewer API connections than MAX_CONNECTIONS; raise the limit (ulimit -n, LimitNOFILE=) to get them all"
+        );
+    }
+    Caps {
+        api: wanted.min(budget),
+        metrics,
+    }
 }
 
 impl Application {
@@ -38,9 +87,13 @@ impl Application {
         let store = StoreHandle::connect(&config).await?;
         let listener = bind(config.bind_addr, config.port)
             .with_context(|| format!("binding {}:{}", config.bind_addr, config.port))?;
-        let metrics_listener = TcpListener::bind((config.bind_addr, config.metrics_port))
-            .await
-            .with_context(|| format!("binding {}:{}", config.bind_addr, config.metrics_port))?;
+        let metrics_listener =
+            bind(config.metrics_bind_addr, config.metrics_port).with_context(|| {
+                format!(
+                    "binding {}:{}",
+                    config.metrics_bind_addr, config.metrics_port
+                )
+            })?;
         let metrics = Arc::new(Metrics::new(config.release(), store.backend()));
         let state: AppState = Arc::new(Shared {
             store,
@@ -53,11 +106,13 @@ impl Application {
             db_timeout: config.db_timeout(),
             release: config.release().into(),
         });
+        let caps = connection_caps(&config);
         Ok(Self {
             config,
             state,
             listener,
             metrics_listener,
+            caps,
         })
     }
 
@@ -81,7 +136,8 @@ impl Application {
     /// 1. readiness turns 503 at once (the load balancer stops sending),
     /// 2. requests are still served for `drain_seconds` (in-flight balancer
     ///    decisions still arrive), answered with `Connection: close`,
-    /// 3. the listener closes; in-flight requests get `shutdown_timeout_seconds`,
+    /// 3. the listeners close; in-flight requests get `shutdown_timeout_seconds`,
+    ///    and those still running then are cut off (counted and logged as 499),
     /// 4. the store closes (the SQLite writer finishes its batch).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
@@ -89,6 +145,7 @@ impl Application {
             state,
             listener,
             metrics_listener,
+            caps,
         } = self;
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -98,32 +155,48 @@ impl Application {
             release = %state.release,
             version = crate::build::VERSION,
             revision = crate::build::REVISION,
+            max_connections = caps.api,
+            metrics_max_connections = caps.metrics,
             "listening"
         );
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let metrics_server = {
-            let mut stop = stop_rx.clone();
-            let app = metrics_router(state.clone());
-            tokio::spawn(async move {
-                let _ = axum::serve(metrics_listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            })
-        };
-        let graceful = GracefulShutdown::new();
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let first_request = Duration::from_secs(config.first_request_timeout_seconds.max(1));
         let (probe_tx, probe_rx) = mpsc::channel(1);
-        let accept_loop = tokio::spawn(accept_loop(
+        let api = Listener {
+            name: "api",
             listener,
-            state.clone(),
-            config.clone(),
-            graceful,
-            stop_rx,
-            probe_rx,
-        ));
-        // systemd (Type=notify): ready once the accept loop runs; the
+            app: router(state.clone()),
+            max_connections: caps.api,
+            first_request,
+            keep_alive: Some(Duration::from_secs(config.keepalive_seconds.max(1))),
+            trim: true,
+            probes: Some(probe_rx),
+        };
+        // One request per connection: a scraper reconnects at each scrape at
+        // no cost that matters, and a connection is either silent (closed at
+        // the first-request deadline, or for room at the cap) or busy with a
+        // request; none can hold a slot by idling after one.
+        let scrape = Listener {
+            name: "metrics",
+            listener: metrics_listener,
+            app: metrics_router(state.clone()),
+            max_connections: caps.metrics,
+            first_request,
+            keep_alive: None,
+            trim: false,
+            probes: None,
+        };
+        let serving = [api, scrape].map(|l| {
+            tokio::spawn(accept_loop(
+                l,
+                state.metrics.clone(),
+                stop_rx.clone(),
+                abort_rx.clone(),
+            ))
+        });
+        // systemd (Type=notify): ready once the accept loops run; the
         // watchdog is fed only while the service proves it works.
         let notifier = Notifier::from_env().map(Arc::new);
         let watchdog = notifier.as_ref().and_then(|n| {
@@ -154,19 +227,66 @@ impl Application {
         tokio::time::sleep(Duration::from_secs(config.drain_seconds)).await;
 
         let _ = stop_tx.send(true);
-        let graceful = accept_loop.await.context("the accept loop panicked")?;
-        let deadline = Duration::from_secs(config.shutdown_timeout_seconds);
-        match tokio::time::timeout(deadline, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!(
-                timeout_seconds = config.shutdown_timeout_seconds,
-                "connections still open at the shutdown deadline; closing them"
-            ),
+        let mut open = Vec::with_capacity(serving.len());
+        for task in serving {
+            open.push(task.await.context("an accept loop panicked")?);
         }
-        let _ = metrics_server.await;
+        let deadline = Duration::from_secs(config.shutdown_timeout_seconds);
+        let all_closed = futures_util::future::join_all(
+            open.iter_mut()
+                .map(|o| o.graceful.take().expect("set").shutdown()),
+        );
+        match tokio::time::timeout(deadline, all_closed).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_seconds = config.shutdown_timeout_seconds,
+                    "connections still open at the shutdown deadline; closing them"
+                );
+                // Dropping a connection drops its requests, each of which is
+                // counted and logged as 499 on the way out: wait (briefly)
+                // until every connection task has ended.
+                let _ = abort_tx.send(true);
+                let ended = futures_util::future::join_all(open.iter().map(Open::ended));
+                let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+            }
+        }
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// A listener and how its connections are served.
+struct Listener {
+    /// `api` or `metrics`: the `listener` label of the connection metrics.
+    name: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    max_connections: usize,
+    /// How long a new connection may take to send its first request's head.
+    first_request: Duration,
+    /// How long a connection may wait for its next request; `None`: one
+    /// request per connection.
+    keep_alive: Option<Duration>,
+    /// Hand heap back after bursts of connections.
+    trim: bool,
+    /// The watchdog's probes (the API listener's loop answers them).
+    probes: Option<mpsc::Receiver<oneshot::Sender<()>>>,
+}
+
+/// The connections a stopped accept loop leaves open.
+struct Open {
+    graceful: Option<GracefulShutdown>,
+    connections: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Open {
+    /// Resolves when every connection task has ended (freed its permit).
+    async fn ended(&self) {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let _ = self.connections.acquire_many(all).await;
     }
 }
 
@@ -185,45 +305,68 @@ fn bind(ip: std::net::IpAddr, port: u16) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Accepts connections until told to stop; returns the graceful-shutdown
-/// tracker of the connections still open.
+/// At most this many `accept failed` lines a second (each says how many it
+/// left out): an exhausted file table fails every accept, about 20 a second.
+static ACCEPT_LOG: RateLimit = RateLimit::new(1);
+
+/// Accepts connections until told to stop; returns the connections still
+/// open. After `abort`, the remaining connections are dropped.
 async fn accept_loop(
-    listener: TcpListener,
-    state: AppState,
-    config: Config,
-    graceful: GracefulShutdown,
+    serve: Listener,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-    mut probes: mpsc::Receiver<oneshot::Sender<()>>,
-) -> GracefulShutdown {
-    let metrics = state.metrics.clone();
-    let app = router(state);
-    let max_connections = config.max_connections.max(1);
+    abort: watch::Receiver<bool>,
+) -> Open {
+    let Listener {
+        name,
+        listener,
+        app,
+        max_connections,
+        first_request,
+        keep_alive,
+        trim,
+        mut probes,
+    } = serve;
+    let max_connections = max_connections.max(1);
     let connections = Arc::new(Semaphore::new(max_connections));
     let silent = Arc::new(Silent::default());
-    let first_request = Duration::from_secs(config.first_request_timeout_seconds.max(1));
     let peak_open = Arc::new(AtomicUsize::new(0));
-    let trimmer = tokio::spawn(trim_after_bursts(
-        connections.clone(),
-        max_connections,
-        peak_open.clone(),
-        silent.clone(),
-    ));
+    let graceful = GracefulShutdown::new();
+    let trimmer = trim.then(|| {
+        tokio::spawn(trim_after_bursts(
+            connections.clone(),
+            max_connections,
+            peak_open.clone(),
+            silent.clone(),
+        ))
+    });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
+        // A client that half-closes after its request (shutdown(SHUT_WR))
+        // is still answered: without this, hyper drops the request as soon
+        // as it reads the EOF, while its write may already be applied.
+        .half_close(true)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(64);
+    match keep_alive {
         // hyper's header-read timer also runs while a keep-alive connection
         // waits for its next request, so it doubles as the idle timeout and
         // must stay above the load balancer's (60 s). A new connection's
         // first request has its own, shorter deadline (`FirstRequestDeadline`).
-        .header_read_timeout(Duration::from_secs(config.keepalive_seconds.max(1)))
-        .keep_alive(true)
-        .max_buf_size(64 * 1024)
-        .max_headers(64);
+        Some(idle) => http.header_read_timeout(idle).keep_alive(true),
+        None => http.header_read_timeout(first_request).keep_alive(false),
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
             // The watchdog's probe: answered only while this loop is polled.
-            Some(reply) = probes.recv() => {
+            Some(reply) = async {
+                match probes.as_mut() {
+                    Some(p) => p.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let _ = reply.send(());
                 continue;
             }
@@ -232,7 +375,10 @@ async fn accept_loop(
             Ok(conn) => conn,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                metrics.accept_error(name);
+                if let Some(suppressed) = ACCEPT_LOG.allow() {
+                    tracing::warn!(listener = name, error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -250,14 +396,14 @@ async fn accept_loop(
                 {
                     Ok(Ok(permit)) => permit,
                     _ => {
-                        metrics.connection_closed("refused");
+                        metrics.connection_closed(name, "refused");
                         continue;
                     }
                 }
             }
             Err(_) => {
                 // Every connection is in use: closing at once costs the least.
-                metrics.connection_closed("refused");
+                metrics.connection_closed(name, "refused");
                 continue;
             }
         };
@@ -270,6 +416,7 @@ async fn accept_loop(
         let service = MarkStarted::new(TowerToHyperService::new(app.clone()), conn_state.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         let metrics = metrics.clone();
+        let mut abort = abort.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
             let result = loop {
@@ -280,14 +427,22 @@ async fn accept_loop(
                     () = conn_state.evicted() => if !conn_state.started() {
                         break Ok(());
                     },
+                    // Past the shutdown deadline.
+                    _ = abort.wait_for(|a| *a) => break Ok(()),
                 }
             };
-            conn::record(&metrics, conn::classify(&result, &conn_state));
+            conn::record(&metrics, name, conn::classify(&result, &conn_state));
             drop(permit);
         });
     }
-    trimmer.abort();
-    graceful
+    if let Some(trimmer) = trimmer {
+        trimmer.abort();
+    }
+    Open {
+        graceful: Some(graceful),
+        connections,
+        max: max_connections,
+    }
 }
 
 /// Feeds the systemd watchdog while the accept loop answers its probe and,

@@ -108,9 +108,17 @@ pub struct Config {
     #[arg(long, env = "METRICS_PORT", default_value_t = 9464)]
     pub metrics_port: u16,
 
-    /// Address both listeners bind to.
+    /// Address the public API listener binds to.
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
     pub bind_addr: IpAddr,
+
+    /// Address the metrics listener binds to: loopback unless a scraper on another host needs it (0.0.0.0).
+    #[arg(long, env = "METRICS_BIND_ADDR", default_value = "127.0.0.1")]
+    pub metrics_bind_addr: IpAddr,
+
+    /// Open connections to the metrics listener at once (one request each); beyond it the oldest silent one is closed, else the new one.
+    #[arg(long, env = "METRICS_MAX_CONNECTIONS", default_value_t = 8)]
+    pub metrics_max_connections: usize,
 
     /// sqlite://PATH or postgres://user:password@host:port/db (the password is never printed).
     #[arg(

@@ -43,7 +43,11 @@ async fn main() -> ExitCode {
     // The exporter's last batch, off the async workers (it blocks).
     let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            // The requests of the last, partial window are counted too.
+            telemetry::final_summary();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // The whole cause chain, so the operator sees why (no secrets:
             // the database URL is only ever printed redacted).

@@ -44,8 +44,14 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
+struct ListenerReasonLabels {
+    listener: &'static str,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,8 +84,10 @@ pub struct Metrics {
     pub db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pool: Family<StateLabels, Gauge>,
     pool_max: Gauge,
+    erasure_pending: Gauge,
     parse_errors: Family<KindLabels, Counter>,
-    connections_closed: Family<ReasonLabels, Counter>,
+    connections_closed: Family<ListenerReasonLabels, Counter>,
+    accept_errors: Family<ListenerLabels, Counter>,
     hot: Hot,
 }
 
@@ -201,17 +209,29 @@ impl Metrics {
             "Database pool capacity",
             pool_max.clone(),
         );
+        let erasure_pending = Gauge::default();
+        registry.register(
+            "hello_birthday_erasure_pending",
+            "1 while an acknowledged DELETE or date change may still be readable in the SQLite WAL (its checkpoint is blocked by another connection)",
+            erasure_pending.clone(),
+        );
         let parse_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "http_parse_errors",
             "Requests refused by the HTTP parser before routing (hyper answers 400, 414 or 431 itself), by kind",
             parse_errors.clone(),
         );
-        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
         registry.register(
             "http_connections_closed",
-            "Client connections closed or refused by the server, by reason (idle_timeout is normal keep-alive housekeeping)",
+            "Client connections closed or refused by the server, by listener (api, metrics) and reason (idle_timeout is normal keep-alive housekeeping)",
             connections_closed.clone(),
+        );
+        let accept_errors = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_accept_errors",
+            "Failed accept calls by listener (EMFILE and friends); the connection waits in the kernel's queue",
+            accept_errors.clone(),
         );
         Self {
             registry,
@@ -226,8 +246,10 @@ impl Metrics {
             db_duration,
             pool,
             pool_max,
+            erasure_pending,
             parse_errors,
             connections_closed,
+            accept_errors,
             hot: Hot::default(),
         }
     }
@@ -236,9 +258,15 @@ impl Metrics {
         self.parse_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
-    pub fn connection_closed(&self, reason: &'static str) {
+    pub fn connection_closed(&self, listener: &'static str, reason: &'static str) {
         self.connections_closed
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ListenerReasonLabels { listener, reason })
+            .inc();
+    }
+
+    pub fn accept_error(&self, listener: &'static str) {
+        self.accept_errors
+            .get_or_create(&ListenerLabels { listener })
             .inc();
     }
 
@@ -303,6 +331,7 @@ impl Metrics {
             .get_or_create(&StateLabels { state: "in_use" })
             .set(pool.in_use as i64);
         self.pool_max.set(pool.max as i64);
+        self.erasure_pending.set(i64::from(store.erasure_pending()));
 
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)

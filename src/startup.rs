@@ -137,6 +137,10 @@ impl StoreHandle {
         self.store().map(Store::pool_status).unwrap_or_default()
     }
 
+    pub fn erasure_pending(&self) -> bool {
+        self.store().is_ok_and(Store::erasure_pending)
+    }
+
     /// Stops connecting, and closes the store if it is there.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);

@@ -248,6 +248,32 @@ pub fn flush_logs() {
     flush();
 }
 
+/// When the current summary window started; `None` when summaries are off
+/// (or logging is not initialised). The flush thread and `final_summary`
+/// both emit under this lock, so no window is counted twice.
+static SUMMARY_WINDOW: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Emits the summary of the window so far if `every` has passed (or at
+/// once with `Duration::ZERO`) and starts the next window.
+fn summary_due(every: Duration) {
+    let mut window = SUMMARY_WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(started) = *window {
+        if started.elapsed() >= every {
+            SUMMARY.emit(started.elapsed());
+            *window = Some(Instant::now());
+        }
+    }
+}
+
+/// Writes the `request summary` line of the last, partial window (at
+/// shutdown: its requests would otherwise never be summarised) and every
+/// buffered line.
+pub fn final_summary() {
+    summary_due(Duration::ZERO);
+    *SUMMARY_WINDOW.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    flush();
+}
+
 /// Flushes buffered log lines when dropped (at the end of `main`).
 pub struct LogGuard;
 
@@ -295,16 +321,15 @@ pub fn init(config: &Config) -> anyhow::Result<LogGuard> {
         tracing::info!(filter = %level, "RUST_LOG takes precedence over LOG_LEVEL");
     }
     let summary_every = Duration::from_secs(config.log_summary_seconds);
+    if !summary_every.is_zero() {
+        *SUMMARY_WINDOW.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
     std::thread::Builder::new()
         .name("log-flush".into())
         .spawn(move || {
-            let mut last_summary = Instant::now();
             loop {
                 std::thread::sleep(FLUSH_EVERY);
-                if !summary_every.is_zero() && last_summary.elapsed() >= summary_every {
-                    SUMMARY.emit(last_summary.elapsed());
-                    last_summary = Instant::now();
-                }
+                summary_due(summary_every);
                 flush();
             }
         })?;

@@ -187,7 +187,7 @@ impl RequestTrace {
 
     /// The request's future with this trace as its current context, so the
     /// database spans beneath it find their parent.
-    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: Future>(&self, fut: F) -> opentelemetry::context::WithContext<F> {
         use opentelemetry::context::FutureExt as _;
         fut.with_context(self.cx.clone().unwrap_or_default())
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Markdown for the run summary of the production plan: what reviewers
-approve. Every stack's planned changes (from `deploy.sh --plan FILE`), the
+approve. The canary the execution runs before the fleet (or why there is
+none), every stack's planned changes (from `deploy.sh --plan FILE`), the
 provisional ones named as such, and what to try by hand on staging first.
 
 Usage: plan_summary.py PLAN_FILE STAGING_URL [RUN_URL]
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 MANUAL = [
     "open `{url}/healthz` in a browser: `release` is **{version}**",
@@ -25,12 +27,19 @@ MANUAL = [
 ]
 
 
-def render(plan: dict, staging_url: str, run_url: str = "") -> str:
+def render(plan: dict[str, Any], staging_url: str, run_url: str = "") -> str:
     out = [f"## Production plan: release {plan['version']}", ""]
     out.append(f"Planned {plan['createdAt']} for **{plan['environment']}** in {plan['region']}; "
                f"artifact sha256 `{plan['artifactSha256']}`, already published (immutable). "
                "Nothing is executed before approval; the approved job executes exactly these change sets, "
                "or refuses if production changed since this plan.")
+    out.append("")
+    canary = plan.get("canary")
+    if canary and canary["runs"]:
+        out.append(f"**Canary first**: {canary['reason']}. It is compared with **{canary['baseline']}**, the release"
+                   " production runs now; the fleet is changed only after its verdict passes.")
+    elif canary:
+        out.append(f"**No canary**: {canary['reason']}.")
     out.append("")
     out.append("| stack | change set | action | resource | type | replacement |")
     out.append("|---|---|---|---|---|---|")

@@ -3,7 +3,7 @@
 staging_load.py runs against an HTTP server on 127.0.0.1 that answers like
 the service's API (and, on demand, 503 for a share of requests), with a
 scripted `aws` standing in for CloudWatch (moto computes no percentiles).
-plan_summary.py renders a plan as deploy/aws/target.sh writes it.
+plan_summary.py renders a plan as the deploy program (deploy/hbdeploy) writes it.
 """
 
 from __future__ import annotations

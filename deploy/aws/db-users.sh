@@ -89,4 +89,8 @@ PGPASSWORD=$(jq -r .password <<<"$master") PGSSLMODE=${PGSSLMODE:-require} \
   psql -X -q -h "$HOST" -p "$PORT" -U "$(jq -r .username <<<"$master")" -d "$db" \
   -v db="$db" -v owner="${app}_owner" -v app="$app" -v clone="$clone" \
   -f "$ROOT/deploy/aws/sql/app-users.sql"
-echo "db-users: done"
+# The deploy stops before a first app stack until this tag is on the app
+# secret (it reads the secret's metadata, never its value).
+"$AWS" --region "$REGION" secretsmanager tag-resource --secret-id "$app_arn" \
+  --tags "Key=db-users,Value=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "db-users: done (app secret tagged db-users)"

@@ -15,7 +15,7 @@ from diagrams.aws.general import Users
 from diagrams.aws.integration import SNS
 from diagrams.aws.management import Cloudformation, Cloudwatch, CloudwatchAlarm, SystemsManager
 from diagrams.aws.network import ElbApplicationLoadBalancer, Endpoint, NATGateway, Route53
-from diagrams.aws.security import CertificateManager, KMS, SecretsManager
+from diagrams.aws.security import KMS, CertificateManager, SecretsManager
 from diagrams.aws.storage import Backup, SimpleStorageServiceS3
 from diagrams.onprem.ci import GithubActions
 from diagrams.onprem.monitoring import Grafana, Prometheus

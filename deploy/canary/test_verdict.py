@@ -1,10 +1,6 @@
 """Unit tests of the canary verdict with fixed inputs (stdlib unittest):
 python3 -m unittest discover -s deploy/canary"""
 
-import contextlib
-import io
-import os
-import tempfile
 import unittest
 
 import verdict as v
@@ -119,30 +115,54 @@ class HaproxyLogTest(unittest.TestCase):
         self.assertEqual((canary.slow, baseline.slow), (50, 0))
         self.assertEqual(judge(canary, baseline, 3, WINDOW).decision, "fail")
 
-    def test_cli_reads_from_offset(self):
-        head = "\n".join(log_lines("s1", 200, errors=200)) + "\n"
-        tail = "\n".join(log_lines("s1", 200) + log_lines("s2", 2000)) + "\n"
-        with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
-            f.write(head + tail)
-        self.addCleanup(os.unlink, f.name)
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            rc = v.main(["haproxy", "--log", f.name, "--offset", str(len(head)), "--since", "0",
-                         "--canary", "s1", "--elapsed", "60", "--window", "60"])
-        self.assertEqual(rc, 0)
-        self.assertTrue(out.getvalue().startswith("pass "), out.getvalue())
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            v.main(["haproxy", "--log", f.name, "--since", "0", "--canary", "s1", "--elapsed", "5", "--window", "60"])
-        self.assertTrue(out.getvalue().startswith("fail errors"), out.getvalue())
+    def test_a_client_without_an_answer_counts_an_error(self):
+        # Status 0: refused, reset or timed out, as a synthetic probe sees it.
+        canary, baseline = v.groups_from_answers([(True, 0, 5000.0)] * 5 + [(True, 404, 3.0)] * 95
+                                                 + [(False, 404, 3.0)] * 100)
+        self.assertEqual((canary.requests, canary.errors, baseline.errors), (100, 5, 0))
+        self.assertEqual(canary.p99_ms, 3.0)
 
-    def test_cli_figures(self):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            v.main(["figures", "--canary-requests", "600", "--canary-errors", "60", "--canary-p99-ms", "30",
-                    "--baseline-requests", "6000", "--baseline-errors", "2", "--baseline-p99-ms", "30",
-                    "--elapsed", "120", "--window", "300"])
-        self.assertTrue(out.getvalue().startswith("fail errors"), out.getvalue())
+
+def metric_answer(canary, baseline):
+    """GetMetricData answer for (requests, target 5xx, connection errors,
+    p99 seconds) per side; 0 requests: no datapoints at all, as CloudWatch
+    answers for an idle target group."""
+    results = []
+    for side, figures in (("canary", canary), ("baseline", baseline)):
+        for key, val in zip(("requests", "errors", "connection_errors", "p99"), figures):
+            results.append({"Id": f"{side}_{key}", "Values": [] if figures[0] == 0 else [val]})
+    return {"MetricDataResults": results}
+
+
+class CloudWatchTest(unittest.TestCase):
+    def test_connection_errors_count_as_5xx_of_their_side(self):
+        # Connections the load balancer could not open to the canary: its 502/503.
+        canary, baseline = v.parse_cloudwatch(metric_answer((120, 2, 10, 0.020), (1080, 0, 0, 0.019)))
+        self.assertEqual((canary.requests, canary.errors), (120, 12))
+        self.assertEqual(judge(canary, baseline, 60, 300).decision, "fail")
+
+    def test_seconds_are_read_as_milliseconds(self):
+        canary, baseline = v.parse_cloudwatch(metric_answer((150, 0, 0, 0.350), (1350, 0, 0, 0.020)))
+        self.assertEqual((canary.p99_ms, baseline.p99_ms), (350.0, 20.0))
+        self.assertTrue(judge(canary, baseline, 60, 300).line().startswith("fail latency: canary p99 350 ms > 70 ms"))
+
+    def test_no_datapoints_is_no_traffic_not_an_error(self):
+        canary, baseline = v.parse_cloudwatch(metric_answer((0, 0, 0, 0), (0, 0, 0, 0)))
+        self.assertEqual((canary.requests, canary.errors, canary.p99_ms), (0, 0, None))
+        self.assertEqual(judge(canary, baseline, 300, 300).decision, "inconclusive")
+
+    def test_counts_of_several_periods_are_summed(self):
+        answer = metric_answer((60, 6, 0, 0.02), (540, 0, 0, 0.02))
+        for r in answer["MetricDataResults"]:
+            r["Values"] = r["Values"] * 2
+        canary, _ = v.parse_cloudwatch(answer)
+        self.assertEqual((canary.requests, canary.errors), (120, 12))
+
+    def test_an_answer_without_a_query_is_refused(self):
+        answer = metric_answer((300, 0, 0, 0.02), (2700, 0, 0, 0.02))
+        answer["MetricDataResults"] = [r for r in answer["MetricDataResults"] if r["Id"] != "baseline_errors"]
+        with self.assertRaisesRegex(ValueError, "baseline_errors"):
+            v.parse_cloudwatch(answer)
 
 
 if __name__ == "__main__":

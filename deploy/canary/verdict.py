@@ -1,10 +1,11 @@
-#!/usr/bin/env python3
 """Canary verdict: is the new release (the canary) worse than the release it
 replaces (the baseline), judged on what the load balancer saw over the same
 interval?
 
-The one place where a deploy decides. Python standard library only, so it
-runs wherever deploys run (a CI job without the project's virtualenv too).
+The one place where a deploy decides; the deploy program's canary loop
+(deploy/hbdeploy/canary.py) calls judge() on every look, with the figures of
+its metric source: HAProxy's per-request log on the local stack, CloudWatch
+and the synthetic probes on AWS. Standard library only.
 
     fail          the canary's 5xx ratio is above the SLO's error-budget rate
                   AND above the baseline's by more than chance (one-sided
@@ -20,31 +21,14 @@ runs wherever deploys run (a CI job without the project's virtualenv too).
 A failure stops the canary as soon as the evidence is clear (ALPHA is small
 because the deploy looks many times); a pass is only given at the end of the
 window.
-
-Usage:
-  verdict.py haproxy --log FILE [--offset BYTES] --since UNIX_S --canary SLOT
-                     --elapsed S --window S
-      judge HAProxy's per-request log (lines "hb-req <accept unix s> <server>
-      <status> <total ms> <method> <path>", deploy/local/haproxy.cfg.tmpl)
-  verdict.py figures --canary-requests N --canary-errors N --canary-p99-ms MS
-                     --baseline-requests N --baseline-errors N --baseline-p99-ms MS
-                     --elapsed S --window S
-      judge aggregate figures (CloudWatch: counts and p99 per target group)
-  verdict.py cloudwatch --metric-data FILE --elapsed S --window S
-      judge the answer of `aws cloudwatch get-metric-data` (JSON) to the
-      queries deploy/aws/canary.sh asks: ids {canary,baseline}_{requests,
-      errors,p99} (RequestCount, HTTPCode_Target_5XX_Count sums and
-      TargetResponseTime p99 in seconds, per target group)
-
-Prints one line: "<decision> <reason>; <figures>". Exit 0 for every decision
-(the caller acts on the first word), 2 on bad input.
 """
 
-import argparse
-import json
+from __future__ import annotations
+
 import math
-import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # --- thresholds: what a deploy tolerates, and why --------------------------
 
@@ -82,7 +66,7 @@ class Group:
     p99_ms: float | None  # p99 of the answers that were not 5xx
     slow: int | None = None  # answers slower than the latency bound (None: unknown)
 
-    def error_ratio(self):
+    def error_ratio(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
 
@@ -92,11 +76,11 @@ class Verdict:
     reason: str
     figures: str
 
-    def line(self):
+    def line(self) -> str:
         return f"{self.decision} {self.reason}; {self.figures}"
 
 
-def fisher_greater(a, b, c, d):
+def fisher_greater(a: int, b: int, c: int, d: int) -> float:
     """One-sided Fisher exact test on [[a, b], [c, d]]: the probability,
     with the margins fixed, of a first-row count >= a (row 1: canary
     errors/others, row 2: baseline errors/others). Small p: the canary's
@@ -105,7 +89,7 @@ def fisher_greater(a, b, c, d):
     if n1 == 0 or k == 0:
         return 1.0
 
-    def log_choose(x, y):
+    def log_choose(x: int, y: int) -> float:
         return math.lgamma(x + 1) - math.lgamma(y + 1) - math.lgamma(x - y + 1)
 
     denom = log_choose(n, n1)
@@ -118,12 +102,12 @@ def fisher_greater(a, b, c, d):
     return min(1.0, p)
 
 
-def latency_bound(baseline_p99_ms):
+def latency_bound(baseline_p99_ms: float) -> float:
     """Above this p99 the canary is "clearly slower" than the baseline."""
     return max(LATENCY_RATIO * baseline_p99_ms, baseline_p99_ms + LATENCY_MARGIN_MS)
 
 
-def judge(canary, baseline, elapsed_s, window_s):
+def judge(canary: Group, baseline: Group, elapsed_s: float, window_s: float) -> Verdict:
     """The decision after elapsed_s of a window_s canary window."""
     figures = describe(canary, baseline)
     if canary.requests >= MIN_FAIL_REQUESTS and baseline.requests >= MIN_FAIL_REQUESTS:
@@ -141,6 +125,7 @@ def judge(canary, baseline, elapsed_s, window_s):
             bound = latency_bound(baseline.p99_ms)
             if canary.p99_ms > bound:
                 ok_c, ok_b = canary.requests - canary.errors, baseline.requests - baseline.errors
+                p_slow: float | None
                 if canary.slow is None or baseline.slow is None:
                     p_slow, significant = None, canary.requests >= MIN_CANARY_REQUESTS
                 else:
@@ -167,48 +152,36 @@ def judge(canary, baseline, elapsed_s, window_s):
     return Verdict("pass", f"no difference beyond chance after {elapsed_s:.0f} s", figures)
 
 
-def pct(x):
+def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def describe(canary, baseline):
-    def one(name, g):
+def describe(canary: Group, baseline: Group) -> str:
+    def one(name: str, g: Group) -> str:
         p99 = "-" if g.p99_ms is None else f"{g.p99_ms:.0f}ms"
         return f"{name} n={g.requests} 5xx={g.errors} ({pct(g.error_ratio())}) p99={p99}"
 
     return f"{one('canary', canary)} | {one('baseline', baseline)}"
 
 
-def percentile(values, p):
+def percentile(values: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile of a non-empty list (None when empty)."""
     if not values:
         return None
-    values = sorted(values)
-    return values[max(0, math.ceil(p / 100 * len(values)) - 1)]
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def parse_haproxy(lines, canary, since):
-    """(canary, baseline) Groups from HAProxy log lines
-    "hb-req <accept unix s> <server> <status> <total ms> <method> <path>":
-    /hello/ requests accepted at or after `since`; the baseline is every other
-    server (requests no server took, <NOSRV>, count for neither)."""
-    lat = {True: [], False: []}
+def groups_from_answers(answers: Iterable[tuple[bool, int, float]]) -> tuple[Group, Group]:
+    """(canary, baseline) Groups from single answers (is_canary, status,
+    latency ms): status 0 or 5xx is an error (no answer at all counts as one,
+    as a client sees it); slow counts use the baseline's latency bound."""
+    lat: dict[bool, list[float]] = {True: [], False: []}
     req = {True: 0, False: 0}
     err = {True: 0, False: 0}
-    for line in lines:
-        f = line.split()
-        if len(f) < 7 or f[0] != "hb-req" or not f[6].startswith("/hello/"):
-            continue
-        try:
-            ts, status, ms = float(f[1]), int(f[3]), float(f[4])
-        except ValueError:
-            continue
-        # Status -1: the client went away before an answer; nothing to judge.
-        if ts < since or status < 0 or ms < 0 or f[2].startswith("<"):
-            continue
-        side = f[2] == canary
+    for side, status, ms in answers:
         req[side] += 1
-        if status >= 500:
+        if status >= 500 or status == 0:
             err[side] += 1
         else:
             lat[side].append(ms)
@@ -220,73 +193,50 @@ def parse_haproxy(lines, canary, since):
     return groups[0], groups[1]
 
 
-def parse_cloudwatch(doc):
-    """(canary, baseline) Groups from a get-metric-data answer. Counts are
-    summed over the periods returned; a p99 over several periods is their
-    maximum (the exact p99 needs one period over the whole interval, which is
-    what canary.sh asks for). No datapoint: no requests, p99 unknown."""
+def parse_haproxy(lines: Iterable[str], canary: str, since: float) -> tuple[Group, Group]:
+    """(canary, baseline) Groups from HAProxy log lines
+    "hb-req <accept unix s> <server> <status> <total ms> <method> <path>"
+    (deploy/local/haproxy.cfg.tmpl): /hello/ requests accepted at or after
+    `since`; the baseline is every other server (requests no server took,
+    <NOSRV>, count for neither)."""
+
+    def answers() -> Iterable[tuple[bool, int, float]]:
+        for line in lines:
+            f = line.split()
+            if len(f) < 7 or f[0] != "hb-req" or not f[6].startswith("/hello/"):
+                continue
+            try:
+                ts, status, ms = float(f[1]), int(f[3]), float(f[4])
+            except ValueError:
+                continue
+            # Status -1: the client went away before an answer; nothing to judge.
+            if ts < since or status < 0 or ms < 0 or f[2].startswith("<"):
+                continue
+            yield f[2] == canary, status, ms
+
+    return groups_from_answers(answers())
+
+
+def parse_cloudwatch(doc: Mapping[str, Any]) -> tuple[Group, Group]:
+    """(canary, baseline) Groups from a GetMetricData answer to the queries
+    ids {canary,baseline}_{requests,errors,connection_errors,p99}:
+    RequestCount, HTTPCode_Target_5XX_Count and TargetConnectionErrorCount
+    sums, TargetResponseTime p99 in seconds, per target group. A connection
+    the load balancer could not open to a target is a 502/503 the client
+    saw, so it counts as a 5xx of that side. Counts are summed over the
+    periods returned; a p99 over several periods is their maximum (the exact
+    p99 needs one period over the whole interval, which is what the canary
+    loop asks for). No datapoint: no requests, p99 unknown."""
     values = {r["Id"]: [float(v) for v in r.get("Values", [])] for r in doc.get("MetricDataResults", [])}
 
-    def side(name):
-        missing = [k for k in ("requests", "errors", "p99") if f"{name}_{k}" not in values]
+    def side(name: str) -> Group:
+        keys = ("requests", "errors", "connection_errors", "p99")
+        missing = [k for k in keys if f"{name}_{k}" not in values]
         if missing:
-            raise ValueError(f"get-metric-data answer lacks {', '.join(f'{name}_{k}' for k in missing)}")
+            raise ValueError(f"GetMetricData answer lacks {', '.join(f'{name}_{k}' for k in missing)}")
         p99 = values[f"{name}_p99"]
-        return Group(
-            round(sum(values[f"{name}_requests"])),
-            round(sum(values[f"{name}_errors"])),
-            1000 * max(p99) if p99 else None,
-        )
+        requests = round(sum(values[f"{name}_requests"]))
+        errors = round(sum(values[f"{name}_errors"]) + sum(values[f"{name}_connection_errors"]))
+        return Group(max(requests, errors), errors, 1000 * max(p99) if p99 else None)
 
     return side("canary"), side("baseline")
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="source", required=True)
-    h = sub.add_parser("haproxy")
-    h.add_argument("--log", required=True)
-    h.add_argument("--offset", type=int, default=0, help="start reading the log at this byte")
-    h.add_argument("--since", type=float, required=True, help="first accept time (unix s) of the interval")
-    h.add_argument("--canary", required=True, help="HAProxy server name of the canary")
-    g = sub.add_parser("figures")
-    for side in ("canary", "baseline"):
-        g.add_argument(f"--{side}-requests", type=int, required=True)
-        g.add_argument(f"--{side}-errors", type=int, required=True)
-        g.add_argument(f"--{side}-p99-ms", type=float)
-    c = sub.add_parser("cloudwatch")
-    c.add_argument("--metric-data", required=True, help="JSON answer of aws cloudwatch get-metric-data")
-    for p in (h, g, c):
-        p.add_argument("--elapsed", type=float, required=True, help="seconds of the window so far")
-        p.add_argument("--window", type=float, required=True, help="length of the window, seconds")
-    a = ap.parse_args(argv)
-    if a.source == "haproxy":
-        try:
-            with open(a.log, "rb") as f:
-                f.seek(a.offset)
-                text = f.read().decode("utf-8", "replace")
-        except OSError as e:
-            print(f"verdict.py: cannot read {a.log}: {e}", file=sys.stderr)
-            return 2
-        canary, baseline = parse_haproxy(text.splitlines(), a.canary, a.since)
-    elif a.source == "cloudwatch":
-        try:
-            with open(a.metric_data, encoding="utf-8") as f:
-                canary, baseline = parse_cloudwatch(json.load(f))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"verdict.py: cannot use {a.metric_data}: {e}", file=sys.stderr)
-            return 2
-    else:
-        canary = Group(a.canary_requests, a.canary_errors, a.canary_p99_ms)
-        baseline = Group(a.baseline_requests, a.baseline_errors, a.baseline_p99_ms)
-        if min(canary.requests, canary.errors, baseline.requests, baseline.errors) < 0 or (
-            canary.errors > canary.requests or baseline.errors > baseline.requests
-        ):
-            print("verdict.py: counts must be >= 0 and errors <= requests", file=sys.stderr)
-            return 2
-    print(judge(canary, baseline, a.elapsed, a.window).line())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,9 +37,6 @@ Options:
 USAGE
 }
 
-step() { printf '==> %s\n' "$*"; }
-die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
-
 # shellcheck source=deploy/container/chroot-check.sh
 . "$HERE/chroot-check.sh"
 
@@ -49,10 +46,10 @@ SAVE=""
 MAX_BYTES=20000000
 while [ $# -gt 0 ]; do
   case "$1" in
-    --binary) [ $# -ge 2 ] || die "--binary needs a path"; BINARY=$2; shift 2 ;;
-    --tag) [ $# -ge 2 ] || die "--tag needs a name"; TAG=$2; shift 2 ;;
-    --save) [ $# -ge 2 ] || die "--save needs a file"; SAVE=$2; shift 2 ;;
-    --max-bytes) [ $# -ge 2 ] || die "--max-bytes needs a number"; MAX_BYTES=$2; shift 2 ;;
+    --binary) optarg BINARY "$@"; shift 2 ;;
+    --tag) optarg TAG "$@"; shift 2 ;;
+    --save) optarg SAVE "$@"; shift 2 ;;
+    --max-bytes) optarg MAX_BYTES "$@"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac

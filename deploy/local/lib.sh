@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# Shared by deploy/local/stack.sh and deploy/local/target.sh: the state dir
-# layout, the instance list, HAProxy's runtime API and instance lifecycle.
+# The host side of the local stack, shared by deploy/local/stack.sh and the
+# deploy tests: the state dir layout, the instance list, HAProxy's runtime
+# API and the instances' lifecycle. The deploy program (deploy/hbdeploy,
+# target local) calls stack.sh for every instance it starts or stops.
 # Generic helpers come from scripts/lib/ (sourced below).
 #
 # State dir (default .state/local, or STACK_STATE_DIR, or --state-dir):
@@ -9,6 +11,7 @@
 #   releases/LABEL/    hello-birthday binary (+ .sha256) of each release label
 #   haproxy/ pg/ prometheus/ logs/   configs, data and logs of each server
 #   lock               flock(1) target: one mutation of the stack at a time
+#   deploy-record.json the deploy program's own record (rollback targets)
 
 LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$LOCAL_DIR/../.." && pwd)
@@ -89,11 +92,6 @@ install_release() {
   printf '%s  hello-birthday\n' "$got" >"$dir/hello-birthday.sha256"
 }
 
-release_installed() {
-  local dir="$1/releases/$2"
-  [ -x "$dir/hello-birthday" ] && (cd "$dir" && sha256sum --quiet -c hello-birthday.sha256)
-}
-
 # ---- HAProxy runtime API ----------------------------------------------------
 
 haproxy_cmd() {
@@ -111,7 +109,15 @@ haproxy_stat() {
 
 haproxy_status_is() { [ "$(haproxy_stat "$1" "$2" status)" = "$3" ]; }
 
-haproxy_set_state() { haproxy_cmd "$1" "set server be/$2 state $3" >/dev/null; }
+# stack_lock STATE: one mutation of the stack at a time. A caller that holds
+# STATE/lock already (the deploy program, for its whole run) hands it over as
+# fd 9; otherwise it is taken here, waiting up to 60 s.
+stack_lock() {
+  if ! [ /proc/self/fd/9 -ef "$1/lock" ]; then
+    exec 9>"$1/lock"
+  fi
+  flock -w 60 9 || lib_die "another command holds $1/lock"
+}
 
 # ---- instances --------------------------------------------------------------
 
@@ -167,12 +173,4 @@ start_instance() {
 stop_instance() {
   local pid=$1
   stop_pid "$pid" $(( INSTANCE_DRAIN_SECONDS + INSTANCE_SHUTDOWN_SECONDS + 5 ))
-}
-
-# Appends a timeline event (for the deploy timeline chart) when EVENTS_FILE is
-# set: event SLOT EVENT [RELEASE [DETAIL]] (DETAIL: free text without commas).
-event() {
-  [ -n "${EVENTS_FILE:-}" ] && [ "${DRY_RUN:-0}" = 0 ] || return 0
-  [ -s "$EVENTS_FILE" ] || echo "unix_s,slot,event,release,detail" >"$EVENTS_FILE"
-  printf '%s,%s,%s,%s,%s\n' "$(date +%s.%N | cut -c1-17)" "$1" "$2" "${3:-}" "${4:-}" >>"$EVENTS_FILE"
 }

@@ -21,8 +21,21 @@ Commands:
   down      Stop everything and delete the state dir (--keep: keep it).
   status    Show every instance's release, readiness and HAProxy state.
   env       Print stack.env (ports and URLs, KEY=VALUE).
-  start SLOT     Start SLOT again with the release recorded for it (after a crash).
+  start SLOT     Start SLOT with the release recorded for it (after a crash)
+                 and wait until HAProxy's check passes; records its pid.
+                   --release LABEL      start this installed release instead
+                   --ready-timeout SECS /readyz must answer 200 within (60)
+                   --no-lb-wait         do not wait for HAProxy (a drained slot)
+                 On failure the process is stopped and the slot recorded with pid 0.
+  stop SLOT      SIGTERM the slot's process (it drains), wait for its exit
+                 (SIGKILL after drain + shutdown + 5 s); records pid 0.
+  install LABEL BINARY [--sha256 HEX]
+                 Copy BINARY into releases/LABEL/ (refused if LABEL exists
+                 with other bytes; --sha256: the checksum BINARY must have).
   haproxy CMD... Send a command to HAProxy's runtime API (e.g. "show stat").
+
+The deploy program (scripts/deploy.sh --target local) calls start, stop and
+install; it holds STATE/lock for its whole run and hands it over as fd 9.
 
 Options:
   --state-dir DIR   default: $STACK_STATE_DIR or .state/local in the repository
@@ -33,6 +46,7 @@ USAGE
 }
 
 step() { printf '==> %s\n' "$*"; }
+usage_error() { printf 'stack.sh: %s\n' "$*" >&2; exit 2; }
 
 require_tools() {
   local t missing=()
@@ -82,25 +96,13 @@ PY
   haproxy -c -q -f "$STATE/haproxy/haproxy.cfg" || lib_die "generated HAProxy config is invalid"
 }
 
-# Prometheus config: the monitoring generator (with the alert rules) when it
-# is in the tree, else a minimal scrape config of the instances.
+# Prometheus config: the monitoring generator, with the alert rules.
 render_prometheus() {
-  local targets=() slot mport out="$STATE/prometheus/prometheus.yml"
+  local targets=() slot mport
   while read -r slot _ mport _; do targets+=("127.0.0.1:$mport"); done < <(instances "$STATE")
   mkdir -p "$STATE/prometheus"
-  local gen="$REPO_ROOT/monitoring/prometheus/render-local-config.sh"
-  if [ -x "$gen" ]; then
-    "$gen" --out "$out" --rules-dir "$REPO_ROOT/monitoring/prometheus/rules" "${targets[@]}"
-  else
-    {
-      echo "# Minimal scrape config (monitoring/prometheus/render-local-config.sh not present)."
-      echo "global: {scrape_interval: 2s, evaluation_interval: 2s}"
-      echo "scrape_configs:"
-      echo "  - job_name: hello-birthday"
-      echo "    static_configs:"
-      echo "      - targets: [$(printf '"%s", ' "${targets[@]}" | sed 's/, $//')]"
-    } >"$out"
-  fi
+  "$REPO_ROOT/monitoring/prometheus/render-local-config.sh" --out "$STATE/prometheus/prometheus.yml" \
+    --rules-dir "$REPO_ROOT/monitoring/prometheus/rules" "${targets[@]}"
 }
 
 cmd_up() {
@@ -129,8 +131,7 @@ cmd_up() {
     cmd_down
   fi
   mkdir -p "$STATE/logs" "$STATE/releases"
-  exec 9>"$STATE/lock"
-  flock -w 30 9 || lib_die "another command holds $STATE/lock"
+  stack_lock "$STATE"
   STATE=$(cd "$STATE" && pwd)
 
   local ports i=0
@@ -266,20 +267,72 @@ cmd_status() {
 }
 
 cmd_start() {
-  local slot=${1:-} rel pid
-  [ -n "$slot" ] || lib_die "usage: stack.sh start SLOT"
+  local slot="" rel="" timeout=60 lb_wait=1 pid
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --release) rel=${2:?--release needs a label}; shift 2 ;;
+      --ready-timeout) timeout=${2:?--ready-timeout needs seconds}; shift 2 ;;
+      --no-lb-wait) lb_wait=0; shift ;;
+      -*) usage_error "unknown option for start: $1" ;;
+      *) [ -z "$slot" ] || usage_error "start takes one SLOT"; slot=$1; shift ;;
+    esac
+  done
+  [ -n "$slot" ] || usage_error "usage: stack.sh start SLOT [--release LABEL] [--ready-timeout SECS] [--no-lb-wait]"
+  [[ $timeout =~ ^[0-9]+$ ]] || usage_error "--ready-timeout must be whole seconds"
   load_stack_env "$STATE"
-  exec 9>"$STATE/lock"
-  flock -w 60 9 || lib_die "another command holds $STATE/lock"
+  stack_lock "$STATE"
   pid=$(instance_field "$STATE" "$slot" pid)
   [ -n "$pid" ] || lib_die "no slot $slot"
-  if instance_alive "$pid" "$(instance_field "$STATE" "$slot" port)"; then step "$slot already running (pid $pid)"; return 0; fi
-  rel=$(instance_field "$STATE" "$slot" release)
-  step "starting $slot on release $rel"
-  pid=$(start_instance "$STATE" "$slot" "$rel" 60) || lib_die "$slot did not become ready"
+  if [ -z "$rel" ]; then
+    rel=$(instance_field "$STATE" "$slot" release)
+    if instance_alive "$pid" "$(instance_field "$STATE" "$slot" port)"; then step "$slot already running (pid $pid)"; return 0; fi
+  fi
+  lib_log "starting $slot on release $rel"
+  if ! pid=$(start_instance "$STATE" "$slot" "$rel" "$timeout"); then
+    set_instance "$STATE" "$slot" 0 "$rel"
+    lib_die "$slot did not become ready on release $rel"
+  fi
   set_instance "$STATE" "$slot" "$pid" "$rel"
-  wait_until 10 haproxy_status_is "$STATE" "$slot" UP || lib_die "HAProxy does not see $slot UP"
+  [ "$lb_wait" = 1 ] || { lib_log "$slot up (pid $pid)"; return 0; }
+  if ! wait_until 10 haproxy_status_is "$STATE" "$slot" UP; then
+    stop_instance "$pid"
+    set_instance "$STATE" "$slot" 0 "$rel"
+    lib_die "HAProxy does not see $slot UP; stopped it"
+  fi
   step "$slot up (pid $pid), HAProxy: UP"
+}
+
+cmd_stop() {
+  local slot=${1:-} pid port t0
+  if [ -z "$slot" ] || [ $# -ne 1 ]; then usage_error "usage: stack.sh stop SLOT"; fi
+  load_stack_env "$STATE"
+  stack_lock "$STATE"
+  pid=$(instance_field "$STATE" "$slot" pid)
+  port=$(instance_field "$STATE" "$slot" port)
+  [ -n "$port" ] || lib_die "no slot $slot"
+  if instance_alive "$pid" "$port"; then
+    t0=$(date +%s%N)
+    stop_instance "$pid"
+    pid_gone "$pid" || lib_die "$slot: pid $pid does not exit"
+    printf '    %s: pid %s exited %d ms after SIGTERM\n' "$slot" "$pid" $(( ($(date +%s%N) - t0) / 1000000 ))
+  fi
+  set_instance "$STATE" "$slot" 0 "$(instance_field "$STATE" "$slot" release)"
+}
+
+cmd_install() {
+  local label=${1:-} binary=${2:-} sha=""
+  [ $# -ge 2 ] || usage_error "usage: stack.sh install LABEL BINARY [--sha256 HEX]"
+  shift 2
+  case "${1:-}" in
+    --sha256) sha=${2:?--sha256 needs a checksum} ;;
+    "") ;;
+    *) usage_error "unknown option for install: $1" ;;
+  esac
+  [ -f "$binary" ] || lib_die "no binary at $binary"
+  load_stack_env "$STATE"
+  stack_lock "$STATE"
+  install_release "$STATE" "$label" "$binary" "$sha"
+  lib_log "release $label installed in $STATE/releases/$label"
 }
 
 main() {
@@ -302,6 +355,8 @@ main() {
     status) cmd_status ;;
     env) load_stack_env "$STATE"; cat "$STATE/stack.env" ;;
     start) cmd_start "${args[@]}" ;;
+    stop) cmd_stop "${args[@]}" ;;
+    install) cmd_install "${args[@]}" ;;
     haproxy) load_stack_env "$STATE"; haproxy_cmd "$STATE" "${args[*]}" ;;
     *) usage >&2; exit 2 ;;
   esac

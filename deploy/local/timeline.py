@@ -2,7 +2,7 @@
 """Deploy timeline chart from the data the deploy tests record.
 
 Inputs:
-  --requests CSV  loadgen --csv: start_unix_s,latency_ms,method,status,server,error,kind
+  --requests CSV  loadgen run --csv: start_unix_s,latency_ms,method,status,server,error,kind
   --events CSV    deploy.sh --events: unix_s,slot,event,release[,detail] (events:
                   drain, stopped, starting, started, ready, failed, rollback;
                   canary-start, canary-check, canary-pass, canary-fail,

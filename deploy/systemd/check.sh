@@ -14,6 +14,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 # systemd rates 0-10: below 2 "OK", below 5 "MEDIUM", above 9 "UNSAFE".
 MAX_EXPOSURE=2.0
 
@@ -25,7 +27,6 @@ UNIT=hello-birthday.service
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 PASSED=0
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 ok() { PASSED=$((PASSED + 1)); printf '  ok  %s\n' "$*"; }
 
 # exposure UNIT_FILE: systemd-analyze's score must not exceed MAX_EXPOSURE; the
@@ -41,6 +42,7 @@ exposure() {
   fi
   ok "$(printf '%s\n' "$out" | grep -o 'Overall exposure level.*') (limit $MAX_EXPOSURE)"
 }
+# install-host.sh reports its steps on stderr (scripts/lib/common.sh): the logs keep both.
 
 echo "==> install-host.sh --root $TMP/root"
 # verify resolves the unit's dependencies (sysinit.target, ...) in the root.
@@ -48,7 +50,7 @@ mkdir -p "$TMP/root/usr/lib/systemd"
 cp -r /usr/lib/systemd/system "$TMP/root/usr/lib/systemd/"
 printf '#!/bin/sh\necho hello-birthday test binary\n' >"$TMP/hello-birthday"
 chmod +x "$TMP/hello-birthday"
-"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/first.log"
+"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/first.log" 2>&1
 sed 's/^/  | /' "$TMP/first.log"
 for f in etc/systemd/system/$UNIT etc/hello-birthday/env etc/hello-birthday/database-url usr/local/bin/hello-birthday; do
   [ -f "$TMP/root/$f" ] || fail "/$f not installed"
@@ -95,7 +97,7 @@ ok "env file and database-url mode 0600"
 echo "DATABASE_URL=postgres://edited-by-operator" >>"$TMP/root/etc/hello-birthday/env"
 chmod 0644 "$TMP/root/etc/hello-birthday/env"
 before=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)
-"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/second.log"
+"$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/second.log" 2>&1
 after=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)
 [ "$before" = "$after" ] || fail "a second run changed files: $(diff <(echo "$before") <(echo "$after") || true)"
 grep -q "edited-by-operator" "$TMP/root/etc/hello-birthday/env" || fail "a re-run overwrote the env file"
@@ -108,7 +110,7 @@ echo "==> operating systems"
 mkdir -p "$TMP/al2023/etc" "$TMP/other/etc"
 printf 'NAME="Amazon Linux"\nID="amzn"\nID_LIKE="fedora"\nVERSION_ID="2023"\nPRETTY_NAME="Amazon Linux 2023"\n' \
   >"$TMP/al2023/etc/os-release"
-"$HERE/install-host.sh" --root "$TMP/al2023" >"$TMP/al.log" || { cat "$TMP/al.log" >&2; fail "install-host.sh failed on Amazon Linux 2023"; }
+"$HERE/install-host.sh" --root "$TMP/al2023" >"$TMP/al.log" 2>&1 || { cat "$TMP/al.log" >&2; fail "install-host.sh failed on Amazon Linux 2023"; }
 grep -q "Amazon Linux 2023" "$TMP/al.log" || fail "Amazon Linux 2023 not recognised"
 printf 'ID=plan9\n' >"$TMP/other/etc/os-release"
 if "$HERE/install-host.sh" --root "$TMP/other" >/dev/null 2>&1; then fail "install-host.sh accepted an unsupported OS"; fi
@@ -126,6 +128,7 @@ mkdir -p "$R/usr/lib/systemd" "$R/bin"
 cp -r /usr/lib/systemd/system "$R/usr/lib/systemd/"
 cp /bin/sh "$R/bin/sh"
 install -D -m 0755 "$ROOT/scripts/backup.sh" "$ROOT/scripts/restore.sh" -t "$R/usr/local/lib/hello-birthday/"
+install -D -m 0644 "$ROOT/scripts/lib/common.sh" "$ROOT/scripts/lib/pg.sh" -t "$R/usr/local/lib/hello-birthday/lib/"
 install -D -m 0644 "$HERE"/hello-birthday-backup.{service,timer} -t "$R/etc/systemd/system/"
 if ! out=$(systemd-analyze --root="$R" verify /etc/systemd/system/hello-birthday-backup.{service,timer} 2>&1) \
   || [ -n "$out" ]; then

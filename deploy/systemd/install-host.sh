@@ -6,6 +6,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$HERE/../../scripts/lib/common.sh"
 
 usage() {
   cat <<'USAGE'
@@ -31,17 +33,14 @@ USAGE
 BINARY="" ROOTDIR="" START=1
 while [ $# -gt 0 ]; do
   case $1 in
-    --binary) BINARY=${2:?--binary needs a path}; shift 2 ;;
-    --root) ROOTDIR=${2:?--root needs a directory}; shift 2 ;;
+    --binary) optarg BINARY "$@"; shift 2 ;;
+    --root) optarg ROOTDIR "$@"; shift 2 ;;
     --no-start) START=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
 done
 
-step() { printf '==> %s\n' "$*"; }
-note() { printf '    %s\n' "$*"; }
-die() { printf 'install-host.sh: %s\n' "$*" >&2; exit 1; }
 
 SERVICE_USER=hello-birthday
 UNIT=hello-birthday.service

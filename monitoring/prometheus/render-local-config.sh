@@ -24,34 +24,35 @@ Prints the file it wrote; idempotent (same arguments, same file).
 USAGE
 }
 
-die() { printf 'render-local-config.sh: %s\n' "$*" >&2; exit 2; }
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/common.sh"
 
 out="" rules="" interval=1s self="" am="" blackbox="" probe=""
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --out) out=${2:?--out needs a file}; shift 2 ;;
-    --rules-dir) rules=${2:?--rules-dir needs a directory}; shift 2 ;;
-    --interval) interval=${2:?--interval needs a duration}; shift 2 ;;
-    --self) self=${2:?--self needs host:port}; shift 2 ;;
-    --alertmanager) am=${2:?--alertmanager needs host:port}; shift 2 ;;
-    --blackbox) blackbox=${2:?--blackbox needs host:port}; shift 2 ;;
-    --probe) probe=${2:?--probe needs a URL}; shift 2 ;;
-    -*) die "unknown option $1 (see --help)" ;;
+    --out) optarg out "$@"; shift 2 ;;
+    --rules-dir) optarg rules "$@"; shift 2 ;;
+    --interval) optarg interval "$@"; shift 2 ;;
+    --self) optarg self "$@"; shift 2 ;;
+    --alertmanager) optarg am "$@"; shift 2 ;;
+    --blackbox) optarg blackbox "$@"; shift 2 ;;
+    --probe) optarg probe "$@"; shift 2 ;;
+    -*) usage_error "unknown option $1" ;;
     *) targets+=("$1"); shift ;;
   esac
 done
-[ -n "$out" ] || die "--out is required"
-[ -n "$rules" ] || die "--rules-dir is required"
+[ -n "$out" ] || usage_error "--out is required"
+[ -n "$rules" ] || usage_error "--rules-dir is required"
 [ -d "$rules" ] || die "rules dir $rules does not exist"
-[ ${#targets[@]} -gt 0 ] || die "give at least one TARGET (host:metrics_port)"
+[ ${#targets[@]} -gt 0 ] || usage_error "give at least one TARGET (host:metrics_port)"
 { [ -n "$blackbox" ] && [ -n "$probe" ]; } || { [ -z "$blackbox" ] && [ -z "$probe" ]; } \
-  || die "--blackbox and --probe go together"
+  || usage_error "--blackbox and --probe go together"
 for t in "${targets[@]}" ${self:+"$self"} ${am:+"$am"} ${blackbox:+"$blackbox"}; do
-  [[ "$t" =~ ^[A-Za-z0-9._-]+:[0-9]+$ ]] || die "not host:port: $t"
+  [[ "$t" =~ ^[A-Za-z0-9._-]+:[0-9]+$ ]] || usage_error "not host:port: $t"
 done
-[[ "$interval" =~ ^[0-9]+(ms|s|m)$ ]] || die "not a duration: $interval"
+[[ "$interval" =~ ^[0-9]+(ms|s|m)$ ]] || usage_error "not a duration: $interval"
 rules=$(cd "$rules" && pwd)
 
 quote_list() { local s=""; for t in "$@"; do s+="\"$t\", "; done; printf '[%s]' "${s%, }"; }

@@ -9,6 +9,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 CONFIG="$ROOT/monitoring/alertmanager/alertmanager.yml"
 
 usage() {
@@ -22,9 +24,6 @@ USAGE
 }
 case "${1:-}" in -h|--help) usage; exit 0 ;; "") ;; *) usage >&2; exit 2 ;; esac
 
-step() { printf '==> %s\n' "$*"; }
-info() { printf '    %s\n' "$*"; }
-die() { printf 'alertmanager-check: FAIL: %s\n' "$*" >&2; exit 1; }
 
 PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"
@@ -37,8 +36,8 @@ amtool check-config "$CONFIG" | sed 's/^/    /'
 route_is() {
   local want=$1; shift
   amtool config routes test --config.file="$CONFIG" --verify.receivers="$want" "$@" >/dev/null 2>&1 \
-    || die "labels $* are not routed to $want"
-  info "$* -> $want"
+    || fail "labels $* are not routed to $want"
+  note "$* -> $want"
 }
 route_is page severity=page alertname=SLOAvailabilityBurnRate1h slo=availability
 route_is page severity=page alertname=DatabaseUnavailable
@@ -74,7 +73,7 @@ t = {
 }
 yaml.safe_dump(t, open(dst, "w"))
 PY
-amtool check-config "$WORK/alertmanager.yml" >/dev/null || die "the test copy of the config is invalid"
+amtool check-config "$WORK/alertmanager.yml" >/dev/null || fail "the test copy of the config is invalid"
 prometheus-alertmanager --config.file="$WORK/alertmanager.yml" --storage.path="$WORK/data" \
   --web.listen-address="127.0.0.1:$AM_PORT" --cluster.listen-address="" >"$WORK/am.log" 2>&1 &
 AM_PID=$!
@@ -105,10 +104,10 @@ expect() {
   while true; do
     got=$(curl -fs "$AM/api/v2/alerts" | jq -r --arg n "$name" '.[] | select(.labels.alertname == $n) | .status.state')
     [ "$got" = "$want" ] && break
-    [ $SECONDS -lt $deadline ] || die "$name is ${got:-missing}, expected $want"
+    [ $SECONDS -lt $deadline ] || fail "$name is ${got:-missing}, expected $want"
     sleep 0.2
   done
-  info "$(printf '%-28s %s' "$name" "$want")"
+  note "$(printf '%-28s %s' "$name" "$want")"
 }
 step "inhibition"
 expect SLOAvailabilityBurnRate1h active

@@ -37,9 +37,6 @@ case "${1:-}" in
   *) usage >&2; exit 2 ;;
 esac
 
-step() { printf '==> %s\n' "$*"; }
-info() { printf '    %s\n' "$*"; }
-die() { printf 'live-check: FAIL: %s\n' "$*" >&2; exit 1; }
 
 PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"
@@ -59,7 +56,7 @@ done
 [ -x "$BIN" ] || missing+=("$BIN (cargo build --bin hello-birthday)")
 [ -x "$LOADGEN" ] || missing+=("$LOADGEN (cargo build -p loadgen)")
 # A missing tool is a failure, never a skip: this check is the proof.
-[ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (scripts/setup.sh dev)"
+[ ${#missing[@]} -eq 0 ] || fail "missing: ${missing[*]} (scripts/setup.sh dev)"
 
 WORK=$(mktemp -d /tmp/monitoring-live.XXXXXX)
 # The stack runs PostgreSQL as the postgres user, who must reach the dir.
@@ -83,14 +80,14 @@ trap cleanup EXIT
 wait_for() {
   local secs=$1 what=$2 start=$EPOCHREALTIME
   shift 2
-  wait_until "$secs" "$@" || die "$what: not true within ${secs}s"
-  info "$what ($(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s)"
+  wait_until "$secs" "$@" || fail "$what: not true within ${secs}s"
+  note "$what ($(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s)"
 }
 
 # ---------------------------------------------------------------- the stack
 step "local stack: PostgreSQL, 2 instances, HAProxy (deploy/local/stack.sh)"
 "$STACK" up --state-dir "$WORK/stack" --instances 2 --no-prometheus >"$WORK/stack-up.log" 2>&1 \
-  || { tail -n 20 "$WORK/stack-up.log" >&2; die "the local stack did not come up"; }
+  || { tail -n 20 "$WORK/stack-up.log" >&2; fail "the local stack did not come up"; }
 # shellcheck disable=SC1091
 . "$WORK/stack/stack.env"
 API_URLS=() METRICS=()
@@ -98,7 +95,7 @@ while read -r _slot port mport _; do
   API_URLS+=("http://127.0.0.1:$port")
   METRICS+=("127.0.0.1:$mport")
 done < <(grep -v '^#' "$WORK/stack/instances")
-info "HAProxy $HAPROXY_URL, instances ${API_URLS[*]}, metrics ${METRICS[*]}"
+note "HAProxy $HAPROXY_URL, instances ${API_URLS[*]}, metrics ${METRICS[*]}"
 
 step "TLS endpoint with a 7-day certificate, blackbox exporter"
 openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=127.0.0.1 \
@@ -153,8 +150,8 @@ wait_for 30 "all 5 scrape targets up (2 instances, prometheus, blackbox probe, b
 step "load through HAProxy, then the recording rules must have values"
 # PUT 204, GET 200 (greeting checked), GET of unknown users 404 and invalid
 # names 400 (--invalid-ratio), DELETE 204 (--cleanup); any other answer fails.
-"$LOADGEN" --url "$HAPROXY_URL" --duration 6 --rate 200 --connections 4 --invalid-ratio 0.3 --cleanup \
-  2>"$WORK/loadgen-up.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-up.log" >&2; die "traffic through HAProxy failed"; }
+"$LOADGEN" run --url "$HAPROXY_URL" --duration 6 --rate 200 --connections 4 --invalid-ratio 0.3 --cleanup \
+  2>"$WORK/loadgen-up.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-up.log" >&2; fail "traffic through HAProxy failed"; }
 wait_for 20 "job:up:sum == 2" holds 'job:up:sum{job="hello-birthday"} == 2'
 wait_for 20 "job:hello_birthday_instances_ready:sum == 2" holds 'job:hello_birthday_instances_ready:sum{job="hello-birthday"} == 2'
 wait_for 20 "job_route:http_requests:rate5m{route=/hello/{username}} > 0" \
@@ -167,14 +164,14 @@ wait_for 20 "p99 latency of /hello recorded" \
   holds 'job_route:http_request_duration_seconds:quantile_rate5m{quantile="0.99",route="/hello/{username}"} > 0'
 wait_for 20 "db query p99 recorded" holds 'job_operation:db_query_duration_seconds:p99_rate5m{operation="upsert"} > 0'
 wait_for 20 "probe_success == 1 for the TLS endpoint" holds 'probe_success{job="blackbox"} == 1'
-info "rates: /hello $(query 'job_route:http_requests:rate5m{route="/hello/{username}"}') req/s," \
+note "rates: /hello $(query 'job_route:http_requests:rate5m{route="/hello/{username}"}') req/s," \
   "p99 $(query 'job_route:http_request_duration_seconds:quantile_rate5m{quantile="0.99",route="/hello/{username}"}') s," \
   "slow ratio $(query 'job:slo_latency_errors:ratio_rate5m')"
 # The certificate alert's `for` is 1h: pending is what it can reach here.
 wait_for 20 "CertificateExpiringSoon pending for the 7-day certificate" test "$(alert_state CertificateExpiringSoon)" = pending
-[ -z "$(alert_state DatabaseUnavailable)" ] || die "DatabaseUnavailable active while the database is up"
-[ -z "$(alert_state ServiceDown)" ] || die "ServiceDown active while both instances are up"
-info "active alerts: $(active_alerts)"
+[ -z "$(alert_state DatabaseUnavailable)" ] || fail "DatabaseUnavailable active while the database is up"
+[ -z "$(alert_state ServiceDown)" ] || fail "ServiceDown active while both instances are up"
+note "active alerts: $(active_alerts)"
 i=0
 for m in "${METRICS[@]}"; do
   i=$((i + 1))
@@ -192,26 +189,26 @@ for g in yaml.safe_load(open(sys.argv[1]))["groups"]:
             print(int(n) * {"s": 1, "m": 60, "h": 3600}[u])
 PY
 )
-[ -n "$FOR_SECONDS" ] || die "DatabaseUnavailable has no \`for\` in cause-alerts.yml"
-pg_stop "${PG_DATA%/data}" fast >"$WORK/pg-stop.log" 2>&1 || die "pg_ctl stop failed"
+[ -n "$FOR_SECONDS" ] || fail "DatabaseUnavailable has no \`for\` in cause-alerts.yml"
+pg_stop "${PG_DATA%/data}" fast >"$WORK/pg-stop.log" 2>&1 || fail "pg_ctl stop failed"
 # Requests straight to the instances (HAProxy stops routing to unready ones):
 # each fails in the database, so db_errors_total and the 503s show up; an
 # invalid name is still 400 (checked before the database).
 lg_urls=()
 for u in "${API_URLS[@]}"; do lg_urls+=(--url "$u"); done
-"$LOADGEN" "${lg_urls[@]}" --duration 2 --rate 100 --connections 4 --invalid-ratio 0.3 --accept-status 503 \
-  --no-verify 2>"$WORK/loadgen-down.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-down.log" >&2; die "traffic during the outage failed"; }
+"$LOADGEN" run "${lg_urls[@]}" --duration 2 --rate 100 --connections 4 --invalid-ratio 0.3 --accept-status 503 \
+  --no-verify 2>"$WORK/loadgen-down.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-down.log" >&2; fail "traffic during the outage failed"; }
 wait_for "$FOR_SECONDS" "DatabaseUnavailable pending (its for: ${FOR_SECONDS}s)" \
   test "$(alert_state DatabaseUnavailable)" = pending
 wait_for 20 "5xx now burn the availability SLO (ratio_rate5m > 0)" holds 'job:slo_availability_errors:ratio_rate5m > 0'
-info "availability error ratio (5m): $(query 'job:slo_availability_errors:ratio_rate5m')"
-info "active alerts: $(active_alerts)"
+note "availability error ratio (5m): $(query 'job:slo_availability_errors:ratio_rate5m')"
+note "active alerts: $(active_alerts)"
 i=0
 for m in "${METRICS[@]}"; do
   i=$((i + 1))
   curl -fs "http://$m/metrics" >"$WORK/metrics-down-$i.txt"
 done
-grep -q '^db_errors_total{' "$WORK"/metrics-down-*.txt || die "no db_errors_total sample after the database stopped"
+grep -q '^db_errors_total{' "$WORK"/metrics-down-*.txt || fail "no db_errors_total sample after the database stopped"
 curl -fs "$PROM/api/v1/label/__name__/values" >"$WORK/prometheus-names.json"
 
 # --------------------------------------------------------------- queries
@@ -234,10 +231,10 @@ sed -e 's/http_requests_in_flight/http_requests_inflight/' -e 's|route=\\"/hello
   "$MON/grafana/dashboards/hello-birthday.json" >"$WORK/bad-dashboards/bad.json"
 check_args[1]="$WORK/bad-dashboards"
 if "$PY" "$MON/tests/check_queries.py" --rules-dir "$MON/prometheus/rules" "${check_args[@]}" >"$WORK/bad.out" 2>&1; then
-  die "check_queries.py accepted a broken dashboard"
+  fail "check_queries.py accepted a broken dashboard"
 fi
-grep -q 'http_requests_inflight is neither exported' "$WORK/bad.out" || die "the renamed metric was not reported"
-grep -q 'route="/hello/{user}"} matches no scraped sample' "$WORK/bad.out" || die "the wrong route was not reported"
-info "rejected, as it should: $(grep -c '^FAIL' "$WORK/bad.out") problems reported"
+grep -q 'http_requests_inflight is neither exported' "$WORK/bad.out" || fail "the renamed metric was not reported"
+grep -q 'route="/hello/{user}"} matches no scraped sample' "$WORK/bad.out" || fail "the wrong route was not reported"
+note "rejected, as it should: $(grep -c '^FAIL' "$WORK/bad.out") problems reported"
 
 step "live check passed"

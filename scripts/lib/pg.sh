@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# A throwaway PostgreSQL cluster: the one place (with the Rust test support in
-# tests/api/support.rs) that runs initdb. Everything about a cluster lives in
+# PostgreSQL for the scripts: pg_bin, the one place that finds its programs,
+# and throwaway clusters, the one place (with the Rust test support in
+# tests/api/support.rs) that runs initdb; Python callers reach both through
+# scripts/pg-throwaway.sh (scripts/lib/pg_throwaway.py wraps it). Everything about a cluster lives in
 # its directory DIR, so any process can drive it through
 # scripts/pg-throwaway.sh:
 #   DIR/data/     the cluster (initdb), DIR/server.log, DIR/initdb.log
@@ -13,13 +15,21 @@
 # shellcheck source=scripts/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-# pg_bin NAME: a server binary (initdb, pg_ctl, postgres, pg_basebackup). On
-# PATH in the image; Debian's package keeps them in /usr/lib/postgresql/N/bin.
+# pg_bin NAME: the path of a PostgreSQL program, server (initdb, pg_ctl,
+# postgres, pg_basebackup, pg_controldata) or client (psql, pg_dump,
+# pg_restore): the one place that looks for them. In $PG_BINDIR when that is
+# set (and only there), else on PATH, else in Debian's
+# /usr/lib/postgresql/N/bin (the newest N), where the server package keeps
+# them. Python callers ask `scripts/pg-throwaway.sh bin NAME`.
 pg_bin() {
   local p
+  if [ -n "${PG_BINDIR:-}" ]; then
+    [ -x "$PG_BINDIR/$1" ] || { echo "PostgreSQL program $1 not in PG_BINDIR=$PG_BINDIR" >&2; return 1; }
+    printf '%s\n' "$PG_BINDIR/$1"; return
+  fi
   if p=$(command -v "$1" 2>/dev/null); then printf '%s\n' "$p"; return; fi
   p=$(find /usr/lib/postgresql -path "*/bin/$1" 2>/dev/null | sort -V | tail -n1)
-  [ -n "$p" ] || { echo "PostgreSQL binary $1 not found (run scripts/setup.sh dev)" >&2; return 1; }
+  [ -n "$p" ] || { echo "PostgreSQL program $1 not found (PG_BINDIR, PATH, /usr/lib/postgresql/*/bin; scripts/setup.sh dev installs it)" >&2; return 1; }
   printf '%s\n' "$p"
 }
 
@@ -156,7 +166,7 @@ pg_psql() {
   local dir=$1; shift
   (
     pg_env "$dir" || exit 1
-    psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$PG_PORT" -U "$PG_USER" "$@"
+    "$(pg_bin psql)" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$PG_PORT" -U "$PG_USER" "$@"
   )
 }
 

@@ -277,17 +277,23 @@ fn parse_kind(e: &hyper::Error) -> &'static str {
     .unwrap_or("other")
 }
 
-/// Counts a connection's ending and logs parse rejections, at most
-/// `LOG_PER_SECOND` lines a second (a flood of bad requests must not flood
-/// the log); the next line says how many were left out.
-pub fn record(metrics: &Metrics, ending: Ending) {
+/// Counts a connection's ending (by listener, `api` or `metrics`) and logs
+/// parse rejections, at most `LOG_PER_SECOND` lines a second (a flood of
+/// bad requests must not flood the log); the next line says how many were
+/// left out.
+pub fn record(metrics: &Metrics, listener: &'static str, ending: Ending) {
     match ending {
         Ending::Normal => {}
-        Ending::Closed(reason) => metrics.connection_closed(reason),
+        Ending::Closed(reason) => metrics.connection_closed(listener, reason),
         Ending::Rejected(kind) => {
             metrics.parse_error(kind);
             if let Some(suppressed) = LOG_LIMIT.allow() {
-                tracing::warn!(kind, suppressed, "request refused by the HTTP parser");
+                tracing::warn!(
+                    listener,
+                    kind,
+                    suppressed,
+                    "request refused by the HTTP parser"
+                );
             }
         }
     }

@@ -30,6 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// Largest request head (request line and headers), as `openapi.yaml`
+/// documents: hyper refuses a longer one that arrives in pieces (its read
+/// buffer fills up first), `observe` one that arrived in a single read.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Today's date, injected so tests can pin any day. Production reads the UTC
 /// calendar date.
 pub type Clock = Arc<dyn Fn() -> time::Date + Send + Sync>;
@@ -201,8 +206,10 @@ fn amzn_trace_root(header: &[u8]) -> Option<&[u8]> {
 
 /// Framing that a proxy in front could read differently from us (RFC 9112
 /// 3.2 and 6.1): no Host on HTTP/1.1, two Hosts, a Transfer-Encoding other
-/// than `chunked` alone (hyper would apply `chunked` and ignore the rest).
-/// A client's malformed request: 400, never 501.
+/// than `chunked` alone (hyper would apply `chunked` and ignore the rest),
+/// and two Content-Types (the first would win here, the last elsewhere: the
+/// same request 415 or accepted depending on the order). A client's
+/// malformed request: 400, never 501.
 fn ambiguous_framing(req: &Request) -> Option<&'static str> {
     let headers = req.headers();
     let mut hosts = headers.get_all(header::HOST).iter();
@@ -212,6 +219,14 @@ fn ambiguous_framing(req: &Request) -> Option<&'static str> {
             return Some("an HTTP/1.1 request needs a Host header");
         }
         _ => {}
+    }
+    if headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Some("more than one Content-Type header");
     }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
@@ -272,23 +287,61 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The size of a request head as it came on the wire (request line, header
+/// lines, the blank line), give or take the spaces around header values.
+fn head_bytes(req: &Request) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+/// hyper's own answer to a head over its buffer, given to a head over
+/// `MAX_HEAD_BYTES` that arrived whole: the same bare 431 and close, the
+/// same count, whatever the segmentation.
+fn head_too_large(st: &AppState) -> Response {
+    st.metrics.parse_error("head_too_large");
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
+    if head_bytes(&req) > MAX_HEAD_BYTES {
+        return head_too_large(&st);
+    }
     let method = method_label(req.method());
     let route = route_label(req.extensions().get::<MatchedPath>());
     let id = request_id(req.headers());
     let trace = RequestTrace::start(req.headers(), method, route);
+    let pending = Pending {
+        st,
+        method,
+        route,
+        id: Some(id),
+        trace: Some(trace),
+        started: Instant::now(),
+    };
+    let st = pending.st.clone();
 
     if let Some(why) = ambiguous_framing(&req) {
-        let resp = ApiError::AmbiguousRequest(why).into_response();
-        return finish(&st, resp, method, route, id, trace, started);
+        return pending.finish(ApiError::AmbiguousRequest(why).into_response());
     }
     // In flight from here: a request waiting for its body is being served,
     // though it holds no slot.
     let _in_flight = InFlight::new(&st.metrics.in_flight);
     let req = match buffer_body(req, st.body_timeout).await {
         Ok(req) => req,
-        Err(e) => return finish(&st, e.into_response(), method, route, id, trace, started),
+        Err(e) => return pending.finish(e.into_response()),
     };
 
     // Health checks are never shed: under overload the instance is busy, not
@@ -299,8 +352,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
             Ok(p) => Some(p),
             Err(_) => {
                 st.metrics.shed.inc();
-                let resp = ApiError::Overloaded.into_response();
-                return finish(&st, resp, method, route, id, trace, started);
+                return pending.finish(ApiError::Overloaded.into_response());
             }
         }
     } else {
@@ -309,7 +361,11 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 
     let outcome = tokio::time::timeout(
         st.request_timeout,
-        AssertUnwindSafe(trace.scope(next.run(req))).catch_unwind(),
+        AssertUnwindSafe(match &pending.trace {
+            Some(trace) => trace.scope(next.run(req)),
+            None => unreachable!("the trace is taken only when the request is counted"),
+        })
+        .catch_unwind(),
     )
     .await;
     drop(permit);
@@ -322,44 +378,77 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         }
         Err(_elapsed) => ApiError::Timeout.into_response(),
     };
-    finish(&st, resp, method, route, id, trace, started)
+    pending.finish(resp)
 }
 
-fn finish(
-    st: &AppState,
-    resp: Response,
+/// nginx's status for a request whose answer never went out because the
+/// connection went first: "client closed request".
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A request from the moment it reaches `observe` until it is counted.
+/// Every way out counts it once in `http_requests_total` and gives it to
+/// the request log: `finish` with the answer's status, or, when hyper
+/// drops the request unanswered (the connection reset under it, or cut
+/// off at the shutdown deadline), `Drop` with 499. Its write may have
+/// been applied all the same: the 499 line is its trace.
+struct Pending {
+    st: AppState,
     method: &'static str,
     route: &'static str,
-    id: HeaderValue,
-    trace: RequestTrace,
+    /// Taken by `finish`; still here when dropped unanswered.
+    id: Option<HeaderValue>,
+    /// Taken when the request is counted, which ends its span.
+    trace: Option<RequestTrace>,
     started: Instant,
-) -> Response {
-    let mut resp = problem_for_bare_405(resp);
-    let status = resp.status().as_u16();
-    let h = resp.headers_mut();
-    // A JSON API: never sniff, never cache (answers depend on the day).
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if st.draining.load(Ordering::Relaxed) {
-        // Tell keep-alive clients (the load balancer) to reconnect elsewhere.
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+impl Pending {
+    fn record(&mut self, status: u16, id: &HeaderValue) {
+        let elapsed = self.started.elapsed();
+        let trace = self.trace.take();
+        self.st
+            .metrics
+            .observe_request(self.method, self.route, status, elapsed);
+        crate::telemetry::request_line(
+            id.to_str().unwrap_or(""),
+            self.method,
+            self.route,
+            status,
+            elapsed.as_micros() as u64,
+            trace.as_ref().and_then(RequestTrace::trace_id),
+        );
+        if let Some(trace) = trace {
+            trace.finish(status);
+        }
     }
-    let elapsed = started.elapsed();
-    st.metrics.observe_request(method, route, status, elapsed);
-    crate::telemetry::request_line(
-        id.to_str().unwrap_or(""),
-        method,
-        route,
-        status,
-        elapsed.as_micros() as u64,
-        trace.trace_id(),
-    );
-    trace.finish(status);
-    h.insert("x-request-id", id);
-    resp
+
+    fn finish(mut self, resp: Response) -> Response {
+        let mut resp = problem_for_bare_405(resp);
+        let status = resp.status().as_u16();
+        let h = resp.headers_mut();
+        // A JSON API: never sniff, never cache (answers depend on the day).
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.st.draining.load(Ordering::Relaxed) {
+            // Tell keep-alive clients (the load balancer) to reconnect elsewhere.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let id = self.id.take().expect("finished once");
+        self.record(status, &id);
+        resp.headers_mut().insert("x-request-id", id);
+        resp
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.record(CLIENT_CLOSED_REQUEST, &id);
+        }
+    }
 }
 
 /// axum answers a method a route lacks with a bare 405 and an `Allow`

@@ -14,17 +14,31 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    description: "users",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "vacuum erased rows",
+        sql: include_str!("../../migrations/sqlite/0002_vacuum_erased_rows.sql"),
+    },
+];
 
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    description: "users",
-    sql: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users",
+        sql: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "vacuum erased rows",
+        sql: include_str!("../../migrations/postgres/0002_vacuum_erased_rows.sql"),
+    },
+];
 
 /// The highest version applied, in either dialect.
 pub const CURRENT_VERSION_SQL: &str = "SELECT coalesce(max(version), 0) FROM schema_migrations";

@@ -146,6 +146,15 @@ impl Store {
         }
     }
 
+    /// Whether an acknowledged erasure may still be readable in the live
+    /// SQLite files (PostgreSQL: never tracked, see docs/security.md).
+    pub fn erasure_pending(&self) -> bool {
+        match self {
+            Self::Sqlite(s) => s.erasure_pending(),
+            Self::Postgres(_) => false,
+        }
+    }
+
     /// Stops background work (the SQLite writer) and closes connections.
     pub async fn close(&self) {
         match self {

@@ -15,6 +15,22 @@
 //! Several processes may open one file (rolling deploys on one host): WAL
 //! allows one writer and many readers, `busy_timeout` serialises writers, and
 //! migrations take the write lock (`BEGIN IMMEDIATE`).
+//!
+//! Erasure: a DELETE, or a PUT that changes a stored date, leaves no readable
+//! copy of the old value in the live files once it is answered. The writer
+//! runs with `secure_delete` (freed cells and pages are zeroed, so the new
+//! page images carry no trace of the old row), and after committing a batch
+//! that erased something it checkpoints with truncation: the new pages
+//! overwrite the old ones in the database file and the WAL, whose older
+//! frames still hold the old pages, is emptied. Only then are the erasing
+//! requests answered (the others in the batch are answered at the commit).
+//! A checkpoint that another connection's long read transaction blocks (a
+//! backup's snapshot) is retried every second until it completes; meanwhile
+//! `hello_birthday_erasure_pending` is 1.
+//!
+//! Files: the database holds personal data, so its directory and files are
+//! created for the service's user only, whatever the umask, and a start on
+//! files that others may read is refused ([`private_files`]).
 
 use super::migrations::{self, Migration, SQLITE};
 use super::{PoolStatus, StoreError};
@@ -24,8 +40,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Writes that may wait for the writer; beyond it callers wait on `send`
@@ -33,6 +49,12 @@ use tokio::sync::{mpsc, oneshot};
 const QUEUE_DEPTH: usize = 4096;
 /// Upper bound on one transaction, so one batch never holds the write lock long.
 const MAX_BATCH: usize = 512;
+/// How long the erasure checkpoint waits for readers and other writers. Our
+/// own reads take microseconds; a backup's snapshot can take minutes, and
+/// the writer must not stall every write behind it.
+const ERASURE_BUSY: Duration = Duration::from_millis(100);
+/// Retry interval of an erasure checkpoint that could not complete.
+const ERASURE_RETRY: Duration = Duration::from_secs(1);
 
 /// `sqlite://data/x.db` (relative) or `sqlite:///abs/x.db` to a path.
 pub fn path_from_url(url: &str) -> Option<PathBuf> {
@@ -69,6 +91,8 @@ struct Inner {
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     timeout: Duration,
     readers: AtomicUsize,
+    /// An acknowledged erasure may still be readable in the WAL.
+    erasure_pending: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -96,6 +120,109 @@ fn classify(err: rusqlite::Error) -> StoreError {
         _ => StoreError::Internal,
     };
     kind(Arc::new(err))
+}
+
+/// Makes the database's directory and files private to the service's user,
+/// whatever the umask, and refuses files that other users can reach.
+///
+/// - A missing directory is created 0700; a missing database file 0600
+///   before SQLite opens it, so the `-wal` and `-shm` files, which SQLite
+///   creates with the database file's mode, are 0600 too.
+/// - An existing database, `-wal`, `-shm` or `-journal` file with any
+///   permission for group or others stops the start: the error names the
+///   file, its mode and the fix.
+/// - An existing directory that group or others may write stops it too:
+///   they could replace the database or plant a `-wal` file for SQLite to
+///   replay. One that others may only list or enter is reported with a
+///   warning: the files' own mode keeps their contents private.
+#[cfg(unix)]
+pub fn private_files(path: &Path) -> anyhow::Result<()> {
+    use anyhow::{Context, bail};
+    use std::fs::{DirBuilder, OpenOptions, Permissions};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        // Exactly 0700: a umask may only take bits away, including ours.
+        std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
+    }
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "the directory {} of the SQLite database can be written by other users (mode {mode:04o}): \
+             they could replace or plant database files. Use a directory of the service's own \
+             (chmod 700 {}) or let the service create one",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if mode & 0o005 != 0 {
+        tracing::warn!(
+            directory = %dir.display(),
+            mode = format!("{mode:04o}"),
+            "other users can list the SQLite database's directory (names and sizes, not contents); chmod 700 it to hide them"
+        );
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => std::fs::set_permissions(path, Permissions::from_mode(0o600))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    for file in companion_files(path) {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} can be read or written by other users (mode {mode:04o}) and holds personal data: \
+                 make the database files private (chmod 600 {}*) and start again",
+                file.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn private_files(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+/// The database file and the files SQLite keeps beside it.
+fn companion_files(path: &Path) -> [PathBuf; 4] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [
+        path.to_owned(),
+        with("-wal"),
+        with("-shm"),
+        with("-journal"),
+    ]
 }
 
 fn configure(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
@@ -154,9 +281,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 impl SqliteStore {
     pub fn open(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
+        private_files(path)?;
         let mut conn = Connection::open(path)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -165,12 +290,23 @@ impl SqliteStore {
             "could not enable WAL (got {mode})"
         );
         configure(&conn, timeout)?;
+        // Zero what a DELETE or an UPDATE frees, in the pages this
+        // connection writes (see the module notes on erasure).
+        let secure: i64 =
+            conn.pragma_update_and_check(None, "secure_delete", "ON", |r| r.get(0))?;
+        anyhow::ensure!(secure == 1, "could not enable secure_delete");
         migrate(&mut conn)?;
 
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))?;
+        let erasure_pending = Arc::new(AtomicBool::new(false));
+        let writer = {
+            // A crash between an erasing commit and its checkpoint leaves the
+            // old page images in the WAL: the writer checkpoints first thing.
+            let erasure = Erasure::new(erasure_pending.clone(), timeout);
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || writer_loop(conn, rx, erasure))?
+        };
         Ok(Self(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             path: path.to_owned(),
@@ -178,7 +314,14 @@ impl SqliteStore {
             writer: std::sync::Mutex::new(Some(writer)),
             timeout,
             readers: AtomicUsize::new(0),
+            erasure_pending,
         })))
+    }
+
+    /// Whether an acknowledged erasure may still be readable in the WAL (its
+    /// checkpoint is blocked by another connection's read transaction).
+    pub fn erasure_pending(&self) -> bool {
+        self.0.erasure_pending.load(Ordering::Relaxed)
     }
 
     async fn write(&self, op: Op) -> Result<bool, StoreError> {
@@ -287,9 +430,84 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>) {
+/// The WAL checkpoint that completes erasures: copies every frame into the
+/// database file, then empties the WAL, whose older frames hold the pages
+/// as they were before the erasing commit.
+struct Erasure {
+    pending: Arc<AtomicBool>,
+    /// The connection's normal busy timeout, restored after a checkpoint.
+    timeout: Duration,
+    last_attempt: Option<Instant>,
+    /// Whether the pending state has been reported (once per episode).
+    reported: bool,
+}
+
+impl Erasure {
+    fn new(pending: Arc<AtomicBool>, timeout: Duration) -> Self {
+        pending.store(true, Ordering::Relaxed);
+        Self {
+            pending,
+            timeout,
+            last_attempt: None,
+            reported: false,
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Whether a pending checkpoint is due for another attempt.
+    fn due(&self) -> bool {
+        self.pending()
+            && self
+                .last_attempt
+                .is_none_or(|t| t.elapsed() >= ERASURE_RETRY)
+    }
+
+    /// `PRAGMA wal_checkpoint(TRUNCATE)`, waiting at most `ERASURE_BUSY`
+    /// for other connections; on failure the erasure stays pending.
+    fn checkpoint(&mut self, conn: &Connection) {
+        self.pending.store(true, Ordering::Relaxed);
+        self.last_attempt = Some(Instant::now());
+        let run = || -> rusqlite::Result<bool> {
+            conn.busy_timeout(ERASURE_BUSY)?;
+            let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+            conn.busy_timeout(self.timeout)?;
+            Ok(busy? == 0)
+        };
+        match run() {
+            Ok(true) => {
+                self.pending.store(false, Ordering::Relaxed);
+                if std::mem::take(&mut self.reported) {
+                    tracing::info!("the pending erasure checkpoint completed");
+                }
+            }
+            Ok(false) if !self.reported => {
+                self.reported = true;
+                tracing::warn!(
+                    "erased values may still be readable in the SQLite WAL: another connection holds a read transaction; retrying the checkpoint every second"
+                );
+            }
+            Err(e) if !self.reported => {
+                self.reported = true;
+                tracing::warn!(error = %classify(e).chain(), "the erasure checkpoint failed; retrying every second");
+            }
+            Ok(false) | Err(_) => {}
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, mut erasure: Erasure) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
+    let mut erasing = Vec::new();
+    erasure.checkpoint(&conn);
+    loop {
+        let Some(first) = next_request(&mut rx, &mut erasure, &conn) else {
+            break;
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -299,7 +517,19 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>) {
         }
         let shutdown = batch.iter().any(|r| matches!(r.op, Op::Shutdown));
         let results = apply_batch(&mut conn, &batch);
-        for (req, result) in batch.drain(..).zip(results) {
+        // Everything but the erasures is answered at the commit; erasures
+        // once the checkpoint has removed the old values from the files.
+        for (req, (result, erased)) in batch.drain(..).zip(results) {
+            if erased {
+                erasing.push((req, result));
+            } else {
+                let _ = req.reply.send(result);
+            }
+        }
+        if !erasing.is_empty() || erasure.due() {
+            erasure.checkpoint(&conn);
+        }
+        for (req, result) in erasing.drain(..) {
             let _ = req.reply.send(result);
         }
         if shutdown {
@@ -308,20 +538,46 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
+/// The next request for the writer; while an erasure checkpoint is pending,
+/// it is retried every `ERASURE_RETRY` in between. `None` once every sender
+/// is gone.
+fn next_request(
+    rx: &mut mpsc::Receiver<Request>,
+    erasure: &mut Erasure,
+    conn: &Connection,
+) -> Option<Request> {
+    while erasure.pending() {
+        match rx.try_recv() {
+            Ok(r) => return Some(r),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if erasure.due() => erasure.checkpoint(conn),
+            // A rare, degraded state: polling costs nothing that matters.
+            Err(mpsc::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    rx.blocking_recv()
+}
+
 /// Applies a batch in one transaction. Either every write in it is committed
-/// (and each gets its own result) or none is, and all get the error.
-fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<bool, StoreError>> {
+/// (and each gets its own result) or none is, and all get the error. Each
+/// result says whether the write erased a stored value: a DELETE that
+/// removed a row, a PUT that changed a stored date.
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<(Result<bool, StoreError>, bool)> {
     let has_writes = batch
         .iter()
         .any(|r| matches!(r.op, Op::Upsert { .. } | Op::Delete { .. }));
     if !has_writes {
-        return batch.iter().map(|_| Ok(true)).collect();
+        return batch.iter().map(|_| (Ok(true), false)).collect();
     }
     let now = now_rfc3339();
-    let attempt = (|| -> rusqlite::Result<Vec<bool>> {
+    let attempt = (|| -> rusqlite::Result<Vec<(bool, bool)>> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(batch.len());
         {
+            let mut current =
+                tx.prepare_cached("SELECT date_of_birth FROM users WHERE username = ?1")?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO users (username, date_of_birth, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?3)
@@ -332,10 +588,16 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<bool, Sto
             for req in batch {
                 out.push(match &req.op {
                     Op::Upsert { username, dob } => {
-                        upsert.execute(params![username, dob, now])? > 0
+                        let old: Option<String> =
+                            current.query_row([username], |r| r.get(0)).optional()?;
+                        let changed = old.is_some_and(|old| old != *dob);
+                        (upsert.execute(params![username, dob, now])? > 0, changed)
                     }
-                    Op::Delete { username } => delete.execute([username])? > 0,
-                    Op::Ping | Op::Shutdown => true,
+                    Op::Delete { username } => {
+                        let deleted = delete.execute([username])? > 0;
+                        (deleted, deleted)
+                    }
+                    Op::Ping | Op::Shutdown => (true, false),
                 });
             }
         }
@@ -343,11 +605,14 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Vec<Result<bool, Sto
         Ok(out)
     })();
     match attempt {
-        Ok(out) => out.into_iter().map(Ok).collect(),
+        Ok(out) => out
+            .into_iter()
+            .map(|(ok, erased)| (Ok(ok), erased))
+            .collect(),
         Err(e) => {
             let err = classify(e);
             tracing::warn!(error = %err.chain(), writes = batch.len(), "write batch failed and was rolled back");
-            batch.iter().map(|_| Err(err.clone())).collect()
+            batch.iter().map(|_| (Err(err.clone()), false)).collect()
         }
     }
 }

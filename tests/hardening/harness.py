@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+from pg_throwaway import ThrowawayPostgres, pg_bin  # noqa: E402
 BIN = Path(os.environ.get("HELLO_BIN", ROOT / "target" / "debug" / "hello-birthday"))
 CI = os.environ.get("CI") == "true"
 
@@ -238,6 +241,7 @@ class Service:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     starts: int = 0
+    nofile: int | None = None  # the child's open-files limit (soft and hard), if set
 
     def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
         require(BIN.exists(), f"service binary {BIN} (run cargo build --bin hello-birthday)")
@@ -263,8 +267,11 @@ class Service:
         self.starts += 1
         self.log_path = self.workdir / f"service-{self.starts}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        limit = self.nofile
+        preexec = None if limit is None else (
+            lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
         self.proc = subprocess.Popen([str(BIN)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir)
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=preexec)
         log.close()
 
         def up():
@@ -312,61 +319,35 @@ class Service:
         raise AssertionError("no VmRSS for the service")
 
 
-PG_THROWAWAY = ROOT / "scripts" / "pg-throwaway.sh"
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (scripts/pg-throwaway.sh:
-    initdb as the `postgres` user, free port, cleanup). initdb runs once per
-    test process; each instance starts from a copy of that template cluster."""
+class Postgres(ThrowawayPostgres):
+    """The shared throwaway cluster (scripts/lib/pg_throwaway.py). initdb runs
+    once per test process; each instance starts from a copy of that template
+    cluster."""
 
     _template: Path | None = None
 
     def __init__(self, workdir: Path):
-        initdb = shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"), None)
-        require(initdb is not None, "PostgreSQL server binary initdb")
+        require(pg_bin("initdb") is not None, "PostgreSQL server binary initdb")
         require(shutil.which("runuser") is not None or os.geteuid() != 0, "runuser (util-linux)")
         if Postgres._template is None:
             Postgres._template = Path(tempfile.mkdtemp(prefix="pg-template-")) / "t"
             # atexit runs last-registered first: stop the server, then delete.
             atexit.register(shutil.rmtree, Postgres._template.parent, ignore_errors=True)
-            atexit.register(self._pg, "destroy", str(Postgres._template), check=False)
+            atexit.register(self.helper, "destroy", str(Postgres._template), check=False)
             os.chmod(Postgres._template.parent, 0o755)
         os.chmod(workdir, 0o755)
         parent = Path(tempfile.mkdtemp(prefix="pg-", dir=workdir))
         os.chmod(parent, 0o755)
-        self.dir = parent / "c"
-        self.port = 0
-        self.started = False
-
-    @staticmethod
-    def _pg(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([str(PG_THROWAWAY), *argv], capture_output=True, text=True, timeout=120)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"pg-throwaway.sh {argv[0]} failed: {out.stderr[-2000:]}")
-        return out
+        super().__init__(parent / "c", user="hello", copy_of=Postgres._template,
+                         settings=["max_connections=100", "shared_buffers=32MB"])
 
     @property
     def url(self) -> str:
         return f"postgres://hello:pw@127.0.0.1:{self.port}/postgres"
 
-    def start(self) -> None:
-        self._pg("start", str(self.dir), "--user", "hello", "--copy-of", str(self._template),
-                 "--set", "max_connections=100", "--set", "shared_buffers=32MB")
-        self.port = int(self._pg("url", str(self.dir)).stdout.rsplit(":", 1)[1].split("/")[0])
-        self.started = True
-
-    def stop(self, mode: str = "fast") -> None:
-        if self.started:
-            self._pg("stop", str(self.dir), "--mode", mode, check=False)
-            self.started = False
-
-    def psql(self, sql: str) -> str:
-        require(shutil.which("psql") is not None, "psql (postgresql-client)")
-        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "hello",
-                              "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                             check=True, capture_output=True, text=True, timeout=60)
-        return out.stdout
+    def psql(self, sql: str) -> str:  # type: ignore[override]
+        require(pg_bin("psql") is not None, "psql (postgresql-client)")
+        return super().psql(sql).stdout
 
 
 class ServiceTestCase(unittest.TestCase):

@@ -7,6 +7,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$ROOT/tests/hardening"
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
 
 usage() {
   cat <<'USAGE'
@@ -34,11 +36,10 @@ for a in "$@"; do
   case "$a" in
     -h|--help) usage; exit 0 ;;
     --no-build) build=0 ;;
+    -*) usage_error "unknown option $a" ;;
     *) args+=("$a") ;;
   esac
 done
-
-say() { printf '==> %s\n' "$*"; }
 
 if [ "${CI:-}" = true ]; then
   # A missing tool is a failure in CI, never a silent skip.
@@ -46,21 +47,20 @@ if [ "${CI:-}" = true ]; then
   for tool in python3 psql runuser mount; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
   done
-  command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(initdb)
+  pg_bin initdb >/dev/null 2>&1 || missing+=(initdb)
   [ -x "$ROOT/.venv/bin/schemathesis" ] || missing+=(".venv/bin/schemathesis")
   [ "$(id -u)" -eq 0 ] || missing+=("root")
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "hardening: missing prerequisites: ${missing[*]} (run scripts/setup.sh dev)" >&2
-    exit 1
+    die "missing prerequisites: ${missing[*]} (run scripts/setup.sh dev)"
   fi
 fi
 
 if [ "$build" = 1 ] && [ -z "${HELLO_BIN:-}" ]; then
-  say "cargo build --bin hello-birthday (debug)"
+  step "cargo build --bin hello-birthday (debug)"
   (cd "$ROOT" && cargo build --locked --quiet --bin hello-birthday)
 fi
 
-say "hardening tests (${args[*]:-all})"
+step "hardening tests (${args[*]:-all})"
 cd "$HERE"
 # -u: unbuffered, so progress lines interleave correctly with child output.
 exec python3 -u runner.py "${args[@]}"

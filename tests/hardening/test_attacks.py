@@ -163,12 +163,18 @@ class AmbiguousRequests(ServiceTestCase):
             ("Transfer-Encoding: gzip, chunked", 400,
              b"PUT /hello/Te HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked),
+
+            # Either order: the first would win here, the last elsewhere.
+            ("two Content-Types, JSON first", 400,
+             json_put % (b"Ct", b"application/json", b"Content-Type: text/plain\r\n", len(BODY), BODY)),
+            ("two Content-Types, JSON last", 400,
+             json_put % (b"Ct", b"text/plain", b"Content-Type: application/json\r\n", len(BODY), BODY)),
         ]
         for name, status, raw in cases:
             with self.subTest(name):
                 assert_problem(self, raw_request(p, raw), (status,))
         normal_requests(self, p)
-        for user in ("Gzip", "Utf", "Te"):
+        for user in ("Gzip", "Utf", "Te", "Ct"):
             self.assertEqual(request(p, "GET", f"/hello/{user}").status, 404, f"{user} was stored")
         # What stays accepted: HTTP/1.0 without Host, charset=utf-8, chunked alone.
         self.assertEqual(raw_request(p, b"GET /hello/Alice HTTP/1.0\r\n\r\n").status, 200)
@@ -177,6 +183,45 @@ class AmbiguousRequests(ServiceTestCase):
         self.assertEqual(raw_request(p, b"PUT /hello/Te HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                         b"Transfer-Encoding: chunked\r\n\r\n" + chunked).status, 204)
         self.report(f"{len(cases)} ambiguous requests refused with 4xx problem+json, nothing stored")
+
+
+def head_of(size: int) -> bytes:
+    """A GET whose head (request line, headers, blank line) is `size` bytes."""
+    start, end = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+def sent_in_pieces(port: int, data: bytes, piece: int = 1024) -> int:
+    """Sends `data` in `piece`-byte writes, each its own segment, and
+    returns the status of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i in range(0, len(data), piece):
+                s.sendall(data[i:i + piece])
+                time.sleep(0.0005)  # shapes the segments; waits for nothing
+        except OSError:
+            pass  # refused and closed before the end of the head
+        return read_response(s).status
+
+
+class HeadLimit(ServiceTestCase):
+    """One limit on the request head, 64 KiB as openapi.yaml documents,
+    whether the head arrives in one write or in many."""
+
+    def test_the_head_limit_does_not_depend_on_segmentation(self):
+        svc = self.sqlite_service(**CAPS).start()
+        p = svc.port
+        self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
+        got = {}
+        for size, want in ((60 * 1024, 200), (70 * 1024, 431), (100 * 1024, 431)):
+            data = head_of(size)
+            got[size] = (raw_request(p, data).status, sent_in_pieces(p, data))
+            with self.subTest(size=size):
+                self.assertEqual(got[size], (want, want), "(one write, 1 KiB writes)")
+        normal_requests(self, p)
+        self.report(", ".join(f"{size // 1024} KiB head: {one} in one write, {many} in 1 KiB writes"
+                              for size, (one, many) in got.items()))
 
 
 class ParserRejections(ServiceTestCase):

@@ -1,16 +1,22 @@
 """The request log policy, seen in the real binary's output: by default every
 error and every slow request gets a line, fast successes do not, error lines
 are capped at 100 a second with the rest counted, and a summary line counts
-every request; REQUEST_LOG=all writes one line per request."""
+every request, the last partial window's at shutdown; REQUEST_LOG=all writes
+one line per request. No write without a trace: a request whose client
+half-closes or resets is still answered or counted, and one cut off at the
+shutdown deadline is counted and logged as 499."""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import sqlite3
+import struct
 import time
 import unittest
 
-from harness import ServiceTestCase, put_dob, request, wait_until
+from harness import ServiceTestCase, metric, put_dob, read_response, request, wait_until
 
 
 def lines(svc) -> list[dict]:
@@ -83,6 +89,19 @@ class RequestLogPolicy(ServiceTestCase):
             self.assertGreater(suppressed, 0, "a burst within one second must be capped")
         self.report(f"{n} 404s in {seconds:.2f} s: {written} lines, {suppressed} counted")
 
+    def test_the_last_partial_window_is_summarised_at_shutdown(self):
+        svc = self.sqlite_service(LOG_SUMMARY_SECONDS="3600").start()
+        p = svc.port
+        self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
+        for _ in range(5):
+            self.assertEqual(request(p, "GET", "/hello/Alice").status, 200)
+        self.assertEqual(request(p, "GET", "/hello/Nobody").status, 404)
+        self.assertEqual(svc.stop(), 0)
+        got = summaries(svc)
+        self.assertEqual(len(got), 1, "one summary line, for the window cut short by SIGTERM")
+        self.assertGreaterEqual(got[0]["ok"], 6)
+        self.assertEqual(got[0]["client_errors"], 1)
+
     def test_all_writes_a_line_per_request(self):
         svc = self.sqlite_service(REQUEST_LOG="all").start()
         p = svc.port
@@ -92,6 +111,94 @@ class RequestLogPolicy(ServiceTestCase):
         svc.stop()
         gets = [e for e in request_lines(svc) if e["method"] == "GET" and e["route"] == "/hello/{username}"]
         self.assertEqual(len(gets), 20)
+
+
+PUT = b"PUT /hello/%s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+BODY = b'{"dateOfBirth":"1990-01-03"}'
+
+
+def put_bytes(user: str) -> bytes:
+    return PUT % (user.encode(), len(BODY), BODY)
+
+
+class RequestTraces(ServiceTestCase):
+    """Every request that reached a handler is counted, and logged when it
+    fails or is cut off, whatever the client does with its connection."""
+
+    HALF = 10
+
+    def test_half_closed_writes_are_answered_counted_and_logged(self):
+        svc = self.sqlite_service(REQUEST_LOG="all").start()
+        p = svc.port
+        for i in range(self.HALF):
+            with socket.create_connection(("127.0.0.1", p), timeout=5) as s:
+                s.sendall(put_bytes(f"Half{'abcdefghij'[i]}"))
+                s.shutdown(socket.SHUT_WR)  # sent everything; still reading
+                self.assertEqual(read_response(s).status, 204)
+        with socket.create_connection(("127.0.0.1", p), timeout=5) as s:
+            s.sendall(b"DELETE /hello/Halfa HTTP/1.1\r\nHost: t\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_response(s).status, 204)
+        self.assertEqual(request(p, "GET", "/hello/Halfb").status, 200)
+        self.assertEqual(request(p, "GET", "/hello/Halfa").status, 404)
+        m = svc.metrics()
+        self.assertEqual(metric(m, "http_requests_total", method="PUT", status="204"), self.HALF)
+        self.assertEqual(metric(m, "http_requests_total", method="DELETE", status="204"), 1)
+        wait_until(lambda: len([e for e in request_lines(svc) if e["method"] in ("PUT", "DELETE")]) == self.HALF + 1,
+                   5, what="a log line for each half-closed write (REQUEST_LOG=all)")
+
+    def hold_the_write_lock(self) -> sqlite3.Connection:
+        """Another process's write transaction on the service's SQLite file:
+        the service's writes wait on it (busy_timeout) until it ends."""
+        lock = sqlite3.connect(self.tmp / "db.sqlite", isolation_level=None, timeout=0)
+        self.addCleanup(lock.close)
+        lock.execute("BEGIN IMMEDIATE")
+        return lock
+
+    def in_flight(self, svc, n: int) -> None:
+        wait_until(lambda: metric(svc.metrics(), "http_requests_in_flight") >= n, 10,
+                   what=f"{n} request(s) in flight")
+
+    def test_a_write_whose_client_resets_is_applied_and_counted(self):
+        svc = self.sqlite_service(DB_TIMEOUT_MS=20000, REQUEST_TIMEOUT_SECONDS=30).start()
+        self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
+        lock = self.hold_the_write_lock()
+        s = socket.create_connection(("127.0.0.1", svc.port), timeout=5)
+        s.sendall(put_bytes("Reset"))
+        self.in_flight(svc, 1)
+        # Close with a reset (SO_LINGER 0) while the write waits for the lock.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        lock.execute("ROLLBACK")
+        wait_until(lambda: metric(svc.metrics(), "http_requests_in_flight") == 0, 10, what="the PUT to end")
+        self.assertEqual(request(svc.port, "GET", "/hello/Reset").status, 200, "the write was applied")
+        m = svc.metrics()
+        self.assertEqual(metric(m, "http_requests_total", method="PUT"), 2,
+                         "an applied write whose client reset its connection is not counted")
+
+    def test_requests_cut_off_at_the_shutdown_deadline_are_counted_and_logged_as_499(self):
+        svc = self.sqlite_service(DB_TIMEOUT_MS=10000, REQUEST_TIMEOUT_SECONDS=30, SHUTDOWN_TIMEOUT_SECONDS=1,
+                                  DRAIN_SECONDS=0).start()
+        self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
+        lock = self.hold_the_write_lock()
+        s = socket.create_connection(("127.0.0.1", svc.port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(put_bytes("Cutoff"))
+        self.in_flight(svc, 1)
+        svc.proc.send_signal(signal.SIGTERM)
+
+        def cut():
+            return [e for e in request_lines(svc) if e["status"] == 499]
+
+        found = wait_until(cut, 10, what="a 499 line for the PUT cut off at the shutdown deadline")
+        lock.execute("ROLLBACK")
+        self.assertEqual(svc.proc.wait(15), 0)
+        self.assertEqual([(e["method"], e["route"]) for e in found], [("PUT", "/hello/{username}")])
+        # Its write was queued before the cut and applied afterwards: the
+        # 499 line is the only trace of it, which is why it must be there.
+        with sqlite3.connect(self.tmp / "db.sqlite") as db:
+            self.assertEqual(db.execute("SELECT count(*) FROM users WHERE username = 'Cutoff'").fetchone()[0], 1)
+        self.report("a PUT cut off at SHUTDOWN_TIMEOUT_SECONDS=1: one 499 line; its write was applied")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,9 @@ render_env() {
     [PORT]=$CONF_SERVICE_PORT
     [METRICS_PORT]=$CONF_METRICS_PORT
     [BIND_ADDR]=0.0.0.0
+    # Prometheus scrapes instances from its own hosts; the group's security
+    # group admits the metrics port from them only.
+    [METRICS_BIND_ADDR]=0.0.0.0
     [DATABASE_URL]=$url
     [DATABASE_CA_FILE]=$RDS_CA_FILE
     [DB_POOL_SIZE]=${CONF_DB_POOL_SIZE:-16}

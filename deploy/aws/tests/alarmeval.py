@@ -36,7 +36,7 @@ from typing import Any, Union
 
 Minute = Union[None, float, list[float]]
 Recording = dict[tuple[str, str], list[Minute]]
-Series = list[Union[float, None]]
+Series = list[float | None]
 
 
 def _stat(values: list[Minute], stat: str) -> float | None:

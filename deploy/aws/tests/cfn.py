@@ -6,6 +6,7 @@ CloudFormation itself expands them to, so the tests see one shape only.
 
 import json
 import pathlib
+import sys
 
 import yaml
 
@@ -14,8 +15,16 @@ ROOT = AWS_DIR.parents[1]
 TEMPLATES = AWS_DIR / "templates"
 PARAMETERS = AWS_DIR / "parameters"
 ENVIRONMENTS = ("staging", "production")
-# Deployment order of deploy/aws/target.sh: a stack imports only from earlier ones.
-STACK_ORDER = ("foundation", "network", "database", "edge", "monitoring", "app")
+
+sys.path.insert(0, str(ROOT / "deploy"))
+from hbdeploy.stacks import CANARY, STACKS, Region  # noqa: E402 - the one table of stacks
+
+# The stacks of the environment's own Region, in the deploy's order (a
+# stack imports only from earlier ones); the table also has dr-vault (the
+# DR Region) and dns-alarm (us-east-1).
+STACK_ORDER = tuple(s.key for s in STACKS if s.region is Region.PRIMARY)
+# Every stack a deploy may change, the per-deploy canary included.
+ALL_STACKS = (*(s.key for s in STACKS), CANARY.key)
 
 
 class _Loader(yaml.SafeLoader):

@@ -13,7 +13,8 @@ Run: .venv/bin/python -m unittest test_alarms   (from deploy/aws/tests)
 from __future__ import annotations
 
 import unittest
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from alarmeval import Recording, composite_state, state
 from awspolicy import Deployed, environment

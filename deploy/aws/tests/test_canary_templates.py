@@ -1,125 +1,125 @@
-"""Properties of the canary resources (deploy/aws/canary.sh drives them): the
-canary runs what the main group runs, except its release, health-checked
-and replaced the same way, in its own target group, and takes a share of
-the listener's traffic set by parameters (0 when idle).
+"""Properties of the canary's own stack (canary.yaml; the deploy program
+creates it for one release and deletes it after the verdict): it runs what
+the fleet runs but for its release, health-checked like the fleet, in its
+own target group, takes the users' share set by its parameters, and sends
+each side's synthetic probes to that side alone. What the stack does in a
+deploy is in test_deploy.py.
 
 Run: .venv/bin/python -m unittest discover -s deploy/aws/tests -p 'test_canary_templates.py'
 """
 
 import json
+import re
 import unittest
 
-from cfn import ENVIRONMENTS, load_parameters, load_template, param_value, resources
+from cfn import load_template
 
-APP, EDGE = load_template("app"), load_template("edge")
-RELEASE_PARAMETERS = ("AppVersion", "ArtifactSha256", "HostBundleSha256")
+APP, EDGE, CANARY = load_template("app"), load_template("edge"), load_template("canary")
 
 
 def res(template, name):
     return template["Resources"][name]
 
 
-def as_canary(main_lt_data):
-    """The main launch template's data with the canary's release, target
-    group and signalled resource: what the canary's must be, exactly."""
-    text = json.dumps(main_lt_data)
-    for p in RELEASE_PARAMETERS:
-        text = text.replace("${%s}" % p, "${Canary%s}" % p).replace('{"Ref": "%s"}' % p, '{"Ref": "Canary%s"}' % p)
-    text = text.replace("--resource AutoScalingGroup", "--resource CanaryAutoScalingGroup")
-    text = text.replace("-edge-TargetGroupArn", "-edge-CanaryTargetGroupArn")
-    return json.loads(text)
+def imported(name):
+    return {"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-" + name}}
 
 
 class CanaryGroup(unittest.TestCase):
-    def test_canary_launch_template_is_the_main_one_but_for_the_release(self):
-        main = res(APP, "LaunchTemplate")["Properties"]["LaunchTemplateData"]
-        canary = res(APP, "CanaryLaunchTemplate")["Properties"]["LaunchTemplateData"]
-        self.assertEqual(canary, as_canary(main))
-        # The substitution did something: the canary boots its own release
-        # into its own target group and signals its own group.
-        user_data = json.dumps(canary["UserData"])
-        for needle in ("${CanaryAppVersion}", "${CanaryArtifactSha256}", "${CanaryHostBundleSha256}",
-                       "--resource CanaryAutoScalingGroup", "-edge-CanaryTargetGroupArn"):
-            self.assertIn(needle, user_data)
-        self.assertNotIn("${AppVersion}", user_data)
+    def test_launch_template_is_the_fleets_but_for_its_target_group_profile_and_name(self):
+        main = dict(res(APP, "LaunchTemplate")["Properties"]["LaunchTemplateData"])
+        canary = dict(res(CANARY, "LaunchTemplate")["Properties"]["LaunchTemplateData"])
+        self.assertEqual(canary.pop("IamInstanceProfile"), {"Arn": imported("app-InstanceProfileArn")})
+        main.pop("IamInstanceProfile")
+        # Its instance is named apart (the same volume tags and release tag).
+        as_canary = json.loads(json.dumps(main.pop("TagSpecifications")).replace(
+            '{"Key": "Name", "Value": {"Fn::Sub": "${StackPrefix}-${Environment}"}}, {"Key": "app-version"',
+            '{"Key": "Name", "Value": {"Fn::Sub": "${StackPrefix}-${Environment}-canary"}}, {"Key": "app-version"'))
+        self.assertEqual(canary.pop("TagSpecifications"), as_canary)
+        (main_script, main_values), (script, values) = (
+            d.pop("UserData")["Fn::Base64"]["Fn::Sub"] for d in (main, canary))
+        self.assertEqual(canary, main, "every other setting of the instance is the fleet's")
+        # The same boot script: the release of its own parameters, checked
+        # against its own checksums, signalling its own stack.
+        self.assertEqual(script, main_script)
+        self.assertEqual(values.pop("TargetGroupArn"), {"Ref": "TargetGroup"})
+        self.assertEqual(values.pop("ServiceLogGroup"), imported("app-ServiceLogGroupName"))
+        main_values.pop("TargetGroupArn")
+        self.assertEqual(values, main_values)
+        self.assertEqual(values["DbSecretArn"], imported("database-AppUserSecretArn"))
 
-    def test_canary_group_is_one_instance_with_the_main_health_settings(self):
+    def test_group_is_one_instance_with_the_fleets_health_settings(self):
         main = res(APP, "AutoScalingGroup")["Properties"]
-        canary = res(APP, "CanaryAutoScalingGroup")["Properties"]
+        canary = res(CANARY, "AutoScalingGroup")["Properties"]
         self.assertEqual((canary["MinSize"], canary["MaxSize"], canary["DesiredCapacity"]), (1, 1, 1))
         for key in ("HealthCheckType", "HealthCheckGracePeriod", "DefaultInstanceWarmup", "VPCZoneIdentifier",
                     "MetricsCollection"):
             self.assertEqual(canary[key], main[key], key)
-        self.assertEqual(canary["LaunchTemplate"], {"LaunchTemplateId": {"Ref": "CanaryLaunchTemplate"},
-                                                    "Version": {"Fn::GetAtt": ["CanaryLaunchTemplate",
-                                                                               "LatestVersionNumber"]}})
-        self.assertEqual(canary["TargetGroupARNs"],
-                         [{"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-edge-CanaryTargetGroupArn"}}])
-        # The stack update that starts the canary completes only once the
-        # canary signalled ready and healthy, as a main instance does.
-        self.assertEqual(res(APP, "CanaryAutoScalingGroup")["CreationPolicy"]["ResourceSignal"]["Count"], 1)
+        self.assertEqual(canary["TargetGroupARNs"], [{"Ref": "TargetGroup"}])
+        # The stack's creation completes only once the canary signalled ready
+        # and healthy, as a fleet instance does; the signal is to this stack.
+        self.assertEqual(res(CANARY, "AutoScalingGroup")["CreationPolicy"]["ResourceSignal"]["Count"], 1)
+        (statement,) = res(CANARY, "SignalPolicy")["Properties"]["PolicyDocument"]["Statement"]
+        self.assertEqual((statement["Action"], statement["Resource"]),
+                         ("cloudformation:SignalResource", {"Ref": "AWS::StackId"}))
 
-    def test_canary_resources_exist_only_while_a_canary_runs(self):
-        self.assertEqual(APP["Conditions"]["HasCanary"], {"Fn::Not": [{"Fn::Equals": [{"Ref": "CanaryAppVersion"}, ""]}]})
-        for name, body in resources(APP).items():
-            self.assertEqual(body.get("Condition") == "HasCanary", name.startswith("Canary"), name)
-        for env in ENVIRONMENTS:
-            self.assertEqual(param_value(APP, load_parameters(env), "app", "CanaryAppVersion"), "", env)
-
-    def test_canary_may_read_only_its_own_release(self):
-        policy = res(APP, "CanaryReleaseRead")["Properties"]
-        self.assertEqual(policy["Roles"], [{"Ref": "InstanceRole"}])
-        (statement,) = policy["PolicyDocument"]["Statement"]
-        self.assertEqual((statement["Effect"], statement["Action"]), ("Allow", "s3:GetObject"))
-        self.assertEqual(statement["Resource"]["Fn::Sub"][0], "${Bucket}/releases/${CanaryAppVersion}/*")
-
-    def test_canary_release_parameters_accept_empty_and_the_main_patterns(self):
-        import re
-
-        for p in RELEASE_PARAMETERS:
-            main, canary = APP["Parameters"][p], APP["Parameters"][f"Canary{p}"]
-            self.assertEqual(canary["Default"], "")
-            self.assertTrue(re.fullmatch(canary["AllowedPattern"], ""))
-            for sample in ("1.2.3", "a" * 64, "sha-0123456789ab"):
+    def test_release_parameters_take_the_fleets_patterns(self):
+        for p in ("AppVersion", "ArtifactSha256", "HostBundleSha256"):
+            main, canary = APP["Parameters"][p], CANARY["Parameters"][p]
+            self.assertNotIn("Default", canary, p)
+            for sample in ("1.2.3", "a" * 64, "sha-0123456789ab", ""):
                 self.assertEqual(bool(re.fullmatch(main["AllowedPattern"], sample)),
                                  bool(re.fullmatch(canary["AllowedPattern"], sample)), (p, sample))
 
+    def test_the_fleet_carries_no_canary_resource_any_more(self):
+        for template in (APP, EDGE):
+            self.assertEqual([n for n in template["Resources"] if "Canary" in n], [])
+            self.assertEqual([n for n in template.get("Parameters", {}) if "Canary" in n], [])
+
 
 class CanaryTraffic(unittest.TestCase):
-    def test_canary_target_group_is_checked_like_the_main_one(self):
+    def test_target_group_is_checked_like_the_main_one(self):
         main = res(EDGE, "TargetGroup")["Properties"]
-        canary = res(EDGE, "CanaryTargetGroup")["Properties"]
-        same = {k: v for k, v in main.items() if k != "Name"}
-        self.assertEqual({k: v for k, v in canary.items() if k != "Tags"}, same)
-        self.assertIn("HealthCheckPath", same)
+        canary = res(CANARY, "TargetGroup")["Properties"]
+        drop = ("Name", "Tags", "VpcId", "Port", "HealthCheckIntervalSeconds", "HealthyThresholdCount",
+                "UnhealthyThresholdCount", "TargetGroupAttributes")
+        self.assertEqual({k: v for k, v in canary.items() if k not in drop},
+                         {k: v for k, v in main.items() if k not in drop})
+        self.assertIn("HealthCheckPath", canary)
+        # The settings the edge stack takes from parameters, the deploy hands
+        # to the canary stack with the edge stack's values.
+        for key in ("HealthCheckIntervalSeconds", "HealthyThresholdCount", "UnhealthyThresholdCount"):
+            self.assertEqual(set(canary[key].values()) <= set(CANARY["Parameters"]), True, key)
 
-    def test_weights_are_parameters_and_the_canary_takes_nothing_when_idle(self):
-        rule = res(EDGE, "CanaryWeightedForward")["Properties"]
+    def test_users_are_split_by_weight_after_the_metrics_block(self):
+        rule = res(CANARY, "WeightedForward")["Properties"]
         (action,) = rule["Actions"]
-        self.assertEqual(action["Type"], "forward")
-        groups = {g["TargetGroupArn"]["Ref"]: g["Weight"] for g in action["ForwardConfig"]["TargetGroups"]}
-        self.assertEqual(groups, {"TargetGroup": {"Ref": "MainWeight"}, "CanaryTargetGroup": {"Ref": "CanaryWeight"}})
+        groups = [(g["TargetGroupArn"], g["Weight"]) for g in action["ForwardConfig"]["TargetGroups"]]
+        self.assertEqual(groups, [(imported("edge-TargetGroupArn"), {"Ref": "MainWeight"}),
+                                  ({"Ref": "TargetGroup"}, {"Ref": "CanaryWeight"})])
         self.assertFalse(action["ForwardConfig"]["TargetGroupStickinessConfig"]["Enabled"])
-        for env in ENVIRONMENTS:
-            params = load_parameters(env)
-            self.assertEqual(param_value(EDGE, params, "edge", "CanaryWeight"), 0, env)
-            self.assertEqual(param_value(EDGE, params, "edge", "MainWeight"), 100, env)
-
-    def test_weighted_rule_covers_every_path_after_the_metrics_block(self):
-        rule = res(EDGE, "CanaryWeightedForward")["Properties"]
-        self.assertEqual(rule["ListenerArn"], {"Ref": "HttpsListener"})
         self.assertEqual(rule["Conditions"], [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}])
-        blocked = res(EDGE, "MetricsPathBlocked")["Properties"]["Priority"]
-        self.assertGreater(rule["Priority"], blocked)
+        self.assertGreater(rule["Priority"], res(EDGE, "MetricsPathBlocked")["Properties"]["Priority"])
 
-    def test_canary_target_group_is_exported_for_the_app_stack_and_named_for_cloudwatch(self):
-        outputs = EDGE["Outputs"]
-        self.assertEqual(outputs["CanaryTargetGroupArn"]["Export"]["Name"],
-                         {"Fn::Sub": "${AWS::StackName}-CanaryTargetGroupArn"})
-        self.assertEqual(outputs["CanaryTargetGroupFullName"]["Value"],
-                         {"Fn::GetAtt": ["CanaryTargetGroup", "TargetGroupFullName"]})
-        self.assertIn("TargetGroupFullName", outputs)
-        self.assertIn("LoadBalancerFullName", outputs)
+    def test_each_sides_probes_reach_that_side_alone_before_the_split(self):
+        split = res(CANARY, "WeightedForward")["Properties"]["Priority"]
+        for name, side, group in (("ProbeToCanary", "canary", {"Ref": "TargetGroup"}),
+                                  ("ProbeToBaseline", "baseline", imported("edge-TargetGroupArn"))):
+            rule = res(CANARY, name)["Properties"]
+            self.assertLess(rule["Priority"], split, name)
+            ((condition,), (action,)) = rule["Conditions"], rule["Actions"]
+            self.assertEqual(condition["HttpHeaderConfig"]["Values"], [{"Fn::Sub": "${ProbeToken}-" + side}])
+            self.assertEqual(action, {"Type": "forward", "TargetGroupArn": group})
+        # No traffic reaches the canary before its instance is healthy.
+        for name in ("WeightedForward", "ProbeToCanary", "ProbeToBaseline"):
+            self.assertEqual(res(CANARY, name)["DependsOn"], "AutoScalingGroup", name)
+
+    def test_the_edge_exports_what_the_canary_stack_imports(self):
+        text = json.dumps(CANARY)
+        for name in re.findall(r'\$\{StackPrefix\}-\$\{Environment\}-edge-(\w+)', text):
+            self.assertEqual(EDGE["Outputs"][name]["Export"]["Name"], {"Fn::Sub": "${AWS::StackName}-" + name})
+        self.assertEqual(CANARY["Outputs"]["CanaryTargetGroupFullName"]["Value"],
+                         {"Fn::GetAtt": ["TargetGroup", "TargetGroupFullName"]})
 
 
 if __name__ == "__main__":

@@ -86,6 +86,9 @@ class DatabaseUsers(unittest.TestCase):
                         print(json.dumps(secrets[stage]))
                     else:
                         sys.exit(254)
+                elif "tag-resource" in a:
+                    with open(d + "/tags", "a") as f:
+                        f.write(a[a.index("--secret-id") + 1] + " " + a[a.index("--tags") + 1] + "\\n")
                 else:
                     sys.exit(2)
                 """))
@@ -112,6 +115,12 @@ class DatabaseUsers(unittest.TestCase):
         self.sql(MASTER["username"], MASTER["password"], "hello_birthday", "CREATE TABLE legacy (x int)")
         self.bootstrap()
         self.bootstrap()  # idempotent
+        # Once done, the app secret says so: the deploy waits for this tag
+        # before a first app stack.
+        with open(os.path.join(self.dir, "tags")) as f:
+            tagged = f.read().splitlines()
+        self.assertEqual(len(tagged), 2)
+        self.assertTrue(all(line.startswith("arn:app Key=db-users,Value=20") for line in tagged), tagged)
         self.as_app(LEDGER)
         for path in MIGRATIONS:
             self.as_app(path.read_text())

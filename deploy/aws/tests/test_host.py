@@ -2,13 +2,13 @@
 instance runs with, built from aws.conf and the database secret. The AWS CLI
 is replaced by a script that prints a fixed secret."""
 
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
 import tempfile
-import json
 import textwrap
 import unittest
 from urllib.parse import unquote, urlsplit
@@ -112,9 +112,10 @@ class RenderEnv(unittest.TestCase):
         env = self.read_env()
         self.assertEqual(
             {k: env[k] for k in ("RELEASE", "LOG_FORMAT", "DRAIN_SECONDS", "SHUTDOWN_TIMEOUT_SECONDS", "DB_POOL_SIZE",
-                                 "PORT", "METRICS_PORT")},
+                                 "PORT", "METRICS_PORT", "BIND_ADDR", "METRICS_BIND_ADDR")},
             {"RELEASE": "1.4.0", "LOG_FORMAT": "json", "DRAIN_SECONDS": "15", "SHUTDOWN_TIMEOUT_SECONDS": "10",
-             "DB_POOL_SIZE": "12", "PORT": "5000", "METRICS_PORT": "9464"})
+             "DB_POOL_SIZE": "12", "PORT": "5000", "METRICS_PORT": "9464",
+             "BIND_ADDR": "0.0.0.0", "METRICS_BIND_ADDR": "0.0.0.0"})
 
     def test_other_settings_of_the_existing_file_survive_and_nothing_is_duplicated(self):
         with open(self.env_file, "w") as f:

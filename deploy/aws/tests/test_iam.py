@@ -20,11 +20,11 @@ import unittest
 from typing import Any
 
 from awspolicy import ACCOUNT, Deployed, Request, decide, environment
-from cfn import ENVIRONMENTS, STACK_ORDER, load_parameters, load_template
+from cfn import ALL_STACKS, ENVIRONMENTS, load_parameters, load_template
 
 REPO = "example/hello-birthday"
 OPERATOR = f"arn:aws:iam::{ACCOUNT}:role/AWSReservedSSO_Administrator_0123456789abcdef"
-ENV_STACKS = STACK_ORDER + ("dr-vault", "dns-alarm")
+ENV_STACKS = ALL_STACKS
 
 
 def bootstrap(env: str, **values: Any) -> Deployed:

@@ -29,7 +29,6 @@ from cfn import (
 TPL = {name: load_template(name) for name in STACK_ORDER + ("dr-vault", "dns-alarm", "bootstrap")}
 PARAMS = {env: load_parameters(env) for env in ENVIRONMENTS}
 HOST_SCRIPT = (ROOT / "deploy/aws/host/hello-birthday-aws.sh").read_text()
-TARGET_SH = (ROOT / "deploy/aws/target.sh").read_text()
 
 # Service defaults (README configuration table) the infrastructure is sized against.
 SERVICE_KEEPALIVE_SECONDS = 75
@@ -62,7 +61,9 @@ class Structure(unittest.TestCase):
 
     def test_parameter_files_name_only_real_parameters_and_fill_the_required_ones(self):
         supplied_by_target = {"StackPrefix", "Environment", "AppVersion", "ArtifactSha256", "HostBundleSha256",
-                              "DrBackupVaultArn", "DrRegion", "DrReplicationKmsKeyArn", "ImageId"}
+                              "DrBackupVaultArn", "DrRegion", "DrReplicationKmsKeyArn", "ImageId",
+                              # the group's capacity when the deploy begins (test_deploy.py)
+                              "MinInstancesInService"}
         for env, params in PARAMS.items():
             # dr-vault (deployed in the DR Region) may take values too.
             self.assertLessEqual(set(STACK_ORDER), set(params["stacks"]), env)
@@ -111,11 +112,6 @@ class Structure(unittest.TestCase):
                     self.assertRegex(skip.get("id", ""), r"^CKV2?_AWS_\d+$", f"{name}.{logical}")
                     self.assertGreater(len(skip.get("comment", "")), 20, f"{name}.{logical}: explain {skip.get('id')}")
 
-    def test_target_sh_deploys_in_the_same_order(self):
-        calls = re.findall(r"_deploy_stack (\w+) ", TARGET_SH)
-        first_calls = list(dict.fromkeys(c for c in calls if c in STACK_ORDER))
-        self.assertEqual(first_calls, list(STACK_ORDER))
-
 
 class ZeroDowntime(unittest.TestCase):
     asg = one(TPL["app"], "AWS::AutoScaling::AutoScalingGroup")
@@ -123,7 +119,9 @@ class ZeroDowntime(unittest.TestCase):
     def test_rolling_update_replaces_one_instance_at_a_time_without_losing_capacity(self):
         rolling = self.asg["UpdatePolicy"]["AutoScalingRollingUpdate"]
         self.assertEqual(rolling["MaxBatchSize"], 1)
-        self.assertTrue(is_ref(rolling["MinInstancesInService"], "MinSize"))
+        # The deploy passes the group's current capacity (test_deploy.py,
+        # a scaled-out group keeps it).
+        self.assertTrue(is_ref(rolling["MinInstancesInService"], "MinInstancesInService"))
         self.assertEqual(rolling["MinSuccessfulInstancesPercent"], 100)
         self.assertIs(rolling["WaitOnResourceSignals"], True)
         self.assertTrue(5 <= iso_minutes(rolling["PauseTime"]) <= 60)
@@ -176,17 +174,8 @@ class ZeroDowntime(unittest.TestCase):
         image = TPL["app"]["Parameters"]["ImageId"]
         self.assertEqual(image["Type"], "AWS::EC2::Image::Id", "an SSM 'latest' parameter re-resolves on every deploy")
         self.assertNotIn("Default", image)
-        # target.sh reads the image recorded with the release and passes it on
-        # every app deploy and rollback; it resolves "latest" only when none is recorded.
-        self.assertIn('key="releases/$VERSION/image-id"', TARGET_SH)
-        # deploy, plan and rollback; a record written before images were
-        # pinned falls back to the image the running release uses.
-        self.assertEqual(TARGET_SH.count('"ImageId=$'), 3)
-        self.assertIn("'.ImageId // $cur.ImageId'", TARGET_SH)
-        running = TARGET_SH.split("_app_running() {", 1)[1].split("\n}\n", 1)[0]
-        self.assertIn("{AppVersion, ArtifactSha256, HostBundleSha256, ImageId}", running)
-        resolve = TARGET_SH.split("_pin_image() {", 1)[1].split("\n}\n", 1)[0]
-        self.assertLess(resolve.index('_aws s3 cp "s3://$bucket/$key"'), resolve.index("ssm get-parameter"))
+        # The deploy pins the image with the release and passes it on every
+        # app deploy and rollback (test_deploy.py).
 
     def test_user_data_verifies_the_release_and_signals_the_outcome(self):
         lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")
@@ -306,8 +295,7 @@ class ZeroDowntime(unittest.TestCase):
     def test_app_stack_deploys_carry_the_fast_burn_rollback_triggers(self):
         out = TPL["monitoring"]["Outputs"]["RollbackTriggerAlarmArns"]["Value"]["Fn::Join"][1]
         self.assertEqual(out, [{"Fn::GetAtt": ["ErrorBudgetBurn5m", "Arn"]}, {"Fn::GetAtt": ["LatencyBurn5m", "Arn"]}])
-        self.assertIn('rollback=$(_rollback_configuration) || exit 1', TARGET_SH)
-        self.assertIn('_deploy_stack app "$AWS_TEMPLATE_DIR/app.yaml" "$rollback"', TARGET_SH)
+        # test_deploy.py: the app stack's updates carry them, every other none.
 
 
 class Durability(unittest.TestCase):
@@ -352,7 +340,6 @@ class Durability(unittest.TestCase):
         prod = PARAMS["production"]
         self.assertTrue(prod["drRegion"])
         self.assertNotEqual(prod["drRegion"], prod["region"])
-        self.assertIn("DrBackupVaultArn=VaultArn", TARGET_SH)
 
     def test_connection_budget_fits_the_database(self):
         for env in ENVIRONMENTS:
@@ -458,7 +445,6 @@ class Isolation(unittest.TestCase):
         self.assertEqual(lt["MetadataOptions"]["HttpPutResponseHopLimit"], 1)
         for bdm in lt["BlockDeviceMappings"]:
             self.assertIs(bdm["Ebs"]["Encrypted"], True)
-        self.assertIn("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64", TARGET_SH)
 
     def test_instance_role_is_least_privilege(self):
         role = one(TPL["app"], "AWS::IAM::Role")["Properties"]
@@ -518,12 +504,8 @@ class Alarms(unittest.TestCase):
         self.assertEqual(alarm["Dimensions"], [{"Name": "HealthCheckId", "Value": {"Ref": "HealthCheckId"}}])
         self.assertEqual(alarm["AlarmActions"], [{"Ref": "AlarmTopic"}])  # a topic in the alarm's Region
         self.assertNotIn("Condition", one(dns, "AWS::CloudWatch::Alarm"))
-        body = TARGET_SH.split("_deploy_dns_alarm() {", 1)[1].split("\n}\n", 1)[0]
-        self.assertIn("AWS_REGION_NAME=us-east-1", body)
-        self.assertIn('_stack_output "$(_stack_name edge)" HealthCheckId', body)
-        self.assertIn('"HealthCheckId=$hc"', body)
-        deploy = TARGET_SH.split("target_deploy() {", 1)[1]
-        self.assertLess(deploy.index("_deploy_stack edge "), deploy.index("_deploy_dns_alarm"))
+        # The deploy creates it there after the edge stack, from its health
+        # check (test_deploy.py).
         for env in ENVIRONMENTS:
             self.assertNotEqual(PARAMS[env]["region"], "us-east-1", "then the main stack could hold it")
 
@@ -607,7 +589,6 @@ class Identity(unittest.TestCase):
         return self.boot["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
 
     def test_bootstrap_is_deployed_by_an_administrator_not_the_pipeline(self):
-        self.assertNotIn("bootstrap", re.findall(r"_deploy_stack ([\w-]+) ", TARGET_SH))
         self.assertTrue((ROOT / "docs/runbooks/aws-bootstrap.md").is_file())
         provider = self.boot["Resources"]["GitHubOidcProvider"]
         self.assertEqual(provider["Condition"], "CreateOidcProvider")
@@ -650,9 +631,11 @@ class Identity(unittest.TestCase):
     def test_deploy_role_is_least_privilege_and_creates_nothing_itself(self):
         allowed = set()
         # Read-only actions without resource-level permissions, for the
-        # canary and the staging load check: the only ones allowed on "*".
+        # canary, the staging load check, the group's capacity and the
+        # image's owner: the only ones allowed on "*".
         unscoped = {"cloudwatch:GetMetricData", "cloudwatch:GetMetricStatistics",
-                    "elasticloadbalancing:DescribeTargetHealth"}
+                    "elasticloadbalancing:DescribeTargetHealth", "autoscaling:DescribeAutoScalingGroups",
+                    "ec2:DescribeImages"}
         for st in self.statements("DeployRole"):
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             self.assertEqual(st["Effect"], "Allow")
@@ -661,28 +644,25 @@ class Identity(unittest.TestCase):
             for a in actions:
                 self.assertNotIn("*", a, st["Sid"])
                 allowed.add(a)
-        # What target.sh calls, and nothing that creates resources directly.
+        # What the deploy calls (test_deploy.py checks every call it makes
+        # against these roles), and nothing that creates resources directly.
         self.assertLessEqual({"cloudformation:CreateChangeSet", "cloudformation:ExecuteChangeSet",
                               "cloudformation:DescribeChangeSet", "cloudformation:DescribeStacks",
                               "cloudformation:DescribeStackEvents", "cloudformation:DeleteChangeSet",
                               "s3:GetObject", "s3:PutObject", "ssm:GetParameter", "iam:PassRole"}, allowed)
-        self.assertFalse({a for a in allowed - unscoped
-                          if a.split(":")[0] in ("ec2", "rds", "autoscaling", "elasticloadbalancing")})
+        # Of the services' own calls only one that changes anything: resuming
+        # the processes an update left suspended, on the app group alone.
+        self.assertEqual({a for a in allowed - unscoped
+                          if a.split(":")[0] in ("ec2", "rds", "autoscaling", "elasticloadbalancing")},
+                         {"autoscaling:ResumeProcesses"})
+        resume = next(st for st in self.statements("DeployRole") if st["Action"] == "autoscaling:ResumeProcesses")
+        self.assertTrue(resume["Resource"]["Fn::Sub"].endswith(":autoScalingGroupName/${StackPrefix}-${Environment}"))
         self.assertNotIn("iam:CreateRole", allowed)
         passrole = next(st for st in self.statements("DeployRole") if st["Action"] == "iam:PassRole")
         self.assertEqual(passrole["Resource"], {"Fn::GetAtt": ["CloudFormationServiceRole", "Arn"]})
         self.assertEqual(passrole["Condition"]["StringEquals"]["iam:PassedToService"], "cloudformation.amazonaws.com")
-        # target.sh hands CloudFormation the service role.
-        self.assertIn('args+=(--role-arn "$AWS_CFN_ROLE_ARN")', TARGET_SH)
-        canary_sh = (ROOT / "deploy/aws/canary.sh").read_text()
-        iam_service = {"cloudformation": "cloudformation", "cloudwatch": "cloudwatch", "elbv2": "elasticloadbalancing"}
-        for service, op in re.findall(r"_aws (\w+) ([a-z-]+)", TARGET_SH + canary_sh):
-            # set-stack-policy: people only now (bootstrap.yaml denies it to
-            # the pipeline); target.sh still calls it until the deploy
-            # program stops doing so (issue 24, deploy changes to wire in).
-            if service in iam_service and op not in ("wait", "set-stack-policy"):
-                action = iam_service[service] + ":" + "".join(w.capitalize() for w in op.split("-"))
-                self.assertIn(action, allowed, f"the aws target calls {service} {op}")
+        # Stack policies are people's to set (the deploy only reads them).
+        self.assertNotIn("cloudformation:SetStackPolicy", allowed)
 
     def test_plan_role_cannot_execute(self):
         deny = [st for st in self.statements("PlanRole") if st["Effect"] == "Deny"]
@@ -782,11 +762,10 @@ class RegionLoss(unittest.TestCase):
         self.assertTrue(self.database(DrRegion="eu-central-1")[0].broken_rules())
         self.assertTrue(self.database(region="eu-central-1", DrRegion="eu-central-1",
                                       DrReplicationKmsKeyArn=key)[0].broken_rules())
-        # target.sh passes the parameter file's drRegion and the key of the dr-vault stack there.
+        # The deploy passes the parameter file's drRegion and the key of the
+        # dr-vault stack there (test_deploy.py, Production).
         prod = PARAMS["production"]
         self.assertTrue(prod["drRegion"] and prod["drRegion"] != prod["region"])
-        self.assertIn('echo "DrRegion=$AWS_DR_REGION"', TARGET_SH)
-        self.assertIn("DrReplicationKmsKeyArn=ReplicationKeyArn", TARGET_SH)
         dr = TPL["dr-vault"]
         self.assertEqual(dr["Outputs"]["ReplicationKeyArn"]["Value"], {"Fn::GetAtt": ["ReplicationKey", "Arn"]})
         self.assertIs(dr["Resources"]["ReplicationKey"]["Properties"]["EnableKeyRotation"], True)

@@ -78,8 +78,13 @@ if [ -z "$PYTHON" ] && [ "${CI:-}" = true ]; then
 fi
 
 say "canary verdict unit tests (deploy/canary, plain python3)"
-python3 -m unittest discover -s "$ROOT/deploy/canary" 2>&1 | tail -n 3
-python3 -m unittest discover -s "$ROOT/deploy/canary" >/dev/null 2>&1 || fail "deploy/canary unit tests"
+verdict_log=$(mktemp)
+if ! python3 -m unittest discover -s "$ROOT/deploy/canary" >"$verdict_log" 2>&1; then
+  cat "$verdict_log" >&2
+  fail "deploy/canary unit tests"
+fi
+tail -n 3 "$verdict_log"
+rm -f "$verdict_log"
 
 if [ -z "$BINARY" ]; then
   say "building hello-birthday and loadgen (debug)"
@@ -123,7 +128,7 @@ mkdir -p "$REPORT"
 start_load() {
   local name=$1; shift
   rm -f "$WORK/ready" "$REPORT/$name".*
-  "$LOADGEN" --url "$(stack_url)" --rate "$RATE" --connections "$CONNS" --duration 120 \
+  "$LOADGEN" run --url "$(stack_url)" --rate "$RATE" --connections "$CONNS" --duration 120 \
     --ready-file "$WORK/ready" --csv "$REPORT/$name.csv" --summary "$REPORT/$name.summary.json" \
     "$@" >"$REPORT/$name.loadgen.log" 2>&1 &
   LG_PID=$!
@@ -390,7 +395,7 @@ for scenario in "${SCENARIOS[@]}"; do
     # The case leastconn got wrong: an idle backend, one request at a time.
     w=$(awk 'BEGIN { print int(100 * 2 * 10 / 90 + 0.5) }')
     haproxy_cmd "$STATE" "set weight be/s1 $w" >/dev/null
-    "$LOADGEN" --url "$(stack_url)" --rate 200 --connections 1 --max-requests 600 --duration 30 --no-verify \
+    "$LOADGEN" run --url "$(stack_url)" --rate 200 --connections 1 --max-requests 600 --duration 30 --no-verify \
       --summary "$REPORT/canary-share.summary.json" >"$REPORT/canary-share.loadgen.log" 2>&1 \
       || { cat "$REPORT/canary-share.loadgen.log"; fail "load failed"; }
     haproxy_cmd "$STATE" "set weight be/s1 100" >/dev/null

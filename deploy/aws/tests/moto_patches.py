@@ -1,4 +1,6 @@
-"""moto's AWS emulator with two gaps of its CloudFormation engine filled.
+"""moto's AWS emulator, in-process, with the gaps of its CloudFormation
+engine that the deploy tests meet filled. Importing this module applies
+the patches; the tests then run the deploy program inside mock_aws().
 
 1. moto (5.x) accepts create-change-set / execute-change-set, but executing a
    change set neither resolves Fn::ImportValue nor publishes the stack's
@@ -23,29 +25,39 @@
    documents (Ref: the alarm name; Arn), nothing is created in CloudWatch.
 8. Nor AWS::WAFv2::WebACL, WebACLAssociation or LoggingConfiguration: the
    same kind of record (Arn of a regional web ACL), nothing is created.
-10. Nor AWS::SecretsManager::Secret: a secret is created in moto's Secrets
-   Manager as CloudFormation does (GenerateSecretString: the template with
-   a generated value under GenerateStringKey); Ref is its ARN.
 9. moto's AWS::KMS::Key hands the template's Tags ({Key, Value}, as
    CloudFormation has them) to its KMS tagger, which wants {TagKey,
    TagValue}: they are converted first.
+10. Nor AWS::SecretsManager::Secret: a secret is created in moto's Secrets
+   Manager as CloudFormation does (GenerateSecretString: the template with
+   a generated value under GenerateStringKey); Ref is its ARN.
+15. Nor AWS::Backup::BackupVault (the DR Region's vault): a record with
+   its name and ARN, nothing is created.
+11. RollbackConfiguration is accepted but dropped: it is kept on the change
+   set and, once executed, on the stack, where DescribeStacks reports it as
+   AWS does.
+12. ContinueUpdateRollback is not implemented: it ends the rollback
+   (UPDATE_ROLLBACK_COMPLETE), as AWS does once the cause is gone.
+13. moto never rolls an update back. OUTCOMES scripts it: executing an update
+   of a stack named there leaves the stack as it was, in the status given,
+   with the failure event CloudFormation records for the resource.
+14. Deleting a stack leaves its AWS::ElasticLoadBalancingV2::ListenerRule
+   resources on the listener: they are deleted, as AWS does.
 
 Everything else is stock moto.
-
-Usage: python moto_server.py -H 127.0.0.1 -p PORT
 """
 
 import ipaddress
-import sys
 
 from moto.cloudformation import models as cfn
 from moto.cloudformation import parsing
+from moto.cloudformation import responses as cfn_responses
 from moto.cloudformation import utils as cfn_utils
+from moto.cloudformation.exceptions import ValidationError
 from moto.core.common_models import CloudFormationModel
 from moto.elbv2 import models as elbv2
 from moto.kms import models as kms_models
 from moto.rds import models as rds
-from moto.server import main
 
 _clean_json = parsing.clean_json
 
@@ -120,9 +132,29 @@ elbv2.FakeTargetGroup.get_cfn_attribute = tg_get_cfn_attribute
 elbv2.FakeTargetGroup.has_cfn_attr = classmethod(lambda cls, attr: attr in ("TargetGroupFullName", "TargetGroupArn"))
 
 
+def delete_listener_rule(self, account_id, region_name):
+    elbv2.elbv2_backends[account_id][region_name].delete_rule(self.arn)
+
+
+elbv2.FakeListenerRule.delete = delete_listener_rule
+
+# stack name -> (final status, logical id of the failed resource, reason)
+OUTCOMES = {}
+
+
 def execute_change_set(self, change_set_name, stack_name=None):
     change_set = self.describe_change_set(change_set_name)
     placeholder = self.stacks[change_set.stack_id]
+    if change_set.change_set_type == "UPDATE" and placeholder.name in OUTCOMES:
+        status, logical_id, reason = OUTCOMES[placeholder.name]
+        placeholder._add_stack_event("UPDATE_IN_PROGRESS", resource_status_reason="User Initiated")
+        placeholder.events.append(cfn.Event(
+            stack_id=placeholder.stack_id, stack_name=placeholder.name, logical_resource_id=logical_id,
+            physical_resource_id=None, resource_type="AWS::AutoScaling::AutoScalingGroup",
+            resource_status="UPDATE_FAILED", resource_status_reason=reason, resource_properties=None))
+        change_set.execution_status = "EXECUTE_COMPLETE"
+        placeholder.status = status
+        return
     if change_set.change_set_type == "CREATE":
         stack = cfn.Stack(
             stack_id=placeholder.stack_id,
@@ -157,6 +189,7 @@ def execute_change_set(self, change_set_name, stack_name=None):
         self.exports[export.name] = export
     change_set.execution_status = "EXECUTE_COMPLETE"
     stack.status = f"{change_set.change_set_type}_COMPLETE"
+    stack.rollback_configuration = getattr(change_set, "rollback_configuration", None)
 
 
 cfn.CloudFormationBackend.execute_change_set = execute_change_set
@@ -239,7 +272,29 @@ class SecretRecord(AlarmRecord):
         return cls(out["ARN"])
 
 
+class BackupVaultRecord(AlarmRecord):
+    __module__ = "moto.backup.records"
+    name_property = "BackupVaultName"
+
+    def __init__(self, name, region_name, account_id):
+        self.name = name
+        self.arn = f"arn:aws:backup:{region_name}:{account_id}:backup-vault:{name}"
+
+    @classmethod
+    def has_cfn_attr(cls, attr):
+        return attr in ("BackupVaultArn", "BackupVaultName")
+
+    def get_cfn_attribute(self, attribute_name):
+        if attribute_name == "BackupVaultArn":
+            return self.arn
+        if attribute_name == "BackupVaultName":
+            return self.name
+        raise NotImplementedError(attribute_name)
+
+
 def resource_class_from_type(resource_type):
+    if resource_type == "AWS::Backup::BackupVault":
+        return BackupVaultRecord
     if resource_type == "AWS::SecretsManager::Secret":
         return SecretRecord
     if resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
@@ -250,6 +305,30 @@ def resource_class_from_type(resource_type):
 
 
 parsing.resource_class_from_type = resource_class_from_type
+
+_create_change_set = cfn_responses.CloudFormationResponse.create_change_set
+
+
+def create_change_set(self):
+    result = _create_change_set(self)
+    change_set = self.cloudformation_backend.describe_change_set(self._get_param("ChangeSetName"))
+    change_set.rollback_configuration = self._get_param("RollbackConfiguration")
+    return result
+
+
+cfn_responses.CloudFormationResponse.create_change_set = create_change_set
+
+
+def continue_update_rollback(self):
+    stack = self.cloudformation_backend.get_stack(self._get_param("StackName"))
+    if stack.status != "UPDATE_ROLLBACK_FAILED":
+        raise ValidationError(message=f"Stack is in {stack.status} state and can not continue the rollback")
+    stack.status = "UPDATE_ROLLBACK_COMPLETE"
+    return cfn_responses.EmptyResult()
+
+
+cfn_responses.CloudFormationResponse.continue_update_rollback = continue_update_rollback
+
 
 _create_key = kms_models.Key.create_from_cloudformation_json.__func__
 
@@ -263,6 +342,3 @@ def create_key_from_cloudformation_json(cls, resource_name, cloudformation_json,
 
 
 kms_models.Key.create_from_cloudformation_json = classmethod(create_key_from_cloudformation_json)
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

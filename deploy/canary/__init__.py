@@ -1,0 +1,1 @@
+"""The canary verdict (verdict.py), shared by both deploy targets."""

@@ -1,0 +1,3 @@
+-- Nothing to change in the SQLite schema: erasure there is the writer's
+-- secure_delete and its WAL checkpoint (src/store/sqlite.rs). The version is
+-- kept so both backends report the same schema version.
