@@ -4,8 +4,9 @@
 # a content checksum computed by the database over the rows in primary-key
 # order, and the SHA-256 of the backup file.
 #
-# restore.sh sources this file for the parts both need (URL parsing,
-# checksums, storage); sourced, it only defines functions.
+# restore.sh sources this file for the parts both need (the database URL,
+# read by the service binary; checksums; storage); sourced, it only defines
+# functions.
 set -euo pipefail
 
 # A backup holds everyone's date of birth: whatever the caller's umask, the
@@ -41,7 +42,8 @@ hello-birthday-<UTC timestamp>. Files are written under temporary names and
 the manifest lands last, so a backup without a manifest is never complete.
 
 Options:
-  --database-url URL  postgres://user[:pass]@host:port/db or sqlite://PATH
+  --database-url URL  postgres://user[:pass]@host:port/db or sqlite://PATH,
+                      the forms the service accepts (README, DATABASE_URL)
                       (default: $DATABASE_URL). Prefer the env variable: a
                       password on the command line is visible in ps.
   --to DEST           a directory or s3://bucket/prefix (default: $BACKUP_DEST)
@@ -59,6 +61,9 @@ Environment:
   BACKUP_S3_SSE        server-side encryption: aws:kms (default) or AES256
   BACKUP_S3_KMS_KEY_ID KMS key for aws:kms (default: the account's S3 key)
   PG_BINDIR            directory of pg_dump/pg_restore/psql (default: PATH)
+  HELLO_BIRTHDAY_BIN   the service binary, which reads the URL (default: this
+                       checkout's newer target/{release,debug} build, else PATH)
+  DATABASE_CA_FILE     as for the service: becomes PGSSLROOTCERT
 
 Prints the backup's manifest location on stdout; progress goes to stderr.
 
@@ -80,74 +85,49 @@ USAGE
 
 # ------------------------------------------------------------ database URL
 
-# urldecode STRING: %XX escapes of a URL component (a password may hold any
-# byte). Backslashes are doubled first so printf %b leaves them alone.
-urldecode() {
-  local s=${1//\\/\\\\}
-  printf '%b' "${s//%/\\x}"
+# hb_binary: the service binary, which parses DATABASE_URL for these scripts
+# exactly as the service does: $HELLO_BIRTHDAY_BIN, else the newer build of
+# this checkout (target/release or target/debug), else hello-birthday on
+# PATH (/usr/local/bin on a host).
+hb_binary() {
+  local b found=""
+  if [ -n "${HELLO_BIRTHDAY_BIN:-}" ]; then printf '%s\n' "$HELLO_BIRTHDAY_BIN"; return; fi
+  for b in "$(dirname "${BASH_SOURCE[0]}")"/../target/{release,debug}/hello-birthday; do
+    if [ -x "$b" ] && { [ -z "$found" ] || [ "$b" -nt "$found" ]; }; then found=$b; fi
+  done
+  [ -n "$found" ] || found=$(command -v hello-birthday) \
+    || die "hello-birthday not found (set HELLO_BIRTHDAY_BIN, or put it on PATH): it reads the database URL"
+  printf '%s\n' "$found"
 }
 
-# parse_db_url URL: sets DB_BACKEND (postgres|sqlite), DB_SOURCE (the URL
-# without its password, for logs and manifests) and SQLITE_PATH, or exports
-# the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) so no
-# tool ever gets the password in its argv.
+# parse_db_url URL: what the URL names, as the service reads it
+# (`hello-birthday database --env`, which refuses what the service refuses):
+# sets DB_BACKEND (postgres|sqlite), DB_SOURCE (the URL without its
+# password, for logs and manifests) and SQLITE_PATH (absolute), or exports
+# the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,
+# PGSSLMODE, PGSSLROOTCERT from DATABASE_CA_FILE...) so no tool ever gets
+# the password in its argv. The URL reaches the binary in its environment.
 parse_db_url() {
-  local url=$1 rest auth hostport query param key value
-  case "$url" in
-    sqlite://*)
-      DB_BACKEND=sqlite
-      rest=${url#sqlite://}
-      SQLITE_PATH=${rest%%\?*}
-      [ -n "$SQLITE_PATH" ] || die "no file path in the sqlite URL"
-      DB_SOURCE="sqlite://$SQLITE_PATH"
-      ;;
-    postgres://*|postgresql://*)
-      DB_BACKEND=postgres
-      rest=${url#*://}
-      query=""
-      if [[ "$rest" == *\?* ]]; then query=${rest#*\?}; rest=${rest%%\?*}; fi
-      auth=""
-      if [[ "$rest" == *@* ]]; then auth=${rest%@*}; rest=${rest##*@}; fi
-      hostport=${rest%%/*}
-      if [[ "$rest" == */* ]]; then
-        [ -z "${rest#*/}" ] || { PGDATABASE=$(urldecode "${rest#*/}"); export PGDATABASE; }
-      fi
-      if [ -n "$auth" ]; then
-        PGUSER=$(urldecode "${auth%%:*}"); export PGUSER
-        [[ "$auth" != *:* ]] || { PGPASSWORD=$(urldecode "${auth#*:}"); export PGPASSWORD; }
-      fi
-      if [[ "$hostport" == \[* ]]; then          # [IPv6]:port
-        export PGHOST="${hostport%%]*}"; PGHOST=${PGHOST#[}
-        hostport=${hostport#*]}
-        [ -z "${hostport#:}" ] || export PGPORT="${hostport#:}"
-      elif [ -n "$hostport" ]; then
-        [ -z "${hostport%%:*}" ] || export PGHOST="${hostport%%:*}"
-        [[ "$hostport" != *:* ]] || export PGPORT="${hostport##*:}"
-      fi
-      local IFS='&'
-      for param in $query; do
-        key=${param%%=*}; value=$(urldecode "${param#*=}")
-        case "$key" in
-          host) export PGHOST="$value" ;;
-          port) export PGPORT="$value" ;;
-          sslmode) export PGSSLMODE="$value" ;;
-          sslrootcert) export PGSSLROOTCERT="$value" ;;
-          connect_timeout) export PGCONNECT_TIMEOUT="$value" ;;
-          application_name) export PGAPPNAME="$value" ;;
-          *) step "ignoring URL parameter $key" ;;
-        esac
-      done
-      DB_SOURCE="postgres://${PGUSER:+$PGUSER@}${PGHOST:-}${PGPORT:+:$PGPORT}/${PGDATABASE:-}"
+  local url=$1 bin env DATABASE_BACKEND="" DATABASE_SOURCE="" DATABASE_PATH=""
+  [ -n "$url" ] || die "no database URL: pass --database-url or set DATABASE_URL"
+  bin=$(hb_binary) || exit 1
+  # The URL is already chosen (a credential included): the binary is not
+  # to look for one again.
+  env=$(CREDENTIALS_DIRECTORY='' DATABASE_URL=$url "$bin" database --env) || die "the database URL was refused (see above)"
+  # Single-quoted assignments written by the binary (tested with every byte).
+  eval "$env"
+  DB_BACKEND=$DATABASE_BACKEND DB_SOURCE=$DATABASE_SOURCE
+  case "$DB_BACKEND" in
+    sqlite) SQLITE_PATH=$DATABASE_PATH ;;
+    postgres)
       # Timestamps print the same whatever the server's or the host's zone.
       export PGTZ=UTC PGDATESTYLE="ISO, YMD"
       export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-10}"
       ;;
-    "") die "no database URL: pass --database-url or set DATABASE_URL" ;;
-    *) die "unsupported database URL scheme: ${url%%:*} (postgres:// or sqlite://)" ;;
+    *) die "unexpected answer from $bin database --env" ;;
   esac
 }
 
-# pg_tool NAME: pg_bin, or the script stops.
 pg_tool() { pg_bin "$1" || die "$1 not found (install postgresql-client, or set PG_BINDIR)"; }
 
 # psql_q: run the SQL on stdin; unaligned, tuples only, stop at the first error.

@@ -3,11 +3,12 @@
 //! tests use exactly this, the tests on port 0.
 
 use crate::config::Config;
+use crate::fd_limit::{Caps, connection_caps};
 use crate::http::conn::{self, ConnState, FirstRequestDeadline, MarkStarted, Silent};
 use crate::http::{AppState, Clock, MAX_HEAD_BYTES, Shared, metrics_router, router, utc_clock};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::startup::StoreHandle;
+use crate::store::StoreHandle;
 use crate::telemetry::RateLimit;
 use anyhow::Context;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,53 +30,6 @@ pub struct Application {
     caps: Caps,
 }
 
-/// Open connections each listener accepts at once.
-#[derive(Clone, Copy, Debug)]
-struct Caps {
-    api: usize,
-    metrics: usize,
-}
-
-/// File descriptors kept outside the connection caps, so that neither
-/// listener can take the last ones: the listeners, stdio and the runtime's
-/// own; SQLite's three per connection (file, WAL, shared memory) for a
-/// reader per worker thread and the writer; the PostgreSQL pool; and room
-/// for short-lived ones (/proc reads, a connection accepted only to be
-/// closed at the cap).
-fn reserved_fds(config: &Config) -> usize {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    32 + 3 * (workers + 1) + config.db_pool_size
-}
-
-/// The connection caps within the open-files limit. Every connection is a
-/// file descriptor: with the caps inside the limit an accept never fails
-/// with EMFILE, so the API port can always accept, and at its cap make room
-/// by closing a silent connection instead of leaving the new one (a load
-/// balancer's health check) in the kernel's queue.
-fn connection_caps(config: &Config) -> Caps {
-    let metrics = config.metrics_max_connections.max(1);
-    let wanted = config.max_connections.max(1);
-    #[cfg(unix)]
-    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        .map_or(u64::MAX, |(soft, _hard)| soft)
-        .min(usize::MAX as u64) as usize;
-    #[cfg(not(unix))]
-    let limit = usize::MAX;
-    let budget = limit.saturating_sub(reserved_fds(config) + metrics).max(1);
-    if budget < wanted {
-        tracing::warn!(
-            open_files_limit = limit,
-            max_connections = wanted,
-            allowed = budget,
-            "the open-files limit allows fewer API connections than MAX_CONNECTIONS; raise the limit (ulimit -n, LimitNOFILE=) to get them all"
-        );
-    }
-    Caps {
-        api: wanted.min(budget),
-        metrics,
-    }
-}
-
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         Self::build_with_clock(config, utc_clock()).await
@@ -83,7 +37,7 @@ impl Application {
 
     /// As `build`, with "today" supplied by `clock` (tests pin dates with it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        // Serves even while a shared database is away (see `startup`).
+        // Serves even while a shared database is away (see `StoreHandle`).
         let store = StoreHandle::connect(&config).await?;
         let listener = bind(config.bind_addr, config.port)
             .with_context(|| format!("binding {}:{}", config.bind_addr, config.port))?;
@@ -94,16 +48,16 @@ impl Application {
                     config.metrics_bind_addr, config.metrics_port
                 )
             })?;
-        let metrics = Arc::new(Metrics::new(config.release(), store.backend()));
+        let metrics = Metrics::new(config.release(), store.backend());
         let state: AppState = Arc::new(Shared {
             store,
             clock,
             metrics,
-            draining: Arc::new(AtomicBool::new(false)),
-            limiter: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
-            request_timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
-            body_timeout: Duration::from_secs(config.body_timeout_seconds.max(1)),
-            db_timeout: config.db_timeout(),
+            draining: AtomicBool::new(false),
+            limiter: Semaphore::new(config.max_concurrent_requests.get()),
+            request_timeout: config.request_timeout,
+            body_timeout: config.body_timeout,
+            db_timeout: config.db_timeout,
             release: config.release().into(),
         });
         let caps = connection_caps(&config);
@@ -128,15 +82,11 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serves until `shutdown` resolves, then drains and stops:
     /// 1. readiness turns 503 at once (the load balancer stops sending),
-    /// 2. requests are still served for `drain_seconds` (in-flight balancer
+    /// 2. requests are still served for `drain` (in-flight balancer
     ///    decisions still arrive), answered with `Connection: close`,
-    /// 3. the listeners close; in-flight requests get `shutdown_timeout_seconds`,
+    /// 3. the listeners close; in-flight requests get `shutdown_timeout`,
     ///    and those still running then are cut off (counted and logged as 499),
     /// 4. the store closes (the SQLite writer finishes its batch).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -162,7 +112,7 @@ impl Application {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (abort_tx, abort_rx) = watch::channel(false);
-        let first_request = Duration::from_secs(config.first_request_timeout_seconds.max(1));
+        let first_request = config.first_request_timeout;
         let (probe_tx, probe_rx) = mpsc::channel(1);
         let api = Listener {
             name: "api",
@@ -170,7 +120,7 @@ impl Application {
             app: router(state.clone()),
             max_connections: caps.api,
             first_request,
-            keep_alive: Some(Duration::from_secs(config.keepalive_seconds.max(1))),
+            keep_alive: Some(config.keepalive),
             trim: true,
             probes: Some(probe_rx),
         };
@@ -191,7 +141,7 @@ impl Application {
         let serving = [api, scrape].map(|l| {
             tokio::spawn(accept_loop(
                 l,
-                state.metrics.clone(),
+                state.clone(),
                 stop_rx.clone(),
                 abort_rx.clone(),
             ))
@@ -219,19 +169,19 @@ impl Application {
             n.send("STOPPING=1\nSTATUS=draining");
         }
         tracing::info!(
-            drain_seconds = config.drain_seconds,
+            drain_seconds = config.drain.as_secs_f64(),
             "shutdown requested: draining"
         );
         state.draining.store(true, Ordering::Relaxed);
         state.metrics.draining.set(1);
-        tokio::time::sleep(Duration::from_secs(config.drain_seconds)).await;
+        tokio::time::sleep(config.drain).await;
 
         let _ = stop_tx.send(true);
         let mut open = Vec::with_capacity(serving.len());
         for task in serving {
             open.push(task.await.context("an accept loop panicked")?);
         }
-        let deadline = Duration::from_secs(config.shutdown_timeout_seconds);
+        let deadline = config.shutdown_timeout;
         let all_closed = futures_util::future::join_all(
             open.iter_mut()
                 .map(|o| o.graceful.take().expect("set").shutdown()),
@@ -240,7 +190,7 @@ impl Application {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => {
                 tracing::warn!(
-                    timeout_seconds = config.shutdown_timeout_seconds,
+                    timeout_seconds = config.shutdown_timeout.as_secs_f64(),
                     "connections still open at the shutdown deadline; closing them"
                 );
                 // Dropping a connection drops its requests, each of which is
@@ -313,7 +263,7 @@ static ACCEPT_LOG: RateLimit = RateLimit::new(1);
 /// open. After `abort`, the remaining connections are dropped.
 async fn accept_loop(
     serve: Listener,
-    metrics: Arc<Metrics>,
+    state: AppState,
     mut stop: watch::Receiver<bool>,
     abort: watch::Receiver<bool>,
 ) -> Open {
@@ -327,7 +277,6 @@ async fn accept_loop(
         trim,
         mut probes,
     } = serve;
-    let max_connections = max_connections.max(1);
     let connections = Arc::new(Semaphore::new(max_connections));
     let silent = Arc::new(Silent::default());
     let peak_open = Arc::new(AtomicUsize::new(0));
@@ -375,7 +324,7 @@ async fn accept_loop(
             Ok(conn) => conn,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                metrics.accept_error(name);
+                state.metrics.accept_error(name);
                 if let Some(suppressed) = ACCEPT_LOG.allow() {
                     tracing::warn!(listener = name, error = %e, suppressed, "accept failed");
                 }
@@ -396,14 +345,14 @@ async fn accept_loop(
                 {
                     Ok(Ok(permit)) => permit,
                     _ => {
-                        metrics.connection_closed(name, "refused");
+                        state.metrics.connection_closed(name, "refused");
                         continue;
                     }
                 }
             }
             Err(_) => {
                 // Every connection is in use: closing at once costs the least.
-                metrics.connection_closed(name, "refused");
+                state.metrics.connection_closed(name, "refused");
                 continue;
             }
         };
@@ -415,7 +364,7 @@ async fn accept_loop(
         let io = FirstRequestDeadline::new(stream, conn_state.clone(), first_request);
         let service = MarkStarted::new(TowerToHyperService::new(app.clone()), conn_state.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
-        let metrics = metrics.clone();
+        let state = state.clone();
         let mut abort = abort.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
@@ -431,7 +380,7 @@ async fn accept_loop(
                     _ = abort.wait_for(|a| *a) => break Ok(()),
                 }
             };
-            conn::record(&metrics, name, conn::classify(&result, &conn_state));
+            conn::record(&state.metrics, name, conn::classify(&result, &conn_state));
             drop(permit);
         });
     }

@@ -1,75 +1,14 @@
 //! Configuration: environment first (12-factor), every variable also a flag.
 
-use clap::{Parser, ValueEnum};
-use secrecy::{ExposeSecret, SecretString};
-use std::fmt;
+mod database;
+pub mod range;
+
+pub use database::{Database, DatabaseUrl, DatabaseUrlError, redact_url};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
-
-/// A database URL that never prints its password: `Debug` and `Display`
-/// show `postgres://user:***@host/db`. Held as a `secrecy` secret, so the
-/// one way to the real URL is an explicit `expose`, and the memory is
-/// zeroed when it is dropped.
-#[derive(Clone)]
-pub struct DatabaseUrl(SecretString);
-
-impl DatabaseUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(SecretString::from(url.into()))
-    }
-
-    /// The real URL, for the driver only.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-
-    pub fn redacted(&self) -> String {
-        redact_url(self.expose())
-    }
-}
-
-impl std::str::FromStr for DatabaseUrl {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self::new(s))
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-/// Replaces the password of `scheme://user:password@host` and of a
-/// `password=...` parameter with `***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let at = rest_start + at;
-            if let Some(colon) = out[rest_start..at].find(':') {
-                out.replace_range(rest_start + colon + 1..at, "***");
-            }
-        }
-    }
-    if let Some(p) = out.find("password=") {
-        let start = p + "password=".len();
-        let end = out[start..].find('&').map_or(out.len(), |i| start + i);
-        out.replace_range(start..end, "***");
-    }
-    out
-}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -92,6 +31,8 @@ pub enum RequestLog {
     Off,
 }
 
+/// The command line: the service's configuration, and a subcommand for
+/// the scripts that need part of it.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "hello-birthday",
@@ -99,6 +40,30 @@ pub enum RequestLog {
     about = "Remembers people's dates of birth and greets them.",
     long_about = None
 )]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Says which database DATABASE_URL names, parsed as the service parses
+    /// it, and exits (2 when the URL is refused).
+    Database {
+        /// Print shell assignments to `eval`: DATABASE_BACKEND,
+        /// DATABASE_SOURCE (no password) and DATABASE_PATH for SQLite; for
+        /// PostgreSQL `export PGHOST=...` and the other libpq variables,
+        /// PGPASSWORD included when the URL has a password.
+        #[arg(long)]
+        env: bool,
+    },
+}
+
+/// Every setting, checked when it is read: numbers against their range,
+/// durations in the unit their name says, carried as `Duration`.
+#[derive(Clone, Debug, Args)]
 pub struct Config {
     /// Public API port (0 picks a free one).
     #[arg(long, env = "PORT", default_value_t = 5000)]
@@ -117,15 +82,16 @@ pub struct Config {
     pub metrics_bind_addr: IpAddr,
 
     /// Open connections to the metrics listener at once (one request each); beyond it the oldest silent one is closed, else the new one.
-    #[arg(long, env = "METRICS_MAX_CONNECTIONS", default_value_t = 8)]
-    pub metrics_max_connections: usize,
+    #[arg(long, env = "METRICS_MAX_CONNECTIONS", default_value = "8", value_parser = range::count(1024))]
+    pub metrics_max_connections: NonZeroUsize,
 
     /// sqlite://PATH or postgres://user:password@host:port/db (the password is never printed).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://data/hello-birthday.db",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = database::DatabaseUrlParser
     )]
     pub database_url: DatabaseUrl,
 
@@ -140,12 +106,12 @@ pub struct Config {
     pub database_ca_file: Option<std::path::PathBuf>,
 
     /// PostgreSQL connections per instance.
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
-    pub db_pool_size: usize,
+    #[arg(long, env = "DB_POOL_SIZE", default_value = "16", value_parser = range::count(1024))]
+    pub db_pool_size: NonZeroUsize,
 
     /// Deadline for a database call, pool wait included; past it the request gets 503.
-    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 2000)]
-    pub db_timeout_ms: u64,
+    #[arg(long = "db-timeout-ms", env = "DB_TIMEOUT_MS", value_name = "MS", default_value = "2000", value_parser = range::millis(1, 600_000))]
+    pub db_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -161,49 +127,49 @@ pub struct Config {
     pub request_log: RequestLog,
 
     /// A request slower than this is logged even when it succeeded (the latency SLO's threshold).
-    #[arg(long, env = "SLOW_REQUEST_MS", default_value_t = 100)]
-    pub slow_request_ms: u64,
+    #[arg(long = "slow-request-ms", env = "SLOW_REQUEST_MS", value_name = "MS", default_value = "100", value_parser = range::millis(1, 3_600_000))]
+    pub slow_request: Duration,
 
     /// Seconds between request summary lines (counts by status class; 0: none).
-    #[arg(long, env = "LOG_SUMMARY_SECONDS", default_value_t = 60)]
-    pub log_summary_seconds: u64,
+    #[arg(long = "log-summary-seconds", env = "LOG_SUMMARY_SECONDS", value_name = "SECONDS", default_value = "60", value_parser = range::seconds(0, 86_400))]
+    pub log_summary_every: Duration,
 
     /// After SIGTERM: seconds during which readiness is 503 but requests are still served.
-    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]
-    pub drain_seconds: u64,
+    #[arg(long = "drain-seconds", env = "DRAIN_SECONDS", value_name = "SECONDS", default_value = "5", value_parser = range::seconds(0, 3600))]
+    pub drain: Duration,
 
     /// After the drain: seconds in-flight requests get to finish before exit.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
-    pub shutdown_timeout_seconds: u64,
+    #[arg(long = "shutdown-timeout-seconds", env = "SHUTDOWN_TIMEOUT_SECONDS", value_name = "SECONDS", default_value = "10", value_parser = range::seconds(0, 3600))]
+    pub shutdown_timeout: Duration,
 
     /// Per-request deadline; past it the request gets 503.
-    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 5)]
-    pub request_timeout_seconds: u64,
+    #[arg(long = "request-timeout-seconds", env = "REQUEST_TIMEOUT_SECONDS", value_name = "SECONDS", default_value = "5", value_parser = range::seconds(1, 3600))]
+    pub request_timeout: Duration,
 
     /// Requests served at once; beyond it requests are shed with 503 + Retry-After.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
-    pub max_concurrent_requests: usize,
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value = "1024", value_parser = range::count(1_000_000))]
+    pub max_concurrent_requests: NonZeroUsize,
 
     /// Open client connections at once; beyond it new connections are closed at accept.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "10000", value_parser = range::count(1_000_000))]
+    pub max_connections: NonZeroUsize,
 
     /// How long a connection may wait for a request's headers, idle keep-alive
     /// included; above the load balancer's 60 s idle timeout so the balancer,
     /// not the service, closes idle connections.
-    #[arg(long, env = "KEEPALIVE_SECONDS", default_value_t = 75)]
-    pub keepalive_seconds: u64,
+    #[arg(long = "keepalive-seconds", env = "KEEPALIVE_SECONDS", value_name = "SECONDS", default_value = "75", value_parser = range::seconds(1, 3600))]
+    pub keepalive: Duration,
 
     /// Seconds a new connection has to send its first request's headers;
     /// a connection silent for longer is closed (the keep-alive timeout
     /// applies only between requests).
-    #[arg(long, env = "FIRST_REQUEST_TIMEOUT_SECONDS", default_value_t = 10)]
-    pub first_request_timeout_seconds: u64,
+    #[arg(long = "first-request-timeout-seconds", env = "FIRST_REQUEST_TIMEOUT_SECONDS", value_name = "SECONDS", default_value = "10", value_parser = range::seconds(1, 3600))]
+    pub first_request_timeout: Duration,
 
     /// Seconds a client has to send a request's body once its headers arrived;
     /// past it the request gets 408. No concurrency slot is held meanwhile.
-    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 10)]
-    pub body_timeout_seconds: u64,
+    #[arg(long = "body-timeout-seconds", env = "BODY_TIMEOUT_SECONDS", value_name = "SECONDS", default_value = "10", value_parser = range::seconds(1, 3600))]
+    pub body_timeout: Duration,
 
     /// Release label reported by /healthz and hello_birthday_build_info (defaults to the version).
     #[arg(long, env = "RELEASE")]
@@ -213,12 +179,13 @@ pub struct Config {
 impl Config {
     /// The defaults, as if no flag or variable were given (tests start from here).
     pub fn defaults() -> Self {
-        Self::parse_from(["hello-birthday"])
+        Cli::parse_from(["hello-birthday"]).config
     }
 
     /// Reads the database URL from `DATABASE_URL_FILE`, else from the
     /// systemd credential `database-url` (`LoadCredential=`), if either is
-    /// there. `url_in_env` says whether `DATABASE_URL` is set too:
+    /// there, and parses it as `DATABASE_URL` is parsed. `url_in_env` says
+    /// whether `DATABASE_URL` is set too:
     /// - with `DATABASE_URL_FILE`, two explicit sources of one secret are
     ///   refused rather than one silently preferred;
     /// - with the credential, `DATABASE_URL` wins and the returned warning
@@ -255,12 +222,10 @@ impl Config {
         })?;
         let url = text.trim();
         anyhow::ensure!(!url.is_empty(), "{} is empty", path.display());
-        self.database_url = DatabaseUrl::new(url);
+        // The parse error names the reason and the redacted URL only.
+        self.database_url = DatabaseUrl::parse(url)
+            .map_err(|e| anyhow::anyhow!("the database URL in {}: {e}", path.display()))?;
         Ok(None)
-    }
-
-    pub fn db_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_timeout_ms)
     }
 
     /// The log filter in effect and where it came from: `RUST_LOG` (the
@@ -286,6 +251,12 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Cli::try_parse_from(std::iter::once("hello-birthday").chain(args.iter().copied()))
+            .map(|cli| cli.config)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn the_database_url_comes_from_a_file_or_a_credential() {
         let dir = tempfile::tempdir().unwrap();
@@ -294,37 +265,48 @@ mod tests {
         let creds = dir.path().join("creds");
         std::fs::create_dir(&creds).unwrap();
         std::fs::write(creds.join("database-url"), "postgres://u:from-cred@h/db").unwrap();
+        let url = |c: &Config| c.database_url.redacted().to_owned();
+        let default = url(&Config::defaults());
 
         let mut c = Config::defaults();
         c.resolve_secrets(false, None).unwrap();
-        assert_eq!(c.database_url.expose(), "sqlite://data/hello-birthday.db");
+        assert_eq!(url(&c), default);
 
         let mut c = Config::defaults();
         c.resolve_secrets(false, Some(&creds)).unwrap();
-        assert_eq!(c.database_url.expose(), "postgres://u:from-cred@h/db");
+        assert_eq!(url(&c), "postgres://u:***@h/db");
+        let Database::Postgres(pg) = c.database_url.database() else {
+            panic!("a postgres URL")
+        };
+        assert_eq!(pg.get_password(), Some(&b"from-cred"[..]));
 
         let mut c = Config::defaults();
         c.database_url_file = Some(file.clone());
         c.resolve_secrets(false, Some(&creds)).unwrap();
-        assert_eq!(c.database_url.expose(), "postgres://u:from-file@h/db");
+        let Database::Postgres(pg) = c.database_url.database() else {
+            panic!("a postgres URL")
+        };
+        assert_eq!(pg.get_password(), Some(&b"from-file"[..]));
 
         // A credentials directory without the credential changes nothing.
         let mut c = Config::defaults();
         assert_eq!(c.resolve_secrets(true, Some(dir.path())).unwrap(), None);
-        assert_eq!(c.database_url.expose(), "sqlite://data/hello-birthday.db");
+        assert_eq!(url(&c), default);
 
         // DATABASE_URL beside the credential: the variable, and a warning.
         let mut c = Config::defaults();
         let warning = c.resolve_secrets(true, Some(&creds)).unwrap();
         assert!(warning.unwrap().contains("not read"));
-        assert_eq!(c.database_url.expose(), "sqlite://data/hello-birthday.db");
+        assert_eq!(url(&c), default);
 
         let mut c = Config::defaults();
         c.database_url_file = Some(file.clone());
         let err = c.resolve_secrets(true, None).unwrap_err().to_string();
         assert!(err.contains("both set"), "{err}");
 
-        for (name, content) in [("missing", None), ("empty", Some("\n"))] {
+        let refused = dir.path().join("refused");
+        std::fs::write(&refused, "mysql://u:from-file@h/db").unwrap();
+        for (name, content) in [("missing", None), ("empty", Some("\n")), ("refused", None)] {
             let path = dir.path().join(name);
             if let Some(text) = content {
                 std::fs::write(&path, text).unwrap();
@@ -354,22 +336,50 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        for (url, want) in [
+    fn durations_in_the_unit_of_their_name() {
+        let c = parse(&[
+            "--db-timeout-ms",
+            "250",
+            "--drain-seconds",
+            "0",
+            "--keepalive-seconds",
+            "61",
+        ])
+        .unwrap();
+        assert_eq!(c.db_timeout, Duration::from_millis(250));
+        assert_eq!(c.drain, Duration::ZERO);
+        assert_eq!(c.keepalive, Duration::from_secs(61));
+        let d = Config::defaults();
+        assert_eq!(d.request_timeout, Duration::from_secs(5));
+        assert_eq!(d.slow_request, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_range() {
+        for (args, want) in [
             (
-                "postgres://u:secret@h:5432/db",
-                "postgres://u:***@h:5432/db",
+                &["--request-timeout-seconds", "0"][..],
+                "from 1 to 3600 s, got '0'",
             ),
-            ("postgres://u:se:cr@et@h/db", "postgres://u:***@h/db"),
-            ("postgres://u@h/db", "postgres://u@h/db"),
+            (&["--max-connections", "0"], "from 1 to 1000000, got '0'"),
+            (&["--db-pool-size=-1"], "from 1 to 1024, got '-1'"),
+            (&["--db-timeout-ms", "2s"], "from 1 to 600000 ms, got '2s'"),
+            (&["--drain-seconds", "3601"], "from 0 to 3600 s"),
             (
-                "postgres://h/db?password=secret&x=1",
-                "postgres://h/db?password=***&x=1",
+                &["--metrics-max-connections", "0"],
+                "METRICS_MAX_CONNECTIONS (--metrics-max-connections)",
             ),
-            ("sqlite://data/x.db", "sqlite://data/x.db"),
         ] {
-            assert_eq!(redact_url(url), want);
-            assert!(!format!("{:?}", DatabaseUrl::new(url)).contains("secret"));
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_refused_url_names_the_variable_and_hides_the_password() {
+        let err = parse(&["--database-url", "mysql://u:secret@h/db"]).unwrap_err();
+        assert!(err.contains("DATABASE_URL (--database-url)"), "{err}");
+        assert!(err.contains("mysql://u:***@h/db"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 }

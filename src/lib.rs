@@ -10,22 +10,28 @@
 //! - [`domain`]: validated types (`Username`, `DateOfBirth`) and the greeting;
 //!   pure, no I/O, no clock reads.
 //! - [`store`]: SQLite (default, group-committed writes) and PostgreSQL behind
-//!   one interface, chosen by the `DATABASE_URL` scheme; embedded migrations.
+//!   one interface, chosen by the database `DATABASE_URL` names; embedded
+//!   migrations; [`store::StoreHandle`], the store that may still be
+//!   connecting.
 //! - [`http`]: routes, the strict body decoder, one error type mapped to RFC
 //!   9457 problem+json, and the middleware for limits, metrics and logs.
+//! - [`config`]: every setting parsed and checked once (`DATABASE_URL` into a
+//!   [`config::Database`], durations into `Duration`s).
 //! - [`app`]: builds the application from a [`config::Config`] and serves it
 //!   with a drain-then-stop shutdown; used by `main` and by the tests.
+//! - [`fd_limit`]: the open-files limit and the connection caps within it;
+//!   [`shutdown`]: the signals that start the drain.
 //! - [`metrics`], [`telemetry`], [`trace`]: Prometheus metrics, structured
-//!   logs, OpenTelemetry traces.
+//!   logs, OpenTelemetry traces; [`notify`]: systemd's notify protocol.
 
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod fd_limit;
 pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod shutdown;
-pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod trace;

@@ -5,7 +5,7 @@
 //! fixed. Every label value is a `&'static str` or an integer: recording a
 //! request allocates nothing.
 
-use crate::startup::StoreHandle;
+use crate::store::StoreHandle;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

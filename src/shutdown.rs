@@ -30,7 +30,7 @@ pub async fn signal() {
                 tokio::spawn(async move {
                     int.recv().await;
                     tracing::warn!("second SIGINT: exiting at once, without the drain");
-                    crate::telemetry::flush_logs();
+                    crate::telemetry::flush();
                     std::process::exit(FORCED_EXIT);
                 });
             }
@@ -43,16 +43,5 @@ pub async fn signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C received");
-    }
-}
-
-/// Raises the open-files soft limit to the hard limit: every client
-/// connection is a file descriptor, and the usual soft limit (1024) is far
-/// below what one instance can serve.
-pub fn raise_fd_limit() {
-    #[cfg(unix)]
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }

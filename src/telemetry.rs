@@ -23,7 +23,9 @@ const FLUSH_AT_BYTES: usize = 64 * 1024;
 
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-fn flush() {
+/// Writes the buffered log lines now (also before an exit that skips
+/// `LogGuard`).
+pub fn flush() {
     let pending = {
         let mut buf = BUFFER.lock().unwrap_or_else(|e| e.into_inner());
         if buf.is_empty() {
@@ -243,11 +245,6 @@ impl RateLimit {
     }
 }
 
-/// Writes the buffered log lines now (before an exit that skips `LogGuard`).
-pub fn flush_logs() {
-    flush();
-}
-
 /// When the current summary window started; `None` when summaries are off
 /// (or logging is not initialised). The flush thread and `final_summary`
 /// both emit under this lock, so no window is counted twice.
@@ -314,13 +311,13 @@ pub fn init(config: &Config) -> anyhow::Result<LogGuard> {
     };
     MODE.store(mode, Ordering::Relaxed);
     SLOW_US.store(
-        config.slow_request_ms.saturating_mul(1000),
+        u64::try_from(config.slow_request.as_micros()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
     if source == "RUST_LOG" && config.log_level.is_some() {
         tracing::info!(filter = %level, "RUST_LOG takes precedence over LOG_LEVEL");
     }
-    let summary_every = Duration::from_secs(config.log_summary_seconds);
+    let summary_every = config.log_summary_every;
     if !summary_every.is_zero() {
         *SUMMARY_WINDOW.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }

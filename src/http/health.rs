@@ -41,11 +41,9 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Value> {
 /// - draining before shutdown;
 /// - on SQLite, when that database, the instance's own file, does not answer.
 ///
-/// A shared PostgreSQL server that goes away *after* start-up does not make
-/// the instance unready: every instance sees the same outage, API requests
-/// answer 503 + `Retry-After` and recover by themselves, and the deep check is
-/// the `db_up` metric and its alarm. A wedged runtime fails by not answering
-/// within the checker's timeout.
+/// A shared PostgreSQL server that goes away after start-up does not count
+/// (see the module doc). A wedged runtime fails by not answering within the
+/// checker's timeout.
 pub async fn check(st: &AppState) -> Result<(), &'static str> {
     if st.draining.load(Ordering::Relaxed) {
         return Err("draining before shutdown");

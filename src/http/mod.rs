@@ -11,7 +11,7 @@ mod health;
 mod hello;
 
 use crate::metrics::Metrics;
-use crate::startup::StoreHandle;
+use crate::store::StoreHandle;
 use crate::trace::RequestTrace;
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -44,19 +44,20 @@ pub fn utc_clock() -> Clock {
 }
 
 /// Everything a handler needs. Extractors clone the state for every
-/// request, so it is one `Arc`: one reference count, not one per field.
+/// request, so it is one `Arc`: one reference count, not one per field
+/// (the fields hold their values, not `Arc`s of their own).
 pub type AppState = Arc<Shared>;
 
 pub struct Shared {
     pub store: StoreHandle,
     pub clock: Clock,
-    pub metrics: Arc<Metrics>,
-    pub draining: Arc<AtomicBool>,
-    pub limiter: Arc<Semaphore>,
+    pub metrics: Metrics,
+    pub draining: AtomicBool,
+    pub limiter: Semaphore,
     pub request_timeout: Duration,
     pub body_timeout: Duration,
     pub db_timeout: Duration,
-    pub release: Arc<str>,
+    pub release: Box<str>,
 }
 
 pub fn router(state: AppState) -> Router {

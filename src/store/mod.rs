@@ -1,17 +1,21 @@
-//! Storage behind one small interface, chosen once from the URL scheme:
-//! `sqlite://` (embedded, the default) or `postgres://`.
+//! Storage behind one small interface, chosen by the database
+//! `DATABASE_URL` names (parsed once, in `config`): SQLite (embedded, the
+//! default) or PostgreSQL.
 //!
 //! An enum rather than a trait object: two backends, known at compile time,
 //! and no boxing of futures on the hot path.
 
+mod handle;
 mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::domain::{DateOfBirth, Username};
 use anyhow::Context;
 use std::sync::Arc;
+
+pub use handle::StoreHandle;
 
 /// The error beneath a [`StoreError`], shared: one failed SQLite batch
 /// answers every write in it with the same cause.
@@ -82,23 +86,20 @@ pub enum Store {
 impl Store {
     /// Opens the database named by the configuration and applies migrations.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let url = config.database_url.expose();
-        if let Some(path) = sqlite::path_from_url(url) {
-            let store = sqlite::SqliteStore::open(&path, config.db_timeout())
-                .with_context(|| format!("opening SQLite database {}", path.display()))?;
-            Ok(Self::Sqlite(store))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let ca = config.database_ca_file.as_deref();
-            let store =
-                postgres::PgStore::connect(url, ca, config.db_pool_size, config.db_timeout())
-                    .await
-                    .with_context(|| format!("connecting to {}", config.database_url))?;
-            Ok(Self::Postgres(store))
-        } else {
-            anyhow::bail!(
-                "DATABASE_URL must start with sqlite:// or postgres://, got {}",
-                config.database_url
-            )
+        match config.database_url.database() {
+            Database::Sqlite(path) => {
+                let store = sqlite::SqliteStore::open(path, config.db_timeout)
+                    .with_context(|| format!("opening SQLite database {}", path.display()))?;
+                Ok(Self::Sqlite(store))
+            }
+            Database::Postgres(pg) => {
+                let ca = config.database_ca_file.as_deref();
+                let store =
+                    postgres::PgStore::connect(pg, ca, config.db_pool_size, config.db_timeout)
+                        .await
+                        .with_context(|| format!("connecting to {}", config.database_url))?;
+                Ok(Self::Postgres(store))
+            }
         }
     }
 

@@ -225,19 +225,20 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// `size` connections at most.
     pub async fn connect(
-        url: &str,
+        config: &tokio_postgres::Config,
         ca_file: Option<&std::path::Path>,
-        size: usize,
+        size: std::num::NonZeroUsize,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let config: tokio_postgres::Config = url.parse()?;
+        let config = config.clone();
         let tls = tls_connector(ca_file)?;
         // The migrating connection becomes the pool's first one.
         let first = tokio::time::timeout(timeout, Conn::open(&config, &tls, true))
             .await
             .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))??;
-        let slots: Box<[Slot]> = (0..size.max(1)).map(|_| Slot::default()).collect();
+        let slots: Box<[Slot]> = (0..size.get()).map(|_| Slot::default()).collect();
         slots[0].set(Some(Arc::new(first)));
         Ok(Self {
             inner: Arc::new(Inner {

@@ -10,7 +10,9 @@
 //!
 //! Reads: every runtime worker thread keeps its own read-only connection and
 //! queries it inline. A primary-key lookup in a warm page cache takes a few
-//! microseconds; handing it to `spawn_blocking` halved throughput in the prototype the design notes measured.
+//! microseconds; handing it to `spawn_blocking` halved GET throughput (to
+//! measure: wrap the SQLite arm of `Store::get` in it and compare the
+//! `sqlite` GET req/s of `bench/run.sh`).
 //!
 //! Several processes may open one file (rolling deploys on one host): WAL
 //! allows one writer and many readers, `busy_timeout` serialises writers, and
@@ -55,15 +57,6 @@ const MAX_BATCH: usize = 512;
 const ERASURE_BUSY: Duration = Duration::from_millis(100);
 /// Retry interval of an erasure checkpoint that could not complete.
 const ERASURE_RETRY: Duration = Duration::from_secs(1);
-
-/// `sqlite://data/x.db` (relative) or `sqlite:///abs/x.db` to a path.
-pub fn path_from_url(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let rest = rest.split('?').next().unwrap_or(rest);
-    (!rest.is_empty()).then(|| PathBuf::from(rest))
-}
 
 enum Op {
     Upsert {

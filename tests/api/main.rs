@@ -2,6 +2,7 @@
 //! backends: SQLite always, PostgreSQL on a throwaway cluster.
 
 mod contract;
+mod database_url;
 mod internal_error;
 mod lifecycle;
 mod openapi;

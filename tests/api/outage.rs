@@ -77,7 +77,7 @@ async fn postgres_outage_is_503_and_heals_by_itself() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let url = database_on(&cluster.admin_url()).await;
     let mut config = test_config(&url);
-    config.db_timeout_ms = 500;
+    config.db_timeout = Duration::from_millis(500);
     let app = spawn_with(config, Backend::Postgres, None).await;
     assert_eq!(app.put_dob("steady", "1990-11-28").await.status(), 204);
     assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("1"));
@@ -129,7 +129,7 @@ async fn started_during_an_outage_comes_into_service_by_itself() {
     stop(&cluster);
 
     let mut config = test_config(&url);
-    config.db_timeout_ms = 500;
+    config.db_timeout = Duration::from_millis(500);
     let app = spawn_with(config, Backend::Postgres, None).await;
     // Started, but not yet in service: it has never reached its database
     // (a wrong URL or password must never get traffic either).

@@ -10,6 +10,14 @@ use hello_birthday::store::postgres::{PgStore, READ_DEPTH, WRITE_DEPTH};
 use std::time::{Duration, Instant};
 use time::{Date, Month};
 
+fn pg_config(url: &str) -> tokio_postgres::Config {
+    url.parse().expect("a test URL")
+}
+
+fn pool(size: usize) -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(size).expect("a pool of at least one")
+}
+
 fn user(i: usize) -> Username {
     let letters: String = format!("{i:03}")
         .bytes()
@@ -73,7 +81,7 @@ async fn concurrent_calls_share_few_connections_and_each_gets_its_answer() {
     let admin = admin(&url).await;
     let size = 16;
     let n = 32;
-    let store = PgStore::connect(&url, None, size, Duration::from_secs(10))
+    let store = PgStore::connect(&pg_config(&url), None, pool(size), Duration::from_secs(10))
         .await
         .unwrap();
     let puts = (0..n).map(|i| {
@@ -103,7 +111,7 @@ async fn concurrent_calls_share_few_connections_and_each_gets_its_answer() {
     // Reads pipeline on one connection up to READ_DEPTH calls in flight,
     // and every call gets its own row back.
     assert!(n <= READ_DEPTH);
-    let store = PgStore::connect(&url, None, size, Duration::from_secs(10))
+    let store = PgStore::connect(&pg_config(&url), None, pool(size), Duration::from_secs(10))
         .await
         .unwrap();
     let gets = (0..n).map(|i| {
@@ -129,7 +137,7 @@ async fn a_killed_connection_fails_as_unavailable_and_is_replaced() {
         return;
     }
     let url = fresh_postgres_database().await;
-    let store = PgStore::connect(&url, None, 1, Duration::from_secs(5))
+    let store = PgStore::connect(&pg_config(&url), None, pool(1), Duration::from_secs(5))
         .await
         .unwrap();
     store.upsert(&user(1), dob(1)).await.unwrap();
@@ -169,7 +177,9 @@ async fn the_timeout_bounds_calls_queued_behind_a_blocked_query() {
     }
     let url = fresh_postgres_database().await;
     let timeout = Duration::from_millis(300);
-    let store = PgStore::connect(&url, None, 1, timeout).await.unwrap();
+    let store = PgStore::connect(&pg_config(&url), None, pool(1), timeout)
+        .await
+        .unwrap();
     for i in 0..4 {
         store.upsert(&user(i), dob(i)).await.unwrap();
     }

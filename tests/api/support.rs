@@ -105,10 +105,10 @@ pub fn test_config(database_url: &str) -> Config {
     config.port = 0;
     config.metrics_port = 0;
     config.bind_addr = "127.0.0.1".parse().unwrap();
-    config.database_url = DatabaseUrl::new(database_url);
-    config.drain_seconds = 0;
-    config.shutdown_timeout_seconds = 5;
-    config.db_pool_size = 4;
+    config.database_url = DatabaseUrl::parse(database_url).expect("a test database URL");
+    config.drain = Duration::ZERO;
+    config.shutdown_timeout = Duration::from_secs(5);
+    config.db_pool_size = std::num::NonZeroUsize::new(4).expect("4 > 0");
     config
 }
 

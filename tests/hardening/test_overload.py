@@ -5,6 +5,7 @@ attacks tried under small caps are in test_attacks.)"""
 
 from __future__ import annotations
 
+import select
 import socket
 import sqlite3
 import statistics
@@ -168,10 +169,18 @@ class Shedding(ServiceTestCase):
         slow = self.hold_blocked_puts(svc.port, self.LIMIT + 4)
         self.addCleanup(lambda: [s.close() for s in slow])
 
-        def shedding():
-            return request(svc.port, "GET", "/hello/Alice", timeout=5).status == 503
+        # Wait for the 4 PUTs beyond the limit to be shed before sending
+        # anything else: a GET sent while the PUTs are still being accepted
+        # could hold a slot for a moment, have a fifth PUT shed, and leave
+        # only LIMIT - 1 slots held.
+        def shed_puts():
+            readable, _, _ = select.select(slow, [], [], 0)
+            return len(readable) >= 4
 
-        wait_until(shedding, 5, what="the concurrency limit to be reached")
+        wait_until(shed_puts, 10, what="the PUTs beyond the limit to be shed")
+        self.assertEqual(len(select.select(slow, [], [], 0.2)[0]), 4, "exactly the excess PUTs are shed")
+        self.assertEqual(request(svc.port, "GET", "/hello/Alice", timeout=5).status, 503,
+                         "the concurrency limit is reached")
         shed = []
         for _ in range(50):
             resp = request(svc.port, "GET", "/hello/Alice", timeout=5)

@@ -17,7 +17,7 @@ import time
 import unittest
 from pathlib import Path
 
-from harness import ROOT, Service, ServiceTestCase, metric, request, require, wait_until
+from harness import BIN, ROOT, Service, ServiceTestCase, metric, request, require, wait_until
 
 KEEP = 1200  # users that stay: enough rows for a B-tree several pages deep
 GONE = 400  # users erased, spread over the key range so pages merge
@@ -214,6 +214,7 @@ class FilePermissions(ServiceTestCase):
                          204)
         dest = self.tmp / "backups"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BACKUP_DEST", "BACKUP_KEEP")}
+        env["HELLO_BIRTHDAY_BIN"] = str(BIN)  # the binary under test reads the URL for the scripts
         subprocess.run([str(ROOT / "scripts" / "backup.sh"), "--database-url", f"sqlite://{self.tmp}/data/hb.db",
                         "--to", str(dest)], check=True, capture_output=True, env=env, timeout=60)
         written = {p.name: mode(p) for p in dest.iterdir()}

@@ -1,5 +1,6 @@
-//! The store as the running service sees it: connected, or still connecting
-//! to a shared database that was away when the process started.
+//! [`StoreHandle`]: the store as the running service sees it, connected, or
+//! still connecting to a shared database that was away when the process
+//! started.
 //!
 //! A replacement instance launched during a database outage must come into
 //! service by itself once the database is back, without a human. So start-up
@@ -8,14 +9,15 @@
 //! requests with 503 + `Retry-After` exactly as during an outage of a running
 //! instance, and keeps connecting (and migrating) in the background with
 //! capped exponential backoff. What cannot heal by waiting still stops the
-//! process at once: a malformed URL, an unreadable CA file, an unknown
-//! scheme, a SQLite file that cannot be opened (that database is the
-//! instance's own), and a server that answers but refuses us: an untrusted
-//! certificate, failed authentication, a database that does not exist.
+//! process at once: a malformed or unknown URL (refused when the
+//! configuration is read), an unreadable CA file, a SQLite file that cannot
+//! be opened (that database is the instance's own), and a server that
+//! answers but refuses us: an untrusted certificate, failed authentication,
+//! a database that does not exist.
 
-use crate::config::Config;
+use super::{PoolStatus, Store, StoreError};
+use crate::config::{Config, Database};
 use crate::domain::{DateOfBirth, Username};
-use crate::store::{PoolStatus, Store, StoreError};
 use anyhow::Context;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,6 +30,7 @@ const RETRY_FIRST: Duration = Duration::from_millis(250);
 /// cheap (one TCP connect per instance every few seconds).
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The store, or the promise of one: API calls answer 503 until it connects.
 #[derive(Clone)]
 pub struct StoreHandle {
     inner: Arc<Inner>,
@@ -47,16 +50,13 @@ impl StoreHandle {
     /// Opens the database; for PostgreSQL, a server that does not answer
     /// leaves the handle connecting in the background instead of failing.
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let url = config.database_url.expose();
-        let shared = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        if !shared {
-            // SQLite or an unknown scheme: nothing to wait for.
+        if let Database::Sqlite(_) = config.database_url.database() {
+            // The instance's own file: nothing to wait for.
             let store = Store::connect(config).await?;
             return Ok(Self::ready(store));
         }
-        // Permanent mistakes stop the process now, before any waiting.
-        url.parse::<tokio_postgres::Config>()
-            .with_context(|| format!("parsing {}", config.database_url))?;
+        // Permanent mistakes stop the process now, before any waiting (the
+        // URL itself was checked when the configuration was read).
         if let Some(ca) = config.database_ca_file.as_deref() {
             std::fs::metadata(ca)
                 .with_context(|| format!("reading DATABASE_CA_FILE {}", ca.display()))?;
