@@ -204,6 +204,42 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, **kw)
 
 
+class OtlpSink:
+    """An OTLP/HTTP receiver that accepts and counts trace exports without
+    decoding them (tests/traces.rs checks their content): the cost measured
+    is the service's, not a collector's. It runs in this process, off the
+    server's core."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.requests = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                sink.requests += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
 class Server:
     """One server process pinned to the server core, started and stopped per round."""
 
@@ -215,7 +251,9 @@ class Server:
 
     def start(self, deadline_s: float) -> float:
         """Spawn and poll /readyz; returns milliseconds from spawn to the first 200."""
-        env = dict(os.environ)
+        # Traces are exported only when --traces says so, never because the
+        # caller's shell happens to set OTEL_*.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env.update(self.env)
         logf = open(self.log_path, "ab")
         t0 = time.monotonic()
@@ -518,6 +556,10 @@ def make_targets(args, workdir: Path, pg: Postgres | None) -> list[Target]:
                    "REQUEST_LOG": args.request_log,
                    "DRAIN_SECONDS": "0", "SHUTDOWN_TIMEOUT_SECONDS": "10",
                    "RELEASE": "bench"}
+            if args.traces_endpoint:
+                # Every request traced and exported: the cost at its highest.
+                env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": args.traces_endpoint,
+                            "OTEL_TRACES_SAMPLER": "always_on"})
             t.server = Server(name, [service], env, port, workdir / f"service-{name}.log",
                               args.server_cpu)
             if name == "postgres":
@@ -757,6 +799,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", help="service LOG_LEVEL (info)")
     p.add_argument("--request-log", default="errors", choices=["errors", "all", "off"],
                    help="service REQUEST_LOG (errors, the default: no line for a fast success)")
+    p.add_argument("--traces", action="store_true",
+                   help="export OpenTelemetry traces (every request sampled) to an OTLP "
+                        "sink the benchmark runs on loopback")
     p.add_argument("--ready-deadline", type=float, default=60.0)
     p.add_argument("--nice", type=int, default=0,
                    help="niceness of servers, PostgreSQL and wrk (0; negative needs root)")
@@ -818,6 +863,7 @@ def main(argv: list[str]) -> int:
                           "server_cpu": args.server_cpu, "load_cpu": args.load_cpu,
                           "targets": args.targets, "wrk_threads": 1, "nice": args.nice,
                           "log_level": args.log_level, "request_log": args.request_log,
+                          "traces": "otlp" if args.traces else "off",
                           "max_interference_pct": args.max_interference
                           if args.max_interference != float("inf") else None,
                           "retries": args.retries},
@@ -825,6 +871,8 @@ def main(argv: list[str]) -> int:
     pg: Postgres | None = None
     targets: list[Target] = []
     try:
+        sink = OtlpSink() if args.traces else None
+        args.traces_endpoint = sink.endpoint if sink else None
         results["machine"] = machine_description(workdir)
         results["versions"] = versions(args)
         if "postgres" in args.targets:
@@ -859,6 +907,11 @@ def main(argv: list[str]) -> int:
                 if t.name in ("ceiling", "sqlite", "sqlite-1m", "postgres") and code != 0:
                     results["failures"].append(f"{t.name} exited {code} after SIGTERM")
         results["machine"]["loadavg_at_end"] = [f"{x:.2f}" for x in os.getloadavg()]
+        if sink:
+            results["traces_exported"] = {"requests": sink.requests, "bytes": sink.bytes}
+            log(f"OTLP sink received {sink.requests} export requests, {sink.bytes:,} bytes")
+            if not sink.requests:
+                results["failures"].append("--traces: the OTLP sink received nothing")
         summarise(results, targets)
         for p in results["phases"]:
             if p["errors_total"]:

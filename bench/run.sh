@@ -40,6 +40,9 @@ bench/results/latest.png, and the latest table into bench/README.md.
   --log-level L        service LOG_LEVEL (info)
   --request-log R      service REQUEST_LOG: errors (default), all (a line per
                        request) or off
+  --traces             export OpenTelemetry traces from hello-birthday (every
+                       request sampled, OTLP http/protobuf) to a sink the
+                       benchmark runs on loopback; compare with a run without
   --nice N             niceness of the servers, PostgreSQL and wrk (0); a
                        negative value (root only) shields the figures from
                        other work on a shared machine

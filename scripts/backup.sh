@@ -53,6 +53,8 @@ Options:
 
 Environment:
   DATABASE_URL, BACKUP_DEST, BACKUP_KEEP   defaults for the options above
+                      (without DATABASE_URL: $CREDENTIALS_DIRECTORY/database-url,
+                      the systemd credential the units load)
   PGPASSWORD, ~/.pgpass                    used when the URL has no password
   AWS_PROFILE, AWS_* credentials           for s3:// (AWS CLI)
   AWS_ENDPOINT_URL                         another S3 endpoint (tests)
@@ -109,7 +111,9 @@ parse_db_url() {
   local url=$1 bin env DATABASE_BACKEND="" DATABASE_SOURCE="" DATABASE_PATH=""
   [ -n "$url" ] || die "no database URL: pass --database-url or set DATABASE_URL"
   bin=$(hb_binary) || exit 1
-  env=$(DATABASE_URL=$url "$bin" database --env) || die "the database URL was refused (see above)"
+  # The URL is already chosen (a credential included): the binary is not
+  # to look for one again.
+  env=$(CREDENTIALS_DIRECTORY='' DATABASE_URL=$url "$bin" database --env) || die "the database URL was refused (see above)"
   # Single-quoted assignments written by the binary (tested with every byte).
   eval "$env"
   DB_BACKEND=$DATABASE_BACKEND DB_SOURCE=$DATABASE_SOURCE
@@ -405,6 +409,11 @@ backup_pitr() {
 
 backup_main() {
   local url=${DATABASE_URL:-} dest=${BACKUP_DEST:-} keep=${BACKUP_KEEP:-}
+  # Under systemd the URL is the service's credential (LoadCredential=).
+  local cred=${CREDENTIALS_DIRECTORY:-}/database-url
+  if [ -z "$url" ] && [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$cred" ]; then
+    url=$(<"$cred")
+  fi
   local a rest=()
   for a in "$@"; do [ "$a" = --pitr ] || rest+=("$a"); done
   if [ ${#rest[@]} -lt $# ]; then backup_pitr "${rest[@]}"; return; fi

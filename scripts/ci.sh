@@ -24,11 +24,11 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # The one table: name | what it needs besides Rust | command. Each stage owns
 # one concern and lives in that concern's folder. The needs are commands of
 # setup.sh's DEV_PACKAGES, "postgres" (the server programs), "venv" (.venv
-# from requirements-dev.txt) and "cargo-deny"; `setup.sh dev --for STAGE`
+# from requirements-dev.txt), "cargo-deny" and "cargo-machete"; `setup.sh dev --for STAGE`
 # installs exactly them, so a hosted job has its tools and no more.
 STAGES=(
   "fmt         ||cargo fmt --all -- --check"
-  "clippy      ||cargo clippy --workspace --all-targets --locked -- -D warnings"
+  "clippy      |cargo-machete|cargo clippy --workspace --all-targets --locked -- -D warnings && cargo machete"
   "shellcheck  |shellcheck|scripts/lint-shell.sh && scripts/check-fail-loud.sh"
   "test        |postgres openssl strace|cargo test --workspace --locked"
   "hardening   |postgres psql curl venv|tests/hardening/run.sh"

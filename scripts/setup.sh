@@ -19,13 +19,14 @@ Usage: scripts/setup.sh dev [--for STAGE] [--dry-run] | host [options]
          PostgreSQL server binaries, HAProxy, Prometheus (promtool),
          Alertmanager (amtool), shellcheck, wrk, podman, graphviz, sqlite3,
          and a Python virtualenv (.venv) with cfn-lint, checkov, actionlint,
-         moto, awscli, matplotlib, schemathesis; cargo-deny from crates.io.
+         moto, awscli, matplotlib, schemathesis; cargo-deny and cargo-machete
+         from crates.io.
          Then prints tool versions. It first prints its plan: the packages
          it will install, the daemons among them it then disables and stops
          (PostgreSQL, HAProxy, Prometheus, Alertmanager, the blackbox
          exporter: the tests start their own throwaway instances; a policy-rc.d
          keeps them from starting during the install), the rustup components
-         and whether cargo-deny gets compiled. Already-installed packages and
+         and whether cargo-deny and cargo-machete get compiled. Already-installed packages and
          their services are left as they are.
          --for STAGE: only what that stage of scripts/ci.sh needs (the hosted
          CI jobs, one per stage; the table is scripts/ci.sh's, read with
@@ -83,6 +84,7 @@ DEV_DAEMONS=(
 )
 
 CARGO_DENY_VERSION=0.20.2
+CARGO_MACHETE_VERSION=0.9.2
 
 # run CMD...: prints the command, and runs it unless --dry-run.
 DRY_RUN=0
@@ -155,6 +157,10 @@ setup_dev() {
     if cargo deny --version >/dev/null 2>&1; then note "cargo-deny: present"
     else note "cargo-deny $CARGO_DENY_VERSION: cargo install from crates.io (minutes)"; fi
   fi
+  if wanted cargo-machete; then
+    if cargo machete --version >/dev/null 2>&1; then note "cargo-machete: present"
+    else note "cargo-machete $CARGO_MACHETE_VERSION: cargo install from crates.io"; fi
+  fi
 
   if [ ${#missing[@]} -gt 0 ]; then
     [ "${SETUP_SKIP_APT:-0}" = 1 ] && die "missing packages: ${missing[*]}"
@@ -200,6 +206,15 @@ setup_dev() {
       cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
     fi
   fi
+  # cargo-machete: declared dependencies the code does not use (clippy stage).
+  if wanted cargo-machete; then
+    step "cargo-machete"
+    if cargo machete --version >/dev/null 2>&1; then
+      echo "  already installed: $(cargo machete --version)"
+    else
+      cargo install --locked cargo-machete --version "$CARGO_MACHETE_VERSION"
+    fi
+  fi
 
   [ "$want" = all ] || { step "ready for the $stage stage"; return 0; }
   step "Versions"
@@ -216,6 +231,7 @@ setup_dev() {
     podman "$(podman --version)" \
     pgbackrest "$(pgbackrest version)" \
     cargo-deny "$(cargo deny --version)" \
+    cargo-machete "$(cargo machete --version)" \
     cfn-lint "$("$ROOT/.venv/bin/cfn-lint" --version)" \
     checkov "$("$ROOT/.venv/bin/checkov" --version)"
 }

@@ -7,6 +7,7 @@ use crate::fd_limit::{Caps, connection_caps};
 use crate::http::conn::{self, ConnState, FirstRequestDeadline, MarkStarted, Silent};
 use crate::http::{AppState, Clock, MAX_HEAD_BYTES, Shared, metrics_router, router, utc_clock};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::StoreHandle;
 use crate::telemetry::RateLimit;
 use anyhow::Context;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub struct Application {
     config: Config,
@@ -112,6 +113,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (abort_tx, abort_rx) = watch::channel(false);
         let first_request = config.first_request_timeout;
+        let (probe_tx, probe_rx) = mpsc::channel(1);
         let api = Listener {
             name: "api",
             listener,
@@ -120,6 +122,7 @@ impl Application {
             first_request,
             keep_alive: Some(config.keepalive),
             trim: true,
+            probes: Some(probe_rx),
         };
         // One request per connection: a scraper reconnects at each scrape at
         // no cost that matters, and a connection is either silent (closed at
@@ -133,6 +136,7 @@ impl Application {
             first_request,
             keep_alive: None,
             trim: false,
+            probes: None,
         };
         let serving = [api, scrape].map(|l| {
             tokio::spawn(accept_loop(
@@ -142,8 +146,28 @@ impl Application {
                 abort_rx.clone(),
             ))
         });
+        // systemd (Type=notify): ready once the accept loops run; the
+        // watchdog is fed only while the service proves it works.
+        let notifier = Notifier::from_env().map(Arc::new);
+        let watchdog = notifier.as_ref().and_then(|n| {
+            n.send("READY=1\nSTATUS=serving");
+            let period = crate::notify::watchdog_period()?;
+            tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog on");
+            Some(tokio::spawn(watchdog(
+                n.clone(),
+                period,
+                probe_tx,
+                state.clone(),
+            )))
+        });
 
         shutdown.await;
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        if let Some(n) = &notifier {
+            n.send("STOPPING=1\nSTATUS=draining");
+        }
         tracing::info!(
             drain_seconds = config.drain.as_secs_f64(),
             "shutdown requested: draining"
@@ -197,6 +221,8 @@ struct Listener {
     keep_alive: Option<Duration>,
     /// Hand heap back after bursts of connections.
     trim: bool,
+    /// The watchdog's probes (the API listener's loop answers them).
+    probes: Option<mpsc::Receiver<oneshot::Sender<()>>>,
 }
 
 /// The connections a stopped accept loop leaves open.
@@ -249,6 +275,7 @@ async fn accept_loop(
         first_request,
         keep_alive,
         trim,
+        mut probes,
     } = serve;
     let connections = Arc::new(Semaphore::new(max_connections));
     let silent = Arc::new(Silent::default());
@@ -282,6 +309,16 @@ async fn accept_loop(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
+            // The watchdog's probe: answered only while this loop is polled.
+            Some(reply) = async {
+                match probes.as_mut() {
+                    Some(p) => p.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = reply.send(());
+                continue;
+            }
         };
         let (stream, _peer) = match accepted {
             Ok(conn) => conn,
@@ -354,6 +391,60 @@ async fn accept_loop(
         graceful: Some(graceful),
         connections,
         max: max_connections,
+    }
+}
+
+/// Feeds the systemd watchdog while the accept loop answers its probe and,
+/// on SQLite, the writer thread answers a ping, each check within half the
+/// period (see `notify`). A check that fails or hangs skips that feed;
+/// systemd restarts the unit once a whole period passes unfed.
+async fn watchdog(
+    notifier: Arc<Notifier>,
+    period: Duration,
+    probes: mpsc::Sender<oneshot::Sender<()>>,
+    state: AppState,
+) {
+    let every = crate::notify::feed_interval(period);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy = true;
+    loop {
+        tick.tick().await;
+        let check = async {
+            let (reply, answer) = oneshot::channel();
+            let ended = "the accept loop has ended";
+            probes.send(reply).await.map_err(|_| ended)?;
+            answer.await.map_err(|_| ended)?;
+            if state.store.is_local() && state.store.connected() {
+                state
+                    .store
+                    .ping()
+                    .await
+                    .map_err(|_| "the SQLite writer does not answer")?;
+            }
+            Ok::<(), &'static str>(())
+        };
+        let verdict = tokio::time::timeout(every, check)
+            .await
+            .unwrap_or(Err("a check did not answer in time"));
+        match verdict {
+            Ok(()) => {
+                notifier.send("WATCHDOG=1");
+                if !healthy {
+                    tracing::info!("watchdog fed again");
+                }
+                healthy = true;
+            }
+            Err(why) => {
+                if healthy {
+                    tracing::warn!(
+                        reason = why,
+                        "watchdog not fed: systemd restarts the service if this lasts"
+                    );
+                }
+                healthy = false;
+            }
+        }
     }
 }
 

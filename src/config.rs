@@ -95,6 +95,12 @@ pub struct Config {
     )]
     pub database_url: DatabaseUrl,
 
+    /// A file holding the database URL (a secret kept out of the environment);
+    /// replaces DATABASE_URL, which must then be unset. Without it, systemd's
+    /// credential `database-url` ($CREDENTIALS_DIRECTORY/database-url) is read if present.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<std::path::PathBuf>,
+
     /// PEM bundle of extra CA certificates for PostgreSQL TLS (the RDS CA bundle).
     #[arg(long, env = "DATABASE_CA_FILE")]
     pub database_ca_file: Option<std::path::PathBuf>,
@@ -111,9 +117,10 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log level or tracing filter (e.g. info, debug, hello_birthday=debug).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log level or tracing filter (e.g. info, debug, hello_birthday=debug) [default: info].
+    /// RUST_LOG, when set and not empty, takes precedence.
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     /// Which requests are logged one by one (needs LOG_LEVEL info for target http).
     #[arg(long, env = "REQUEST_LOG", value_enum, default_value_t = RequestLog::Errors)]
@@ -175,6 +182,66 @@ impl Config {
         Cli::parse_from(["hello-birthday"]).config
     }
 
+    /// Reads the database URL from `DATABASE_URL_FILE`, else from the
+    /// systemd credential `database-url` (`LoadCredential=`), if either is
+    /// there, and parses it as `DATABASE_URL` is parsed. `url_in_env` says
+    /// whether `DATABASE_URL` is set too:
+    /// - with `DATABASE_URL_FILE`, two explicit sources of one secret are
+    ///   refused rather than one silently preferred;
+    /// - with the credential, `DATABASE_URL` wins and the returned warning
+    ///   says so: a host whose env file predates the credential keeps
+    ///   working until the operator moves the secret.
+    pub fn resolve_secrets(
+        &mut self,
+        url_in_env: bool,
+        credentials_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<String>> {
+        let credential = credentials_dir
+            .map(|d| d.join("database-url"))
+            .filter(|p| p.exists());
+        let path = match (self.database_url_file.clone(), credential) {
+            (Some(file), _) => {
+                anyhow::ensure!(
+                    !url_in_env,
+                    "DATABASE_URL and DATABASE_URL_FILE are both set: keep the secret in one place"
+                );
+                file
+            }
+            (None, Some(_)) if url_in_env => {
+                return Ok(Some(
+                    "DATABASE_URL is set in the environment, so the credential database-url is \
+                     not read; move the URL out of the env file"
+                        .into(),
+                ));
+            }
+            (None, Some(credential)) => credential,
+            (None, None) => return Ok(None),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!("reading the database URL from {}: {e}", path.display())
+        })?;
+        let url = text.trim();
+        anyhow::ensure!(!url.is_empty(), "{} is empty", path.display());
+        // The parse error names the reason and the redacted URL only.
+        self.database_url = DatabaseUrl::parse(url)
+            .map_err(|e| anyhow::anyhow!("the database URL in {}: {e}", path.display()))?;
+        Ok(None)
+    }
+
+    /// The log filter in effect and where it came from: `RUST_LOG` (the
+    /// variable every tracing user reaches for) when set and not empty,
+    /// else `LOG_LEVEL` / `--log-level`, else `info`.
+    pub fn log_filter(&self, rust_log: Option<&str>) -> (String, &'static str) {
+        match (
+            rust_log.map(str::trim).filter(|v| !v.is_empty()),
+            &self.log_level,
+        ) {
+            (Some(r), _) => (r.to_owned(), "RUST_LOG"),
+            (None, Some(l)) => (l.clone(), "LOG_LEVEL"),
+            (None, None) => ("info".to_owned(), "default"),
+        }
+    }
+
     pub fn release(&self) -> &str {
         self.release.as_deref().unwrap_or(crate::build::VERSION)
     }
@@ -188,6 +255,84 @@ mod tests {
         Cli::try_parse_from(std::iter::once("hello-birthday").chain(args.iter().copied()))
             .map(|cli| cli.config)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_database_url_comes_from_a_file_or_a_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://u:from-file@h/db\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("database-url"), "postgres://u:from-cred@h/db").unwrap();
+        let url = |c: &Config| c.database_url.redacted().to_owned();
+        let default = url(&Config::defaults());
+
+        let mut c = Config::defaults();
+        c.resolve_secrets(false, None).unwrap();
+        assert_eq!(url(&c), default);
+
+        let mut c = Config::defaults();
+        c.resolve_secrets(false, Some(&creds)).unwrap();
+        assert_eq!(url(&c), "postgres://u:***@h/db");
+        let Database::Postgres(pg) = c.database_url.database() else {
+            panic!("a postgres URL")
+        };
+        assert_eq!(pg.get_password(), Some(&b"from-cred"[..]));
+
+        let mut c = Config::defaults();
+        c.database_url_file = Some(file.clone());
+        c.resolve_secrets(false, Some(&creds)).unwrap();
+        let Database::Postgres(pg) = c.database_url.database() else {
+            panic!("a postgres URL")
+        };
+        assert_eq!(pg.get_password(), Some(&b"from-file"[..]));
+
+        // A credentials directory without the credential changes nothing.
+        let mut c = Config::defaults();
+        assert_eq!(c.resolve_secrets(true, Some(dir.path())).unwrap(), None);
+        assert_eq!(url(&c), default);
+
+        // DATABASE_URL beside the credential: the variable, and a warning.
+        let mut c = Config::defaults();
+        let warning = c.resolve_secrets(true, Some(&creds)).unwrap();
+        assert!(warning.unwrap().contains("not read"));
+        assert_eq!(url(&c), default);
+
+        let mut c = Config::defaults();
+        c.database_url_file = Some(file.clone());
+        let err = c.resolve_secrets(true, None).unwrap_err().to_string();
+        assert!(err.contains("both set"), "{err}");
+
+        let refused = dir.path().join("refused");
+        std::fs::write(&refused, "mysql://u:from-file@h/db").unwrap();
+        for (name, content) in [("missing", None), ("empty", Some("\n")), ("refused", None)] {
+            let path = dir.path().join(name);
+            if let Some(text) = content {
+                std::fs::write(&path, text).unwrap();
+            }
+            let mut c = Config::defaults();
+            c.database_url_file = Some(path);
+            let err = format!("{:#}", c.resolve_secrets(false, None).unwrap_err());
+            assert!(err.contains(name), "{err}");
+            assert!(!err.contains("from-file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rust_log_wins_over_log_level_which_wins_over_the_default() {
+        let mut c = Config::defaults();
+        c.log_level = None;
+        assert_eq!(c.log_filter(None), ("info".into(), "default"));
+        assert_eq!(c.log_filter(Some("  ")), ("info".into(), "default"));
+        assert_eq!(c.log_filter(Some("debug")), ("debug".into(), "RUST_LOG"));
+        c.log_level = Some("warn".into());
+        assert_eq!(c.log_filter(None), ("warn".into(), "LOG_LEVEL"));
+        assert_eq!(c.log_filter(Some("")), ("warn".into(), "LOG_LEVEL"));
+        assert_eq!(
+            c.log_filter(Some("hello_birthday=debug")),
+            ("hello_birthday=debug".into(), "RUST_LOG")
+        );
     }
 
     #[test]

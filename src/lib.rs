@@ -21,7 +21,8 @@
 //!   with a drain-then-stop shutdown; used by `main` and by the tests.
 //! - [`fd_limit`]: the open-files limit and the connection caps within it;
 //!   [`shutdown`]: the signals that start the drain.
-//! - [`metrics`], [`telemetry`]: Prometheus metrics and structured logs.
+//! - [`metrics`], [`telemetry`], [`trace`]: Prometheus metrics, structured
+//!   logs, OpenTelemetry traces; [`notify`]: systemd's notify protocol.
 
 pub mod app;
 pub mod config;
@@ -29,9 +30,11 @@ pub mod domain;
 pub mod fd_limit;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 /// What this binary is: version, git revision and a per-process nonce.
 pub mod build {

@@ -5,15 +5,36 @@
 use clap::Parser;
 use hello_birthday::app::Application;
 use hello_birthday::config::{Cli, Command, Config};
-use hello_birthday::{fd_limit, shutdown, telemetry};
+use hello_birthday::{fd_limit, shutdown, telemetry, trace};
 use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The URL from DATABASE_URL_FILE or the systemd credential, for the
+    // service and for `database` alike (the backup unit loads it too).
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from);
+    let url_in_env = std::env::var_os("DATABASE_URL").is_some_and(|v| !v.is_empty());
+    let warning = match cli
+        .config
+        .resolve_secrets(url_in_env, credentials.as_deref())
+    {
+        Ok(warning) => warning,
+        Err(e) => {
+            eprintln!("hello-birthday: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
-        None => serve(cli.config),
-        Some(Command::Database { env }) => database(&cli.config, env),
+        None => serve(cli.config, warning),
+        Some(Command::Database { env }) => {
+            if let Some(w) = warning {
+                eprintln!("hello-birthday: {w}");
+            }
+            database(&cli.config, env)
+        }
     }
 }
 
@@ -36,8 +57,18 @@ fn database(config: &Config, env: bool) -> ExitCode {
 }
 
 #[tokio::main]
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, warning: Option<String>) -> ExitCode {
     let _logs = match telemetry::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("hello-birthday: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    let traces = match trace::init() {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("hello-birthday: {e:#}");
@@ -50,6 +81,8 @@ async fn serve(config: Config) -> ExitCode {
         app.run_until(shutdown::signal()).await
     }
     .await;
+    // The exporter's last batch, off the async workers (it blocks).
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     match result {
         Ok(()) => {
             // The requests of the last, partial window are counted too.

@@ -5,7 +5,8 @@
 #   systemd-analyze security --offline  exposure level at most MAX_EXPOSURE
 #                                       (2.0, "OK") for every service unit
 #   TimeoutStopSec > DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS of the env template
-#   the env file is 0600 and survives a re-run; a re-run changes nothing
+#   Type=notify with WatchdogSec=, the database URL a credential (LoadCredential=)
+#   the env file and database-url are 0600 and survive a re-run; a re-run changes nothing
 #   the scheduled-backup units verify, their timer's schedule is valid
 #   the pgBackRest base-backup unit and its weekly/daily timers, likewise
 # The one place that checks systemd units.
@@ -18,7 +19,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 # systemd rates 0-10: below 2 "OK", below 5 "MEDIUM", above 9 "UNSAFE".
 MAX_EXPOSURE=2.0
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 case ${1:-} in -h|--help) usage; exit 0 ;; "") ;; *) usage >&2; exit 2 ;; esac
 
 command -v systemd-analyze >/dev/null || { echo "systemd-analyze not installed (scripts/setup.sh dev)" >&2; exit 1; }
@@ -51,7 +52,7 @@ printf '#!/bin/sh\necho hello-birthday test binary\n' >"$TMP/hello-birthday"
 chmod +x "$TMP/hello-birthday"
 "$HERE/install-host.sh" --root "$TMP/root" --binary "$TMP/hello-birthday" >"$TMP/first.log" 2>&1
 sed 's/^/  | /' "$TMP/first.log"
-for f in etc/systemd/system/$UNIT etc/hello-birthday/env usr/local/bin/hello-birthday; do
+for f in etc/systemd/system/$UNIT etc/hello-birthday/env etc/hello-birthday/database-url usr/local/bin/hello-birthday; do
   [ -f "$TMP/root/$f" ] || fail "/$f not installed"
 done
 ok "unit, env file and binary installed"
@@ -79,14 +80,20 @@ ok "TimeoutStopSec=${stop}s > drain ${DRAIN_SECONDS}s + shutdown ${SHUTDOWN_TIME
 
 echo "==> hardening and restart policy"
 for d in User=hello-birthday NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes PrivateTmp=yes \
-  Restart=on-failure EnvironmentFile=/etc/hello-birthday/env KillSignal=SIGTERM; do
+  Restart=on-failure EnvironmentFile=/etc/hello-birthday/env KillSignal=SIGTERM Type=notify \
+  LoadCredential=database-url:/etc/hello-birthday/database-url; do
   grep -qx "$d" "$HERE/$UNIT" || fail "$UNIT lacks $d"
 done
-ok "runs as hello-birthday with NoNewPrivileges, ProtectSystem=strict, ProtectHome, PrivateTmp, Restart=on-failure"
+ok "runs as hello-birthday with NoNewPrivileges, ProtectSystem=strict, ProtectHome, PrivateTmp, Restart=on-failure, Type=notify, the URL as a credential"
+watchdog=$(sed -n 's/^WatchdogSec=\([0-9]*\)s$/\1/p' "$HERE/$UNIT")
+if [ -z "$watchdog" ] || [ "$watchdog" -lt 2 ]; then fail "$UNIT needs WatchdogSec= in whole seconds, at least 2"; fi
+if grep -q '^DATABASE_URL=' "$HERE/hello-birthday.env"; then fail "the env template holds DATABASE_URL: it belongs in the credential"; fi
+ok "WatchdogSec=${watchdog}s; no database URL in the env template"
 
 echo "==> env file and idempotency"
 [ "$(stat -c %a "$TMP/root/etc/hello-birthday/env")" = 600 ] || fail "env file is not mode 0600"
-ok "env file mode 0600"
+[ "$(stat -c %a "$TMP/root/etc/hello-birthday/database-url")" = 600 ] || fail "database-url is not mode 0600"
+ok "env file and database-url mode 0600"
 echo "DATABASE_URL=postgres://edited-by-operator" >>"$TMP/root/etc/hello-birthday/env"
 chmod 0644 "$TMP/root/etc/hello-birthday/env"
 before=$(cd "$TMP/root" && find etc usr/local -type f -exec sha256sum {} + | sort)

@@ -21,7 +21,9 @@ Usage: deploy/systemd/install-host.sh [--binary PATH] [--root DIR] [--no-start]
 
 Steps: system user and group 'hello-birthday' (no login, no home),
 /etc/hello-birthday/env from deploy/systemd/hello-birthday.env (mode 0600,
-root, only when missing), the hardened unit hello-birthday.service,
+root, only when missing), /etc/hello-birthday/database-url (the secret, a
+systemd credential; mode 0600, root, only when missing), the hardened unit
+hello-birthday.service,
 the binary, daemon-reload, enable, and start (restart on a new binary).
 The state directory /var/lib/hello-birthday is created by systemd
 (StateDirectory=). Logs go to the journal: journalctl -u hello-birthday.
@@ -92,11 +94,34 @@ if [ -f "$R/etc/hello-birthday/env" ]; then
   note "exists: kept as it is"
 else
   install -m 0600 "$HERE/hello-birthday.env" "$R/etc/hello-birthday/env"
-  note "installed from the template: edit DATABASE_URL and friends"
+  note "installed from the template: edit it to change the settings"
 fi
-# It may hold the database password: root only, whatever happened before.
+# An older one may hold the database password: root only, whatever happened before.
 chmod 0600 "$R/etc/hello-birthday/env"
 [ -n "$R" ] || chown root:root "$R/etc/hello-birthday/env"
+
+step "database URL /etc/hello-birthday/database-url (the unit's LoadCredential=)"
+if [ -f "$R/etc/hello-birthday/database-url" ]; then
+  note "exists: kept as it is"
+else
+  # SQLite in the state directory for a single host; a fleet shares
+  # PostgreSQL: postgres://USER:PASSWORD@HOST:5432/hello_birthday?sslmode=require
+  (umask 077 && printf '%s\n' "sqlite:///var/lib/hello-birthday/hello-birthday.db" \
+    >"$R/etc/hello-birthday/database-url")
+  note "installed: SQLite in the state directory (write a postgres:// URL here for a fleet)"
+fi
+chmod 0600 "$R/etc/hello-birthday/database-url"
+[ -n "$R" ] || chown root:root "$R/etc/hello-birthday/database-url"
+
+step "documentation /usr/share/doc/hello-birthday (the unit's Documentation=)"
+DOCS=$(cd "$HERE/../.." && pwd)
+if [ -f "$DOCS/README.md" ] && [ -d "$DOCS/docs" ]; then
+  while read -r f; do
+    install_file "$DOCS/$f" "$R/usr/share/doc/hello-birthday/$f" 0644
+  done < <(cd "$DOCS" && { echo README.md; find docs -type f -name '*.md' | sort; })
+else
+  note "README.md and docs/ not beside this script: documentation not installed"
+fi
 
 step "systemd unit $UNIT"
 install_file "$HERE/$UNIT" "$R/etc/systemd/system/$UNIT" 0644 CHANGED_UNIT

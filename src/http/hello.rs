@@ -4,6 +4,7 @@ use super::AppState;
 use super::body::{MAX_BODY_BYTES, decode_put_body, is_json_content_type};
 use super::error::ApiError;
 use crate::domain::{DateOfBirth, DomainError, Username, greeting};
+use crate::trace::db_call;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
@@ -36,7 +37,7 @@ pub struct Greeting {
 
 pub async fn get(State(st): State<AppState>, User(user): User) -> Result<Json<Greeting>, ApiError> {
     let started = Instant::now();
-    let found = st.store.get(&user).await;
+    let found = db_call(st.store.backend(), "get", st.store.get(&user)).await;
     st.metrics
         .observe_db("get", started.elapsed(), found.is_ok());
     let dob = found?.ok_or(ApiError::UserNotFound)?;
@@ -84,7 +85,7 @@ pub async fn put(
     let dob = DateOfBirth::parse(&decoded.date_of_birth, (st.clock)())?;
 
     let started = Instant::now();
-    let saved = st.store.upsert(&user, dob).await;
+    let saved = db_call(st.store.backend(), "upsert", st.store.upsert(&user, dob)).await;
     st.metrics
         .observe_db("upsert", started.elapsed(), saved.is_ok());
     saved?;
@@ -93,7 +94,7 @@ pub async fn put(
 
 pub async fn delete(State(st): State<AppState>, User(user): User) -> Result<StatusCode, ApiError> {
     let started = Instant::now();
-    let deleted = st.store.delete(&user).await;
+    let deleted = db_call(st.store.backend(), "delete", st.store.delete(&user)).await;
     st.metrics
         .observe_db("delete", started.elapsed(), deleted.is_ok());
     if deleted? {

@@ -12,6 +12,7 @@ mod hello;
 
 use crate::metrics::Metrics;
 use crate::store::StoreHandle;
+use crate::trace::RequestTrace;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
@@ -127,12 +128,22 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// The caller's `X-Request-Id` when it is well formed (1 to 128 of
-/// `[A-Za-z0-9._-]`: tracing across the load balancer needs it), else a new
-/// one, `hb:<process nonce>-<counter>`. The `:` is outside the accepted
-/// grammar, so a generated id can never be mistaken for a client's and a
-/// client cannot pass its id off as one of ours.
+/// The request id, the one the load balancer logged where there is one:
+/// 1. the `Root` of an ALB's `X-Amzn-Trace-Id` (`1-5759e988-bd862e3fe1be46a994272793`),
+///    the `trace_id` field of the ALB's access log;
+/// 2. else the caller's `X-Request-Id` when well formed (1 to 128 of
+///    `[A-Za-z0-9._-]`): HAProxy sets it to its `unique-id`, which its log
+///    line carries, and clients may send their own;
+/// 3. else a new one, `hb:<process nonce>-<counter>`. The `:` is outside the
+///    accepted grammars, so a generated id can never be mistaken for a
+///    client's and a client cannot pass its id off as one of ours.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(root) = headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| amzn_trace_root(v.as_bytes()))
+    {
+        return HeaderValue::from_bytes(root).expect("checked to be hex and dashes");
+    }
     if let Some(v) = headers.get("x-request-id") {
         let b = v.as_bytes();
         if (1..=128).contains(&b.len())
@@ -160,6 +171,39 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The `Root` field of an `X-Amzn-Trace-Id` header, if the header follows
+/// the X-Ray grammar: `;`-separated `Key=Value` fields, one of them
+/// `Root=1-<8 hex: epoch seconds>-<24 hex>`; others (`Parent`, `Sampled`,
+/// `Self`, `Lineage`, custom ones) are allowed and ignored. Anything else
+/// is not an ALB's and is ignored as a whole.
+fn amzn_trace_root(header: &[u8]) -> Option<&[u8]> {
+    if header.len() > 256 {
+        return None;
+    }
+    let mut root = None;
+    for field in header.split(|&c| c == b';') {
+        let field = field.trim_ascii();
+        let eq = field.iter().position(|&c| c == b'=')?;
+        let (key, value) = (&field[..eq], &field[eq + 1..]);
+        if key.is_empty() || !key.iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
+        if key == b"Root" {
+            let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
+            let ok = value.len() == 35
+                && value.starts_with(b"1-")
+                && value[10] == b'-'
+                && hex(&value[2..10])
+                && hex(&value[11..]);
+            if !ok || root.is_some() {
+                return None;
+            }
+            root = Some(value);
+        }
+    }
+    root
+}
 
 /// Framing that a proxy in front could read differently from us (RFC 9112
 /// 3.2 and 6.1): no Host on HTTP/1.1, two Hosts, a Transfer-Encoding other
@@ -279,11 +323,13 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let method = method_label(req.method());
     let route = route_label(req.extensions().get::<MatchedPath>());
     let id = request_id(req.headers());
+    let trace = RequestTrace::start(req.headers(), method, route);
     let pending = Pending {
         st,
         method,
         route,
         id: Some(id),
+        trace: Some(trace),
         started: Instant::now(),
     };
     let st = pending.st.clone();
@@ -316,7 +362,11 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 
     let outcome = tokio::time::timeout(
         st.request_timeout,
-        AssertUnwindSafe(next.run(req)).catch_unwind(),
+        AssertUnwindSafe(match &pending.trace {
+            Some(trace) => trace.scope(next.run(req)),
+            None => unreachable!("the trace is taken only when the request is counted"),
+        })
+        .catch_unwind(),
     )
     .await;
     drop(permit);
@@ -348,12 +398,15 @@ struct Pending {
     route: &'static str,
     /// Taken by `finish`; still here when dropped unanswered.
     id: Option<HeaderValue>,
+    /// Taken when the request is counted, which ends its span.
+    trace: Option<RequestTrace>,
     started: Instant,
 }
 
 impl Pending {
-    fn record(&self, status: u16, id: &HeaderValue) {
+    fn record(&mut self, status: u16, id: &HeaderValue) {
         let elapsed = self.started.elapsed();
+        let trace = self.trace.take();
         self.st
             .metrics
             .observe_request(self.method, self.route, status, elapsed);
@@ -363,7 +416,11 @@ impl Pending {
             self.route,
             status,
             elapsed.as_micros() as u64,
+            trace.as_ref().and_then(RequestTrace::trace_id),
         );
+        if let Some(trace) = trace {
+            trace.finish(status);
+        }
     }
 
     fn finish(mut self, resp: Response) -> Response {
@@ -428,5 +485,59 @@ mod tests {
             assert!(counter == "0" || !counter.starts_with('0'), "{text}");
         }
         assert_ne!(first, second);
+    }
+
+    fn id_for(headers: &[(&str, &str)]) -> String {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        request_id(&map).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn an_albs_trace_root_is_the_request_id_then_x_request_id_then_ours() {
+        let root = "1-5759e988-bd862e3fe1be46a994272793";
+        for amzn in [
+            format!("Root={root}"),
+            format!("Root={root};Sampled=1"),
+            format!(
+                "Self=1-67891234-12456789abcdef012345678;Root={root};Parent=53995c3f42cd8ad8;Sampled=1"
+            ),
+            format!("Root={root}; CustomKey=value"),
+        ] {
+            assert_eq!(id_for(&[("x-amzn-trace-id", &amzn)]), root, "{amzn}");
+            assert_eq!(
+                id_for(&[("x-amzn-trace-id", &amzn), ("x-request-id", "client-1")]),
+                root
+            );
+        }
+        for bad in [
+            "Root=1-5759e988-bd862e3fe1be46a99427279",  // 23 hex digits
+            "Root=2-5759e988-bd862e3fe1be46a994272793", // version 2
+            "Root=1-5759e98g-bd862e3fe1be46a994272793", // not hex
+            "Sampled=1",                                // no Root
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Root=1-5759e988-bd862e3fe1be46a994272794",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;garbage",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;K\"=v",
+        ] {
+            assert_eq!(
+                id_for(&[("x-amzn-trace-id", bad), ("x-request-id", "client-1")]),
+                "client-1",
+                "{bad}"
+            );
+            assert!(
+                id_for(&[("x-amzn-trace-id", bad)]).starts_with("hb:"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            id_for(&[("x-request-id", "7F000001C3A5-7F0000011388-64E3C2A1")]),
+            "7F000001C3A5-7F0000011388-64E3C2A1"
+        );
+        assert!(id_for(&[("x-request-id", "a b")]).starts_with("hb:"));
     }
 }

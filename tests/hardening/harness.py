@@ -46,7 +46,16 @@ def service_vars() -> frozenset[str]:
     names = frozenset(re.findall(r"\[env: ([A-Z0-9_]+)", out))
     if not names:
         raise AssertionError(f"no [env: ...] entries in `{BIN} --help`")
-    return names
+    return names | STANDARD_VARS
+
+
+# Variables the service reads that are not its own flags: other ecosystems'
+# conventions (tracing, systemd, OpenTelemetry), documented in the README.
+STANDARD_VARS = frozenset({
+    "RUST_LOG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER",
+})
 
 
 def require(condition: bool, what: str) -> None:

@@ -11,8 +11,9 @@ import time
 import unittest
 
 # The systemd unit's exposure is checked once, by deploy/systemd/check.sh.
-MODULES = ["test_harness", "test_security", "test_privacy", "test_logging", "test_attacks", "test_metrics_port",
-           "test_overload", "test_faults", "test_stale_reads", "test_fsync", "test_crash", "test_schemathesis"]
+MODULES = ["test_harness", "test_security", "test_privacy", "test_logging", "test_conventions", "test_attacks",
+           "test_metrics_port", "test_overload", "test_faults", "test_stale_reads", "test_fsync", "test_crash",
+           "test_schemathesis"]
 
 
 class TimedResult(unittest.TextTestResult):
