@@ -108,7 +108,11 @@ target_rows() {
       || { echo 0; return; }
     sqlite_q -readonly "$SQLITE_PATH" "SELECT count(*) FROM users"
   else
-    if [ "$(echo "SELECT to_regclass('users') IS NOT NULL" | psql_q)" = t ]; then
+    # Captured first: set -e is off in here (the caller tests us with ||), and
+    # a failed query must not read as "no users table".
+    local has_table
+    has_table=$(echo "SELECT to_regclass('users') IS NOT NULL" | psql_q) || return 1
+    if [ "$has_table" = t ]; then
       echo "SELECT count(*) FROM users" | psql_q
     else
       echo 0
