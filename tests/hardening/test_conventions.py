@@ -13,8 +13,12 @@ import socket
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
-from harness import ROOT, ServiceTestCase, free_port, request, require, wait_until
+from harness import ROOT, ServiceTestCase, free_port, read_response, request, require, wait_until
+
+# The fault build (tests/hardening/run.sh): its API accept loop can be wedged.
+FAULT_BIN = Path(os.environ.get("HELLO_FAULT_BIN", ROOT / "target" / "debug" / "hello-birthday-faults"))
 
 
 def json_lines(svc) -> list[dict]:
@@ -196,6 +200,45 @@ class Notify(ServiceTestCase):
         self.assertEqual(kinds[0], "READY")
         self.assertEqual(kinds.count("READY"), 1)
         self.assertNotIn("WATCHDOG", kinds[stopping:], "no feed after the drain starts")
+        warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
+        self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
+
+    def test_a_wedged_accept_loop_starves_the_watchdog(self):
+        require(FAULT_BIN.exists(), f"fault build {FAULT_BIN} (tests/hardening/run.sh builds it)")
+        path, got = self.listener()
+        period_s = 0.6
+        wedge = self.tmp / "wedge-accept"
+        svc = self.sqlite_service(NOTIFY_SOCKET=path, WATCHDOG_USEC=str(int(period_s * 1e6)))
+        svc.bin = FAULT_BIN
+        svc.process_env = {"HELLO_FAULT_WEDGE_ACCEPT": str(wedge)}
+        svc.start()
+        feeds = lambda: [t for t, m in got if m == "WATCHDOG=1"]  # noqa: E731
+        wait_until(lambda: len(feeds()) >= 3, 10, what="three watchdog feeds")
+
+        # Wedge the API accept loop: the next probe finds it stuck.
+        wedge.touch()
+        wedged_at = time.monotonic()
+        wait_until(lambda: time.monotonic() - max(feeds()) > 3 * period_s, 10,
+                   what="the watchdog to go unfed")
+        starved_from = max(feeds())
+        self.assertLess(starved_from, wedged_at + 2 * period_s, "the feeds stop at once")
+        # What the watchdog is for: the process is alive (its metrics
+        # listener answers) but takes no new API connection; a request
+        # waits in the kernel's queue, unanswered.
+        self.assertEqual(request(svc.metrics_port, "GET", "/metrics", timeout=5).status, 200)
+        waiting = socket.create_connection(("127.0.0.1", svc.port), timeout=5)
+        self.addCleanup(waiting.close)
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        waiting.settimeout(1)
+        with self.assertRaises(TimeoutError, msg="a wedged accept loop answered"):
+            waiting.recv(1)
+
+        # Unwedged: the waiting request is answered and the feeds resume.
+        wedge.unlink()
+        waiting.settimeout(10)
+        self.assertEqual(read_response(waiting).status, 200)
+        wait_until(lambda: max(feeds()) > starved_from + 3 * period_s, 10,
+                   what="the watchdog to be fed again")
         warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
         self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
 
