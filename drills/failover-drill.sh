@@ -142,8 +142,8 @@ echo "$figures"
 [ "$(jq '.acknowledged_before_failover > 0 and .acknowledged_by_new_primary > 0' <<<"$figures")" = true ] \
   || fail "need acknowledged writes both before and after the failover"
 "$LOADGEN" check "$WORK/load.jsonl" --url "$(svc_url api)" --db-rows "$WORK/new-primary.rows"
-db_up=$(curl -fsS "$(svc_metrics api)/metrics" | awk '$1 == "db_up" { print $2 }')
-[ "$db_up" = 1 ] || fail "db_up is '$db_up' after the failover"
+up=$(curl -fsS "$(svc_metrics api)/metrics" | awk '$1 == "hello_birthday_db_up" { print $2 }')
+[ "$up" = 1 ] || fail "hello_birthday_db_up is '$up' after the failover"
 service_stop api
 
 promote_s=$(elapsed "$t_fail" "$t_promoted")

@@ -305,7 +305,14 @@ async fn accept_loop(
         Some(idle) => http.header_read_timeout(idle).keep_alive(true),
         None => http.header_read_timeout(first_request).keep_alive(false),
     };
+    #[cfg(feature = "fault-wedge-accept")]
+    let mut wedged: Option<oneshot::Sender<()>> = None;
     loop {
+        #[cfg(feature = "fault-wedge-accept")]
+        if let Some(reply) = wedged.take() {
+            fault_wedge::hold().await;
+            let _ = reply.send(());
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
@@ -316,6 +323,11 @@ async fn accept_loop(
                     None => std::future::pending().await,
                 }
             } => {
+                #[cfg(feature = "fault-wedge-accept")]
+                if fault_wedge::asked() {
+                    wedged = Some(reply);
+                    continue;
+                }
                 let _ = reply.send(());
                 continue;
             }
@@ -391,6 +403,31 @@ async fn accept_loop(
         graceful: Some(graceful),
         connections,
         max: max_connections,
+    }
+}
+
+/// Test builds only (`--features fault-wedge-accept`, never a release):
+/// while the file `HELLO_FAULT_WEDGE_ACCEPT` names exists, the API accept
+/// loop, on its next probe, is stuck in `hold` as a loop stuck on an await
+/// would be: it neither accepts nor answers the watchdog's probe, while the
+/// rest of the process (the metrics listener, the watchdog task) runs on.
+#[cfg(feature = "fault-wedge-accept")]
+mod fault_wedge {
+    use std::time::Duration;
+
+    fn file() -> Option<std::path::PathBuf> {
+        std::env::var_os("HELLO_FAULT_WEDGE_ACCEPT").map(Into::into)
+    }
+
+    pub fn asked() -> bool {
+        file().is_some_and(|f| f.exists())
+    }
+
+    pub async fn hold() {
+        tracing::warn!("fault-wedge-accept: the API accept loop is wedged");
+        while asked() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

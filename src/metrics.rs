@@ -1,5 +1,9 @@
 //! Prometheus metrics, served on their own listener (never the public port).
 //!
+//! Names (docs/decisions.md, "Metric names"): the Prometheus form of an
+//! OpenTelemetry semantic convention where one exists (HTTP server, database
+//! client), `hello_birthday_` for the rest; units as suffixes.
+//!
 //! Requests are labelled by route template (`/hello/{username}`), never by the
 //! raw path, so user data cannot reach a label and the series count stays
 //! fixed. Every label value is a `&'static str` or an integer: recording a
@@ -20,22 +24,25 @@ const LATENCY_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// OpenTelemetry's `http.server.request.duration` attributes, as
+/// Prometheus spells them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: &'static str,
-    pub route: &'static str,
-    pub status: u16,
+    pub http_request_method: &'static str,
+    pub http_route: &'static str,
+    pub http_response_status_code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: &'static str,
-    pub route: &'static str,
+struct MethodLabels {
+    http_request_method: &'static str,
 }
 
+/// OpenTelemetry's `db.client.operation.duration` attributes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    pub operation: &'static str,
+    pub db_operation_name: &'static str,
+    pub db_system_name: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,8 +62,8 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
+struct ConnectionStateLabels {
+    db_client_connection_state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,16 +80,16 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    pub in_flight: Gauge,
+    duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    active: Family<MethodLabels, Gauge>,
     pub shed: Counter,
     pub draining: Gauge,
     pub ready: Gauge,
     pub db_up: Gauge,
-    pub db_errors: Family<OperationLabels, Counter>,
-    pub db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
-    pool: Family<StateLabels, Gauge>,
+    db_system: &'static str,
+    db_errors: Family<OperationLabels, Counter>,
+    db_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    pool: Family<ConnectionStateLabels, Gauge>,
     pool_max: Gauge,
     erasure_pending: Gauge,
     parse_errors: Family<KindLabels, Counter>,
@@ -98,22 +105,30 @@ pub struct Metrics {
 /// before.
 #[derive(Default)]
 struct Hot {
-    get_ok: OnceLock<Counter>,
-    put_ok: OnceLock<Counter>,
-    get_duration: OnceLock<Histogram>,
-    put_duration: OnceLock<Histogram>,
+    get_ok: OnceLock<Histogram>,
+    put_ok: OnceLock<Histogram>,
+    active_get: OnceLock<Gauge>,
+    active_put: OnceLock<Gauge>,
     db_get: OnceLock<Histogram>,
     db_upsert: OnceLock<Histogram>,
 }
 
 impl Hot {
-    fn request(&self, l: &RequestLabels) -> Option<(&OnceLock<Counter>, &OnceLock<Histogram>)> {
-        if l.route != HELLO_ROUTE {
+    fn request(&self, l: &RequestLabels) -> Option<&OnceLock<Histogram>> {
+        if l.http_route != HELLO_ROUTE {
             return None;
         }
-        match (l.method, l.status) {
-            ("GET", 200) => Some((&self.get_ok, &self.get_duration)),
-            ("PUT", 204) => Some((&self.put_ok, &self.put_duration)),
+        match (l.http_request_method, l.http_response_status_code) {
+            ("GET", 200) => Some(&self.get_ok),
+            ("PUT", 204) => Some(&self.put_ok),
+            _ => None,
+        }
+    }
+
+    fn active(&self, method: &str) -> Option<&OnceLock<Gauge>> {
+        match method {
+            "GET" => Some(&self.active_get),
+            "PUT" => Some(&self.active_put),
             _ => None,
         }
     }
@@ -130,27 +145,27 @@ impl Hot {
 const HELLO_ROUTE: &str = "/hello/{username}";
 
 impl Metrics {
-    pub fn new(release: &str, backend: &str) -> Self {
+    pub fn new(release: &str, backend: &'static str) -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests answered", requests.clone());
-        let duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+        // Its _count is the count of requests answered, by method, route and
+        // status: the service keeps no separate requests counter.
+        let duration = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
         registry.register(
-            "http_request_duration_seconds",
-            "Time from request received to response headers sent",
+            "http_server_request_duration_seconds",
+            "Time from request received to response headers sent, by method, route and status",
             duration.clone(),
         );
-        let in_flight = Gauge::default();
+        let active = Family::<MethodLabels, Gauge>::default();
         registry.register(
-            "http_requests_in_flight",
+            "http_server_active_requests",
             "Requests being served",
-            in_flight.clone(),
+            active.clone(),
         );
         let shed = Counter::default();
         registry.register(
-            "http_requests_shed",
+            "hello_birthday_http_requests_shed",
             "Requests refused with 503 because the concurrency limit was reached",
             shed.clone(),
         );
@@ -182,30 +197,34 @@ impl Metrics {
         );
         let db_up = Gauge::default();
         registry.register(
-            "db_up",
+            "hello_birthday_db_up",
             "1 if the database answered the last ping",
             db_up.clone(),
         );
         let db_errors = Family::<OperationLabels, Counter>::default();
-        registry.register("db_errors", "Failed database calls", db_errors.clone());
+        registry.register(
+            "hello_birthday_db_errors",
+            "Failed database calls",
+            db_errors.clone(),
+        );
         let db_duration =
             Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
             );
         registry.register(
-            "db_query_duration_seconds",
+            "db_client_operation_duration_seconds",
             "Time of database calls, pool wait included",
             db_duration.clone(),
         );
-        let pool = Family::<StateLabels, Gauge>::default();
+        let pool = Family::<ConnectionStateLabels, Gauge>::default();
         registry.register(
-            "db_pool_connections",
-            "Database connections by state",
+            "db_client_connection_count",
+            "Database connections by state (idle, used)",
             pool.clone(),
         );
         let pool_max = Gauge::default();
         registry.register(
-            "db_pool_max_connections",
+            "db_client_connection_max",
             "Database pool capacity",
             pool_max.clone(),
         );
@@ -217,31 +236,31 @@ impl Metrics {
         );
         let parse_errors = Family::<KindLabels, Counter>::default();
         registry.register(
-            "http_parse_errors",
+            "hello_birthday_http_parse_errors",
             "Requests refused by the HTTP parser before routing (hyper answers 400, 414 or 431 itself), by kind",
             parse_errors.clone(),
         );
         let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
         registry.register(
-            "http_connections_closed",
+            "hello_birthday_http_connections_closed",
             "Client connections closed or refused by the server, by listener (api, metrics) and reason (idle_timeout is normal keep-alive housekeeping)",
             connections_closed.clone(),
         );
         let accept_errors = Family::<ListenerLabels, Counter>::default();
         registry.register(
-            "http_accept_errors",
+            "hello_birthday_http_accept_errors",
             "Failed accept calls by listener (EMFILE and friends); the connection waits in the kernel's queue",
             accept_errors.clone(),
         );
         Self {
             registry,
-            requests,
             duration,
-            in_flight,
+            active,
             shed,
             draining,
             ready,
             db_up,
+            db_system: db_system_name(backend),
             db_errors,
             db_duration,
             pool,
@@ -278,30 +297,38 @@ impl Metrics {
         d: Duration,
     ) {
         let labels = RequestLabels {
-            method,
-            route,
-            status,
+            http_request_method: method,
+            http_route: route,
+            http_response_status_code: status,
         };
         let seconds = d.as_secs_f64();
-        if let Some((count, duration)) = self.hot.request(&labels) {
-            let count = count.get_or_init(|| self.requests.get_or_create(&labels).clone());
-            let duration = duration.get_or_init(|| {
-                self.duration
-                    .get_or_create(&RouteLabels { method, route })
-                    .clone()
-            });
-            count.inc();
-            duration.observe(seconds);
-            return;
+        match self.hot.request(&labels) {
+            Some(h) => h
+                .get_or_init(|| self.duration.get_or_create(&labels).clone())
+                .observe(seconds),
+            None => self.duration.get_or_create(&labels).observe(seconds),
         }
-        self.requests.get_or_create(&labels).inc();
-        self.duration
-            .get_or_create(&RouteLabels { method, route })
-            .observe(seconds);
+    }
+
+    /// The `http_server_active_requests` series of `method`, to hold while
+    /// a request is served.
+    pub fn active_requests(&self, method: &'static str) -> Gauge {
+        let labels = MethodLabels {
+            http_request_method: method,
+        };
+        match self.hot.active(method) {
+            Some(g) => g
+                .get_or_init(|| self.active.get_or_create(&labels).clone())
+                .clone(),
+            None => self.active.get_or_create(&labels).clone(),
+        }
     }
 
     pub fn observe_db(&self, operation: &'static str, d: Duration, ok: bool) {
-        let labels = OperationLabels { operation };
+        let labels = OperationLabels {
+            db_operation_name: operation,
+            db_system_name: self.db_system,
+        };
         match self.hot.db(operation) {
             Some(h) => h
                 .get_or_init(|| self.db_duration.get_or_create(&labels).clone())
@@ -325,10 +352,14 @@ impl Metrics {
         self.db_up.set(i64::from(up));
         let pool = store.pool_status();
         self.pool
-            .get_or_create(&StateLabels { state: "idle" })
+            .get_or_create(&ConnectionStateLabels {
+                db_client_connection_state: "idle",
+            })
             .set(pool.idle as i64);
         self.pool
-            .get_or_create(&StateLabels { state: "in_use" })
+            .get_or_create(&ConnectionStateLabels {
+                db_client_connection_state: "used",
+            })
             .set(pool.in_use as i64);
         self.pool_max.set(pool.max as i64);
         self.erasure_pending.set(i64::from(store.erasure_pending()));
@@ -339,6 +370,14 @@ impl Metrics {
         write_process_metrics(&mut out);
         prometheus_client::encoding::text::encode_eof(&mut out).expect("writing to a String");
         out
+    }
+}
+
+/// OpenTelemetry's `db.system.name` for a store backend.
+pub fn db_system_name(backend: &'static str) -> &'static str {
+    match backend {
+        "postgres" => "postgresql",
+        other => other,
     }
 }
 

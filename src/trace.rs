@@ -225,11 +225,7 @@ where
     let Some(tracer) = TRACER.get() else {
         return fut.await;
     };
-    let system = if backend == "postgres" {
-        "postgresql"
-    } else {
-        backend
-    };
+    let system = crate::metrics::db_system_name(backend);
     let parent = Context::current();
     let mut span = tracer
         .span_builder(format!("{operation} users"))

@@ -154,18 +154,18 @@ step "load through HAProxy, then the recording rules must have values"
   2>"$WORK/loadgen-up.log" | sed 's/^/    /' || { tail -n 20 "$WORK/loadgen-up.log" >&2; fail "traffic through HAProxy failed"; }
 wait_for 20 "job:up:sum == 2" holds 'job:up:sum{job="hello-birthday"} == 2'
 wait_for 20 "job:hello_birthday_instances_ready:sum == 2" holds 'job:hello_birthday_instances_ready:sum{job="hello-birthday"} == 2'
-wait_for 20 "job_route:http_requests:rate5m{route=/hello/{username}} > 0" \
-  holds 'job_route:http_requests:rate5m{job="hello-birthday",route="/hello/{username}"} > 0'
-wait_for 20 "job_route_status:http_requests:rate5m has the 204, 200, 404 and 400 answers" \
-  holds 'count(job_route_status:http_requests:rate5m{route="/hello/{username}",status=~"204|200|404|400"}) == 4'
+wait_for 20 "job_http_route:http_server_requests:rate5m{http_route=/hello/{username}} > 0" \
+  holds 'job_http_route:http_server_requests:rate5m{job="hello-birthday",http_route="/hello/{username}"} > 0'
+wait_for 20 "job_http_route_http_response_status_code:http_server_requests:rate5m has the 204, 200, 404 and 400 answers" \
+  holds 'count(job_http_route_http_response_status_code:http_server_requests:rate5m{http_route="/hello/{username}",http_response_status_code=~"204|200|404|400"}) == 4'
 wait_for 20 "job:slo_availability_errors:ratio_rate5m == 0 (no 5xx yet)" holds 'job:slo_availability_errors:ratio_rate5m == 0'
 wait_for 20 "job:slo_latency_errors:ratio_rate5m present" holds 'job:slo_latency_errors:ratio_rate5m >= 0'
 wait_for 20 "p99 latency of /hello recorded" \
-  holds 'job_route:http_request_duration_seconds:quantile_rate5m{quantile="0.99",route="/hello/{username}"} > 0'
-wait_for 20 "db query p99 recorded" holds 'job_operation:db_query_duration_seconds:p99_rate5m{operation="upsert"} > 0'
+  holds 'job_http_route:http_server_request_duration_seconds:quantile_rate5m{quantile="0.99",http_route="/hello/{username}"} > 0'
+wait_for 20 "db query p99 recorded" holds 'job_db_operation_name:db_client_operation_duration_seconds:p99_rate5m{db_operation_name="upsert"} > 0'
 wait_for 20 "probe_success == 1 for the TLS endpoint" holds 'probe_success{job="blackbox"} == 1'
-note "rates: /hello $(query 'job_route:http_requests:rate5m{route="/hello/{username}"}') req/s," \
-  "p99 $(query 'job_route:http_request_duration_seconds:quantile_rate5m{quantile="0.99",route="/hello/{username}"}') s," \
+note "rates: /hello $(query 'job_http_route:http_server_requests:rate5m{http_route="/hello/{username}"}') req/s," \
+  "p99 $(query 'job_http_route:http_server_request_duration_seconds:quantile_rate5m{quantile="0.99",http_route="/hello/{username}"}') s," \
   "slow ratio $(query 'job:slo_latency_errors:ratio_rate5m')"
 # The certificate alert's `for` is 1h: pending is what it can reach here.
 wait_for 20 "CertificateExpiringSoon pending for the 7-day certificate" test "$(alert_state CertificateExpiringSoon)" = pending
@@ -192,8 +192,8 @@ PY
 [ -n "$FOR_SECONDS" ] || fail "DatabaseUnavailable has no \`for\` in cause-alerts.yml"
 pg_stop "${PG_DATA%/data}" fast >"$WORK/pg-stop.log" 2>&1 || fail "pg_ctl stop failed"
 # Requests straight to the instances (HAProxy stops routing to unready ones):
-# each fails in the database, so db_errors_total and the 503s show up; an
-# invalid name is still 400 (checked before the database).
+# each fails in the database, so hello_birthday_db_errors_total and the 503s
+# show up; an invalid name is still 400 (checked before the database).
 lg_urls=()
 for u in "${API_URLS[@]}"; do lg_urls+=(--url "$u"); done
 "$LOADGEN" run "${lg_urls[@]}" --duration 2 --rate 100 --connections 4 --invalid-ratio 0.3 --accept-status 503 \
@@ -208,7 +208,7 @@ for m in "${METRICS[@]}"; do
   i=$((i + 1))
   curl -fs "http://$m/metrics" >"$WORK/metrics-down-$i.txt"
 done
-grep -q '^db_errors_total{' "$WORK"/metrics-down-*.txt || fail "no db_errors_total sample after the database stopped"
+grep -q '^hello_birthday_db_errors_total{' "$WORK"/metrics-down-*.txt || fail "no hello_birthday_db_errors_total sample after the database stopped"
 curl -fs "$PROM/api/v1/label/__name__/values" >"$WORK/prometheus-names.json"
 
 # --------------------------------------------------------------- queries
@@ -227,14 +227,14 @@ check_args=(--dashboards "$MON/grafana/dashboards" --datasources "$MON/grafana/p
 # misspelt route label in an otherwise identical dashboard.
 step "the query check rejects a dashboard with a wrong metric and a wrong label value"
 mkdir -p "$WORK/bad-dashboards"
-sed -e 's/http_requests_in_flight/http_requests_inflight/' -e 's|route=\\"/hello/{username}\\"|route=\\"/hello/{user}\\"|' \
+sed -e 's/http_server_active_requests/http_server_active_request/' -e 's|http_route=\\"/hello/{username}\\"|http_route=\\"/hello/{user}\\"|' \
   "$MON/grafana/dashboards/hello-birthday.json" >"$WORK/bad-dashboards/bad.json"
 check_args[1]="$WORK/bad-dashboards"
 if "$PY" "$MON/tests/check_queries.py" --rules-dir "$MON/prometheus/rules" "${check_args[@]}" >"$WORK/bad.out" 2>&1; then
   fail "check_queries.py accepted a broken dashboard"
 fi
-grep -q 'http_requests_inflight is neither exported' "$WORK/bad.out" || fail "the renamed metric was not reported"
-grep -q 'route="/hello/{user}"} matches no scraped sample' "$WORK/bad.out" || fail "the wrong route was not reported"
+grep -q 'http_server_active_request is neither exported' "$WORK/bad.out" || fail "the renamed metric was not reported"
+grep -q 'http_route="/hello/{user}"} matches no scraped sample' "$WORK/bad.out" || fail "the wrong route was not reported"
 note "rejected, as it should: $(grep -c '^FAIL' "$WORK/bad.out") problems reported"
 
 step "live check passed"

@@ -7,8 +7,8 @@
 //! server, a 60-120 s RDS failover would take every instance out of service
 //! at once and get the whole fleet replaced. During such an outage API
 //! requests answer a fast 503 + `Retry-After` and recover by themselves; the
-//! deep check (the database answers) is the `db_up` metric and its alarm,
-//! for people. `hello_birthday_ready` exports this verdict as a gauge.
+//! deep check (the database answers) is the `hello_birthday_db_up` metric
+//! and its alarm, for people. `hello_birthday_ready` exports this verdict as a gauge.
 
 use super::AppState;
 use super::error::ApiError;

@@ -102,6 +102,8 @@ async fn not_found() -> ApiError {
     ApiError::RouteNotFound
 }
 
+/// The method as OpenTelemetry's `http.request.method` spells it: a known
+/// method, or `_OTHER`, so a client cannot mint label values.
 fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
@@ -111,7 +113,7 @@ fn method_label(m: &Method) -> &'static str {
         Method::POST => "POST",
         Method::PATCH => "PATCH",
         Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+        _ => "_OTHER",
     }
 }
 
@@ -271,18 +273,18 @@ async fn buffer_body(req: Request, deadline: Duration) -> Result<Request, ApiErr
     }
 }
 
-/// Counts a request in `http_requests_in_flight` until it is answered, on
-/// every path out of `observe`.
-struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+/// Counts a request in `http_server_active_requests` until it is answered,
+/// on every path out of `observe`.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
 
-impl<'a> InFlight<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+impl InFlight {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
         gauge.inc();
         Self(gauge)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -339,7 +341,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     }
     // In flight from here: a request waiting for its body is being served,
     // though it holds no slot.
-    let _in_flight = InFlight::new(&st.metrics.in_flight);
+    let _in_flight = InFlight::new(st.metrics.active_requests(method));
     let req = match buffer_body(req, st.body_timeout).await {
         Ok(req) => req,
         Err(e) => return pending.finish(e.into_response()),
@@ -387,10 +389,10 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A request from the moment it reaches `observe` until it is counted.
-/// Every way out counts it once in `http_requests_total` and gives it to
-/// the request log: `finish` with the answer's status, or, when hyper
-/// drops the request unanswered (the connection reset under it, or cut
-/// off at the shutdown deadline), `Drop` with 499. Its write may have
+/// Every way out counts it once in `http_server_request_duration_seconds`
+/// and gives it to the request log: `finish` with the answer's status, or,
+/// when hyper drops the request unanswered (the connection reset under it,
+/// or cut off at the shutdown deadline), `Drop` with 499. Its write may have
 /// been applied all the same: the 499 line is its trace.
 struct Pending {
     st: AppState,

@@ -39,7 +39,7 @@ async fn assert_opaque_500(resp: reqwest::Response) {
 
 fn counter(metrics: &str, method: &str, status: u16) -> u64 {
     let prefix = format!(
-        r#"http_requests_total{{method="{method}",route="/hello/{{username}}",status="{status}"}} "#
+        r#"http_server_request_duration_seconds_count{{http_request_method="{method}",http_route="/hello/{{username}}",http_response_status_code="{status}"}} "#
     );
     metrics
         .lines()

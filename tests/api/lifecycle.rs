@@ -177,7 +177,11 @@ async fn acknowledged_puts_survive_sigkill_during_a_write_burst() {
     wait_until("200 acknowledged PUTs", Duration::from_secs(30), || async {
         let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
         text.lines()
-            .find(|l| l.starts_with(r#"http_requests_total{method="PUT""#) && l.contains("\"204\""))
+            .find(|l| {
+                l.starts_with(
+                    r#"http_server_request_duration_seconds_count{http_request_method="PUT",http_route="/hello/{username}",http_response_status_code="204"}"#,
+                )
+            })
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .is_some_and(|n| n >= 200)
     })
@@ -253,7 +257,8 @@ async fn sigterm_drains_then_finishes_in_flight_requests() {
         Duration::from_secs(10),
         || async {
             let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-            text.lines().any(|l| l == "http_requests_in_flight 1")
+            text.lines()
+                .any(|l| l == r#"http_server_active_requests{http_request_method="PUT"} 1"#)
         },
     )
     .await;

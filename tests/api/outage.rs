@@ -80,7 +80,10 @@ async fn postgres_outage_is_503_and_heals_by_itself() {
     config.db_timeout = Duration::from_millis(500);
     let app = spawn_with(config, Backend::Postgres, None).await;
     assert_eq!(app.put_dob("steady", "1990-11-28").await.status(), 204);
-    assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("1"));
+    assert_eq!(
+        gauge(&app, "hello_birthday_db_up").await.as_deref(),
+        Some("1")
+    );
 
     stop(&cluster);
     for _ in 0..3 {
@@ -89,7 +92,10 @@ async fn postgres_outage_is_503_and_heals_by_itself() {
     }
     // The deep check, for people and alarms, does see the outage; the
     // readiness gauge, like /readyz, does not.
-    assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("0"));
+    assert_eq!(
+        gauge(&app, "hello_birthday_db_up").await.as_deref(),
+        Some("0")
+    );
     assert_eq!(
         gauge(&app, "hello_birthday_ready").await.as_deref(),
         Some("1")
@@ -109,7 +115,10 @@ async fn postgres_outage_is_503_and_heals_by_itself() {
     assert_eq!(app.put_dob("after", "1990-01-01").await.status(), 204);
     // The PUT refused during the outage stored nothing.
     assert_eq!(app.get("/hello/during").await.status(), 404);
-    assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("1"));
+    assert_eq!(
+        gauge(&app, "hello_birthday_db_up").await.as_deref(),
+        Some("1")
+    );
     app.stop().await;
     cluster.destroy();
 }
@@ -138,7 +147,10 @@ async fn started_during_an_outage_comes_into_service_by_itself() {
         gauge(&app, "hello_birthday_ready").await.as_deref(),
         Some("0")
     );
-    assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("0"));
+    assert_eq!(
+        gauge(&app, "hello_birthday_db_up").await.as_deref(),
+        Some("0")
+    );
 
     start(&cluster).await;
     let back = std::time::Instant::now();
@@ -158,7 +170,10 @@ async fn started_during_an_outage_comes_into_service_by_itself() {
         Some("1")
     );
     assert_eq!(app.get("/hello/during").await.status(), 404);
-    assert_eq!(gauge(&app, "db_up").await.as_deref(), Some("1"));
+    assert_eq!(
+        gauge(&app, "hello_birthday_db_up").await.as_deref(),
+        Some("1")
+    );
     app.stop().await;
     cluster.destroy();
 }

@@ -25,8 +25,8 @@ affected test is skipped with a message.
 
 Environment:
   HELLO_BIN                 binary to test (default target/debug/hello-birthday)
-  HELLO_FAULT_BIN           the stale-read test's caching build
-                            (default target/debug/hello-birthday-fault-stale-reads)
+  HELLO_FAULT_BIN           the fault build (stale reads, a wedgeable accept
+                            loop; default target/debug/hello-birthday-faults)
   HARDENING_STALE_SECONDS   length of each stale-read history (3)
   HARDENING_CRASH_CYCLES    kill -9 cycles (20)
   HARDENING_ST_EXAMPLES     schemathesis examples per operation and phase (40)
@@ -59,11 +59,13 @@ if [ "${CI:-}" = true ]; then
 fi
 
 if [ "$build" = 1 ] && [ -z "${HELLO_FAULT_BIN:-}" ]; then
-  # The stale-read test's proof that it can fail: a build that caches reads.
+  # The proofs that tests can fail: a build that caches reads (the
+  # stale-read test) and one whose accept loop can be wedged (the watchdog
+  # test); one build with both, each fault off unless a test asks for it.
   # Built first and copied aside, since both builds write the same path.
-  step "cargo build --bin hello-birthday --features fault-stale-reads (debug, for test_stale_reads)"
-  (cd "$ROOT" && cargo build --locked --quiet --bin hello-birthday --features fault-stale-reads \
-    && cp target/debug/hello-birthday target/debug/hello-birthday-fault-stale-reads)
+  step "cargo build --bin hello-birthday --features fault-stale-reads,fault-wedge-accept (debug, for test_stale_reads, test_conventions)"
+  (cd "$ROOT" && cargo build --locked --quiet --bin hello-birthday --features fault-stale-reads,fault-wedge-accept \
+    && cp target/debug/hello-birthday target/debug/hello-birthday-faults)
 fi
 if [ "$build" = 1 ] && [ -z "${HELLO_BIN:-}" ]; then
   step "cargo build --bin hello-birthday (debug)"

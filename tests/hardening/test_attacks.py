@@ -83,8 +83,9 @@ class SlowBodies(ServiceTestCase):
             self.assertEqual(a.header("connection"), "close")
         self.assertLess(waited, 3 + SLACK)
         m = svc.metrics()
-        self.assertEqual(metric(m, "http_requests_total", status="408"), self.STALLED)
-        self.assertEqual(metric(m, "http_requests_total", status="503"), 0, "a slow client is not a server error")
+        self.assertEqual(metric(m, "http_server_request_duration_seconds_count", http_response_status_code="408"), self.STALLED)
+        self.assertEqual(metric(m, "http_server_request_duration_seconds_count", http_response_status_code="503"), 0,
+                         "a slow client is not a server error")
         self.assertEqual(request(svc.port, "GET", "/hello/Slowa").status, 404, "a stalled PUT stored something")
 
 
@@ -110,7 +111,7 @@ class SilentConnections(ServiceTestCase):
         self.assertEqual(request(svc.port, "GET", "/hello/Alice", conn=used).status, 200)
         self.report(f"silent and half-sent connections closed after {closed_after:.1f}s; "
                     "a used keep-alive connection still served")
-        self.assertGreaterEqual(metric(svc.metrics(), "http_connections_closed_total",
+        self.assertGreaterEqual(metric(svc.metrics(), "hello_birthday_http_connections_closed_total",
                                        reason="first_request_timeout"), 2)
 
     def test_silent_crowd_at_the_cap_does_not_lock_out_new_clients(self):
@@ -135,15 +136,15 @@ class SilentConnections(ServiceTestCase):
         for c in pooled:
             self.assertEqual(request(svc.port, "GET", "/hello/Alice", conn=c).status, 200,
                              "a pooled keep-alive connection was closed")
-        wait_until(lambda: metric(svc.metrics(), "http_connections_closed_total", reason="evicted") >= 25, 5,
+        wait_until(lambda: metric(svc.metrics(), "hello_birthday_http_connections_closed_total", reason="evicted") >= 25, 5,
                    what="room to be made for the 25 connections past the cap")
         m = svc.metrics()
-        evicted = metric(m, "http_connections_closed_total", reason="evicted")
+        evicted = metric(m, "hello_birthday_http_connections_closed_total", reason="evicted")
         closed = sum(closed_by_peer(s) for s in silent)
         self.report(f"120 silent connections at MAX_CONNECTIONS=100: {NORMAL}/{NORMAL} new clients 200 "
                     f"(slowest {slowest * 1000:.0f}ms), {evicted:.0f} silent ones closed to make room "
                     f"({closed} seen closed), 5/5 pooled connections kept")
-        self.assertEqual(metric(m, "http_connections_closed_total", reason="refused"), 0)
+        self.assertEqual(metric(m, "hello_birthday_http_connections_closed_total", reason="refused"), 0)
 
 
 class AmbiguousRequests(ServiceTestCase):
@@ -247,7 +248,7 @@ class ParserRejections(ServiceTestCase):
 
         def counted():
             m = svc.metrics()
-            return all(metric(m, "http_parse_errors_total", kind=kind) >= 1 for *_, kind in self.BAD)
+            return all(metric(m, "hello_birthday_http_parse_errors_total", kind=kind) >= 1 for *_, kind in self.BAD)
 
         wait_until(counted, 5, what="every kind of parse error to be counted")
 
@@ -258,7 +259,7 @@ class ParserRejections(ServiceTestCase):
             raw_request(svc.port, self.BAD[0][1])
         normal_requests(self, svc.port)
         elapsed = time.monotonic() - t0
-        wait_until(lambda: metric(svc.metrics(), "http_parse_errors_total", kind="header") >= flood + 3, 5,
+        wait_until(lambda: metric(svc.metrics(), "hello_birthday_http_parse_errors_total", kind="header") >= flood + 3, 5,
                    what="the flood to be counted")
         wait_until(lambda: "request refused by the HTTP parser" in svc.logs(), 5, what="the log line")
         lines = svc.logs().count("request refused by the HTTP parser")
@@ -268,14 +269,14 @@ class ParserRejections(ServiceTestCase):
         self.assertLess(lines, flood)
 
         # An idle keep-alive connection closed by the timer is not a parse error.
-        before = metric(svc.metrics(), "http_parse_errors_total")
+        before = metric(svc.metrics(), "hello_birthday_http_parse_errors_total")
         conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=5)
         self.addCleanup(conn.close)
         self.assertEqual(request(svc.port, "GET", "/hello/Alice", conn=conn).status, 200)
         wait_until(lambda: closed_by_peer(conn.sock), 2 + SLACK, interval=0.1, what="the keep-alive close")
-        wait_until(lambda: metric(svc.metrics(), "http_connections_closed_total", reason="idle_timeout") >= 1,
+        wait_until(lambda: metric(svc.metrics(), "hello_birthday_http_connections_closed_total", reason="idle_timeout") >= 1,
                    5, what="the idle close to be counted")
-        self.assertEqual(metric(svc.metrics(), "http_parse_errors_total"), before)
+        self.assertEqual(metric(svc.metrics(), "hello_birthday_http_parse_errors_total"), before)
 
 
 class Memory(ServiceTestCase):

@@ -13,8 +13,12 @@ import socket
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
-from harness import ROOT, ServiceTestCase, free_port, request, require, wait_until
+from harness import ROOT, ServiceTestCase, free_port, read_response, request, require, wait_until
+
+# The fault build (tests/hardening/run.sh): its API accept loop can be wedged.
+FAULT_BIN = Path(os.environ.get("HELLO_FAULT_BIN", ROOT / "target" / "debug" / "hello-birthday-faults"))
 
 
 def json_lines(svc) -> list[dict]:
@@ -153,14 +157,37 @@ class Notify(ServiceTestCase):
         self.addCleanup(lambda: (stop.append(1), t.join(2), sock.close()))
         return path, got
 
-    def test_ready_watchdog_stopping_in_order_and_a_wedged_writer_starves_the_watchdog(self):
+    PERIOD_S = 0.6
+
+    def watched(self, svc) -> tuple[object, list[tuple[float, str]]]:
+        """Starts `svc` under the test's notify socket and a watchdog, and
+        returns it fed three times."""
         path, got = self.listener()
-        period_s = 0.6
+        svc.env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC=str(int(self.PERIOD_S * 1e6)))
+        svc.start()
+        wait_until(lambda: len(self.feeds(got)) >= 3, 10, what="three watchdog feeds")
+        return svc, got
+
+    @staticmethod
+    def feeds(got: list[tuple[float, str]]) -> list[float]:
+        return [t for t, m in got if m == "WATCHDOG=1"]
+
+    def starved(self, got: list[tuple[float, str]], wedged_at: float) -> float:
+        """Waits for three whole periods without a feed; the last feed's time."""
+        wait_until(lambda: time.monotonic() - max(self.feeds(got)) > 3 * self.PERIOD_S, 10,
+                   what="the watchdog to go unfed")
+        starved_from = max(self.feeds(got))
+        # A check already past the wedged part when it wedged may still feed.
+        self.assertLess(starved_from, wedged_at + 2 * self.PERIOD_S, "the feeds stop at once")
+        return starved_from
+
+    def fed_again(self, got: list[tuple[float, str]], starved_from: float) -> None:
+        wait_until(lambda: max(self.feeds(got)) > starved_from + 3 * self.PERIOD_S, 10,
+                   what="the watchdog to be fed again")
+
+    def test_ready_watchdog_stopping_in_order_and_a_wedged_writer_starves_the_watchdog(self):
         db = self.tmp / "db.sqlite"
-        svc = self.sqlite_service(NOTIFY_SOCKET=path, WATCHDOG_USEC=str(int(period_s * 1e6)),
-                                  DB_TIMEOUT_MS="30000").start()
-        feeds = lambda: [t for t, m in got if m == "WATCHDOG=1"]  # noqa: E731
-        wait_until(lambda: len(feeds()) >= 3, 10, what="three watchdog feeds")
+        svc, got = self.watched(self.sqlite_service(DB_TIMEOUT_MS="30000"))
         self.assertTrue(got[0][1].startswith("READY=1"), got[:2])
 
         # Wedge the store writer: another process holds SQLite's write lock
@@ -173,21 +200,15 @@ class Notify(ServiceTestCase):
         writer = threading.Thread(target=lambda: put_status.append(request(
             svc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"}, timeout=60).status))
         writer.start()
-        wedged_at = time.monotonic()
         # Starved: no feed for three whole periods while the writer waits.
-        wait_until(lambda: time.monotonic() - max(feeds()) > 3 * period_s, 10,
-                   what="the watchdog to go unfed")
-        starved_from = max(feeds())
-        # A check already past the writer when the PUT queued may still feed.
-        self.assertLess(starved_from, wedged_at + 2 * period_s, "the feeds stop at once")
+        starved_from = self.starved(got, wedged_at=time.monotonic())
         self.assertTrue(writer.is_alive(), "the PUT is still waiting on the writer")
 
         # Unwedged: the PUT completes and the feeds resume.
         lock.execute("COMMIT")
         writer.join(30)
         self.assertEqual(put_status, [204])
-        wait_until(lambda: max(feeds()) > starved_from + 3 * period_s, 10,
-                   what="the watchdog to be fed again")
+        self.fed_again(got, starved_from)
 
         svc.stop()
         wait_until(lambda: any(m.startswith("STOPPING=1") for _, m in got), 5, what="STOPPING=1")
@@ -196,6 +217,36 @@ class Notify(ServiceTestCase):
         self.assertEqual(kinds[0], "READY")
         self.assertEqual(kinds.count("READY"), 1)
         self.assertNotIn("WATCHDOG", kinds[stopping:], "no feed after the drain starts")
+        warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
+        self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
+
+    def test_a_wedged_accept_loop_starves_the_watchdog(self):
+        require(FAULT_BIN.exists(), f"fault build {FAULT_BIN} (tests/hardening/run.sh builds it)")
+        wedge = self.tmp / "wedge-accept"
+        svc = self.sqlite_service()
+        svc.bin = FAULT_BIN
+        svc.process_env = {"HELLO_FAULT_WEDGE_ACCEPT": str(wedge)}
+        svc, got = self.watched(svc)
+
+        # Wedge the API accept loop: the next probe finds it stuck.
+        wedge.touch()
+        starved_from = self.starved(got, wedged_at=time.monotonic())
+        # What the watchdog is for: the process is alive (its metrics
+        # listener answers) but takes no new API connection; a request
+        # waits in the kernel's queue, unanswered.
+        self.assertEqual(request(svc.metrics_port, "GET", "/metrics", timeout=5).status, 200)
+        waiting = socket.create_connection(("127.0.0.1", svc.port), timeout=5)
+        self.addCleanup(waiting.close)
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        waiting.settimeout(1)
+        with self.assertRaises(TimeoutError, msg="a wedged accept loop answered"):
+            waiting.recv(1)
+
+        # Unwedged: the waiting request is answered and the feeds resume.
+        wedge.unlink()
+        waiting.settimeout(10)
+        self.assertEqual(read_response(waiting).status, 200)
+        self.fed_again(got, starved_from)
         warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
         self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
 

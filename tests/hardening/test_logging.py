@@ -142,8 +142,9 @@ class RequestTraces(ServiceTestCase):
         self.assertEqual(request(p, "GET", "/hello/Halfb").status, 200)
         self.assertEqual(request(p, "GET", "/hello/Halfa").status, 404)
         m = svc.metrics()
-        self.assertEqual(metric(m, "http_requests_total", method="PUT", status="204"), self.HALF)
-        self.assertEqual(metric(m, "http_requests_total", method="DELETE", status="204"), 1)
+        answered = "http_server_request_duration_seconds_count"
+        self.assertEqual(metric(m, answered, http_request_method="PUT", http_response_status_code="204"), self.HALF)
+        self.assertEqual(metric(m, answered, http_request_method="DELETE", http_response_status_code="204"), 1)
         wait_until(lambda: len([e for e in request_lines(svc) if e["method"] in ("PUT", "DELETE")]) == self.HALF + 1,
                    5, what="a log line for each half-closed write (REQUEST_LOG=all)")
 
@@ -156,7 +157,7 @@ class RequestTraces(ServiceTestCase):
         return lock
 
     def in_flight(self, svc, n: int) -> None:
-        wait_until(lambda: metric(svc.metrics(), "http_requests_in_flight") >= n, 10,
+        wait_until(lambda: metric(svc.metrics(), "http_server_active_requests") >= n, 10,
                    what=f"{n} request(s) in flight")
 
     def test_a_write_whose_client_resets_is_applied_and_counted(self):
@@ -170,10 +171,10 @@ class RequestTraces(ServiceTestCase):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
         lock.execute("ROLLBACK")
-        wait_until(lambda: metric(svc.metrics(), "http_requests_in_flight") == 0, 10, what="the PUT to end")
+        wait_until(lambda: metric(svc.metrics(), "http_server_active_requests") == 0, 10, what="the PUT to end")
         self.assertEqual(request(svc.port, "GET", "/hello/Reset").status, 200, "the write was applied")
         m = svc.metrics()
-        self.assertEqual(metric(m, "http_requests_total", method="PUT"), 2,
+        self.assertEqual(metric(m, "http_server_request_duration_seconds_count", http_request_method="PUT"), 2,
                          "an applied write whose client reset its connection is not counted")
 
     def test_requests_cut_off_at_the_shutdown_deadline_are_counted_and_logged_as_499(self):

@@ -82,9 +82,9 @@ class MetricsPort(ServiceTestCase):
         self.assertEqual(scrape.status, 200)
         scrape_s = time.monotonic() - t
         text = scrape.body.decode()
-        evicted = metric(text, "http_connections_closed_total", listener="metrics", reason="evicted")
+        evicted = metric(text, "hello_birthday_http_connections_closed_total", listener="metrics", reason="evicted")
         self.assertGreaterEqual(evicted, self.IDLE - 8)
-        self.assertEqual(metric(text, "http_accept_errors_total"), 0, "an accept failed: no fds in reserve")
+        self.assertEqual(metric(text, "hello_birthday_http_accept_errors_total"), 0, "an accept failed: no fds in reserve")
         self.assertNotIn("accept failed", svc.logs())
         self.report(f"ulimit -n {self.NOFILE}, {self.IDLE} silent connections to the metrics port in "
                     f"{time.monotonic() - t0:.1f}s: {evicted:.0f} closed for room, API GET/PUT/healthz/readyz "
@@ -108,7 +108,7 @@ class MetricsPort(ServiceTestCase):
         resp = request(svc.metrics_port, "GET", "/metrics", conn=conn)
         self.assertEqual(resp.status, 200)
         self.assertEqual((resp.header("connection") or "").lower(), "close")
-        self.assertGreaterEqual(metric(resp.body.decode(), "http_connections_closed_total", listener="metrics",
+        self.assertGreaterEqual(metric(resp.body.decode(), "hello_birthday_http_connections_closed_total", listener="metrics",
                                        reason="first_request_timeout"), 2)
         self.report(f"silent and half-sent metrics connections closed after {took:.1f}s")
 
@@ -138,7 +138,7 @@ class MetricsPort(ServiceTestCase):
         socks.clear()
         wait_until(lambda: request(svc.port, "GET", "/healthz", timeout=1).status == 200, 10,
                    what="the API to answer once files are free again")
-        failed = metric(svc.metrics(), "http_accept_errors_total", listener="api")
+        failed = metric(svc.metrics(), "hello_birthday_http_accept_errors_total", listener="api")
         self.report(f"{failed:.0f} failed accepts in {seconds:.1f}s, {lines} log lines")
         self.assertGreater(failed, lines, "every failed accept is counted, not every one logged")
         self.assertLessEqual(lines, seconds + 2, "at most one accept-error line a second")

@@ -221,10 +221,10 @@ class Shedding(ServiceTestCase):
         for _ in range(20):
             self.assertEqual(request(svc.port, "GET", "/hello/Alice").status, 200)
         m = svc.metrics()
-        shed_lines = [line for line in m.splitlines() if line.startswith("http_requests_shed_total")]
-        self.assertTrue(shed_lines, "http_requests_shed_total missing from /metrics")
+        shed_lines = [line for line in m.splitlines() if line.startswith("hello_birthday_http_requests_shed_total")]
+        self.assertTrue(shed_lines, "hello_birthday_http_requests_shed_total missing from /metrics")
         self.assertGreaterEqual(float(shed_lines[0].split()[-1]), 50 + len(statuses))
-        self.assertNotRegex(m, r'http_requests_total\{[^}]*status="500"')
+        self.assertNotRegex(m, r'http_server_request_duration_seconds_count\{[^}]*http_response_status_code="500"')
 
     def test_handler_overrunning_its_deadline_is_503(self):
         svc = self.sqlite_service(REQUEST_TIMEOUT_SECONDS=1, DB_TIMEOUT_MS=10000).start()

@@ -28,7 +28,7 @@ from pathlib import Path
 from harness import ROOT, ServiceTestCase, Service, put_dob, request, require
 
 FAULT_BIN = Path(os.environ.get("HELLO_FAULT_BIN",
-                                ROOT / "target" / "debug" / "hello-birthday-fault-stale-reads"))
+                                ROOT / "target" / "debug" / "hello-birthday-faults"))
 SECONDS = float(os.environ.get("HARDENING_STALE_SECONDS", "3"))
 CLIENTS = 6
 USERS = ["Ann", "Bob", "Cyd"]

@@ -13,9 +13,12 @@ Usage: hello-birthday-aws.sh bootstrap|render-env|refresh [--help]
               start it, and wait until /readyz answers 200 and the load
               balancer reports this instance healthy. Exit 0 only then;
               the user data passes the exit code to cfn-signal.
-  render-env  Write /etc/hello-birthday/env from aws.conf and the database
-              secret (Secrets Manager). Runs before every start of the unit,
-              so a restart always picks up the current password.
+  render-env  Write the database URL from the secret (Secrets Manager) to
+              /etc/hello-birthday/database-url, the unit's LoadCredential=
+              (root, 0600), and the other settings from aws.conf to
+              /etc/hello-birthday/env, which no longer holds the URL. Runs
+              before every start of the unit, so a restart always picks up
+              the current password.
   refresh     Timer job: when the secret has rotated, restart the service
               to take the new login. The previous login stays valid until
               the next rotation (alternating users), so there is no hurry:
@@ -24,14 +27,16 @@ Usage: hello-birthday-aws.sh bootstrap|render-env|refresh [--help]
               target is healthy, so no two restart together. A login that
               no longer works restarts at once while another is healthy.
 
-Environment (tests): HB_AWS_CONF, HB_ENV_FILE, HB_STATE_DIR, HB_RDS_CA_FILE
-override paths; HB_INSTANCE_ID and HB_NOW (epoch seconds) the instance id
+Environment (tests): HB_AWS_CONF, HB_ENV_FILE, HB_DATABASE_URL_FILE,
+HB_STATE_DIR, HB_RDS_CA_FILE override paths; HB_INSTANCE_ID and HB_NOW (epoch seconds) the instance id
 and the clock.
 USAGE
 }
 
 CONF=${HB_AWS_CONF:-/etc/hello-birthday/aws.conf}
 ENV_FILE=${HB_ENV_FILE:-/etc/hello-birthday/env}
+# The unit's LoadCredential=database-url:... source (deploy/systemd).
+DATABASE_URL_FILE=${HB_DATABASE_URL_FILE:-/etc/hello-birthday/database-url}
 STATE_DIR=${HB_STATE_DIR:-/var/lib/hello-birthday-aws}
 RDS_CA_FILE=${HB_RDS_CA_FILE:-/etc/hello-birthday/rds-ca.pem}
 SELF_INSTALLED=/opt/hello-birthday/bin/hello-birthday-aws
@@ -95,9 +100,23 @@ ensure_rds_ca() {
   log "installed the RDS CA bundle of release $CONF_APP_VERSION at $RDS_CA_FILE"
 }
 
-# Writes the variables this deployment owns into the env file and keeps any
-# other line already there (setup.sh host writes the file first). Atomic:
-# a reader sees the old file or the new one.
+# write_private FILE: standard input to FILE, mode 0600, atomically (a
+# reader sees the old file or the new one, never a partial secret).
+write_private() {
+  local tmp
+  mkdir -p "$(dirname "$1")"
+  tmp=$(mktemp "$1.XXXXXX")
+  chmod 0600 "$tmp"
+  cat >"$tmp"
+  mv -f "$tmp" "$1"
+}
+
+# Writes the database URL to the unit's credential and the variables this
+# deployment owns into the env file, keeping any other line already there
+# (setup.sh host writes the file first). A DATABASE_URL line left in the env
+# file by an earlier release is dropped: it would win over the credential.
+# This runs as ExecStartPre, and systemd loads LoadCredential= files for
+# ExecStart after it, so the service starts with the URL written here.
 render_env() {
   load_conf
   local url tmp key
@@ -111,7 +130,6 @@ render_env() {
     # Prometheus scrapes instances from its own hosts; the group's security
     # group admits the metrics port from them only.
     [METRICS_BIND_ADDR]=0.0.0.0
-    [DATABASE_URL]=$url
     [DATABASE_CA_FILE]=$RDS_CA_FILE
     [DB_POOL_SIZE]=${CONF_DB_POOL_SIZE:-16}
     [LOG_FORMAT]=json
@@ -129,16 +147,18 @@ render_env() {
     while IFS= read -r line || [ -n "$line" ]; do
       key=${line%%=*}
       [ -n "${want[$key]+set}" ] && continue
+      [ "$key" = DATABASE_URL ] && continue
       printf '%s\n' "$line" >>"$tmp"
     done <"$ENV_FILE"
   fi
   for key in $(printf '%s\n' "${!want[@]}" | sort); do
     printf '%s=%s\n' "$key" "${want[$key]}" >>"$tmp"
   done
+  printf '%s\n' "$url" | write_private "$DATABASE_URL_FILE"
   mv -f "$tmp" "$ENV_FILE"
   mkdir -p "$STATE_DIR"
   printf '%s\n' "$url" | sha256sum | cut -d' ' -f1 >"$STATE_DIR/database-url.sha256"
-  log "wrote $ENV_FILE (release $CONF_APP_VERSION)"
+  log "wrote $DATABASE_URL_FILE and $ENV_FILE (release $CONF_APP_VERSION)"
 }
 
 imds() {
@@ -171,7 +191,7 @@ install_unit_wiring() {
   local stop_timeout=$((CONF_DRAIN_SECONDS + CONF_SHUTDOWN_TIMEOUT_SECONDS + 5))
   install -D -m 0755 "${BASH_SOURCE[0]}" "$SELF_INSTALLED"
   install -d -m 0755 /etc/systemd/system/$UNIT.d /var/log/hello-birthday
-  # '+' runs render-env as root (the env file is root's, mode 0600) even
+  # '+' runs render-env as root (the env and URL files are root's, 0600) even
   # though the service itself runs as its own user; '-' lets the service
   # start with the last good env file if Secrets Manager cannot be reached
   # at that moment. TimeoutStopSec covers
@@ -239,8 +259,9 @@ bootstrap() {
   local release=${CONF_RELEASE_DIR:?RELEASE_DIR missing in $CONF} deadline
   log "installing release $CONF_APP_VERSION from $release"
   install_unit_wiring
-  # The env file exists before the unit is installed, so setup.sh keeps it
-  # and the service never starts with the template's local SQLite database
+  # The env file and the database URL exist before the unit is installed,
+  # so setup.sh keeps them and the service never starts with the template's
+  # local SQLite database
   # (a healthy target on SQLite would take writes that PostgreSQL never sees).
   render_env
   "$release/scripts/setup.sh" host --binary "$release/hello-birthday" --no-start
@@ -256,7 +277,7 @@ bootstrap() {
   log "release $CONF_APP_VERSION is serving"
 }
 
-# After a rotation the env file still holds the previous login, which the
+# After a rotation the credential file still holds the previous login, which the
 # alternating-users rotation keeps valid until the next one: each instance
 # restarts in its own slot, SLOT_MINUTES long, by its rank among the target
 # group's instance ids, and only while every other target is healthy; no

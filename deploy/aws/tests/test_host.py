@@ -1,6 +1,7 @@
-"""deploy/aws/host/hello-birthday-aws.sh render-env: the env file an
-instance runs with, built from aws.conf and the database secret. The AWS CLI
-is replaced by a script that prints a fixed secret."""
+"""deploy/aws/host/hello-birthday-aws.sh render-env: the env file and the
+database URL credential an instance runs with, built from aws.conf and the
+database secret. The AWS CLI is replaced by a script that prints a fixed
+secret."""
 
 import json
 import os
@@ -58,6 +59,7 @@ class RenderEnv(unittest.TestCase):
         os.chmod(fake, 0o755)
         self.conf = os.path.join(self.dir, "aws.conf")
         self.env_file = os.path.join(self.dir, "env")
+        self.url_file = os.path.join(self.dir, "database-url")
         # The release as the user data unpacks it: the host bundle's CA file.
         self.release = os.path.join(self.dir, "release")
         os.makedirs(os.path.join(self.release, "deploy/aws/host"))
@@ -70,12 +72,17 @@ class RenderEnv(unittest.TestCase):
         with open(self.conf, "w") as f:
             f.write(CONF.replace("RELEASE_DIR=/opt/hello-birthday/releases/1.4.0", f"RELEASE_DIR={self.release}"))
         self.environ = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", HB_AWS_CONF=self.conf,
-                            HB_ENV_FILE=self.env_file, HB_STATE_DIR=os.path.join(self.dir, "state"),
+                            HB_ENV_FILE=self.env_file, HB_DATABASE_URL_FILE=self.url_file,
+                            HB_STATE_DIR=os.path.join(self.dir, "state"),
                             HB_RDS_CA_FILE=self.ca_file)
 
     def render(self):
         return subprocess.run([str(SCRIPT), "render-env"], env=self.environ, capture_output=True, text=True,
                               timeout=60, check=False)
+
+    def read_url(self):
+        with open(self.url_file) as f:
+            return f.read().rstrip("\n")
 
     def read_env(self):
         with open(self.env_file) as f:
@@ -100,11 +107,22 @@ class RenderEnv(unittest.TestCase):
     def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self):
         proc = self.render()
         self.assertEqual(proc.returncode, 0, proc.stderr)
-        url = urlsplit(self.read_env()["DATABASE_URL"])
+        url = urlsplit(self.read_url())
         self.assertEqual((url.scheme, url.hostname, url.port, url.path, url.query),
                          ("postgres", "db.example.internal", 5432, "/hello_birthday", "sslmode=require"))
         self.assertEqual((unquote(url.username), unquote(url.password)), ("hello_birthday", PASSWORD))
         self.assertNotIn(PASSWORD, proc.stdout + proc.stderr)
+
+    def test_the_url_is_in_the_private_credential_file_not_in_the_env_file(self):
+        # The unit's LoadCredential= reads the file; a DATABASE_URL in the
+        # env file would win over it.
+        self.assertEqual(self.render().returncode, 0)
+        self.assertEqual(stat.S_IMODE(os.stat(self.url_file).st_mode), 0o600)
+        self.assertTrue(self.read_url().startswith("postgres://"))
+        with open(self.env_file) as f:
+            env_text = f.read()
+        self.assertNotIn("DATABASE_URL", env_text)
+        self.assertNotIn(urlsplit(self.read_url()).password, env_text)
 
     def test_env_file_is_private_and_sets_the_deployment_values(self):
         self.assertEqual(self.render().returncode, 0)
@@ -128,7 +146,9 @@ class RenderEnv(unittest.TestCase):
         self.assertIn("KEEPALIVE_SECONDS=75", lines)
         keys = [line.split("=", 1)[0] for line in lines if "=" in line]
         self.assertEqual(len(keys), len(set(keys)), lines)
-        self.assertTrue(self.read_env()["DATABASE_URL"].startswith("postgres://"))
+        # The earlier release's URL line is gone: the credential holds it.
+        self.assertNotIn("DATABASE_URL", self.read_env())
+        self.assertTrue(self.read_url().startswith("postgres://"))
         self.assertEqual(self.read_env()["DRAIN_SECONDS"], "15")
 
     def test_a_malformed_conf_line_is_refused_not_executed(self):
@@ -248,6 +268,7 @@ class RotationRefresh(unittest.TestCase):
     def run_as(self, instance, command, now=0):
         env = dict(os.environ, PATH=self.path, HB_AWS_CONF=self.conf, HB_INSTANCE_ID=instance, HB_NOW=str(now),
                    HB_ENV_FILE=os.path.join(self.dir, instance, "env"),
+                   HB_DATABASE_URL_FILE=os.path.join(self.dir, instance, "database-url"),
                    HB_STATE_DIR=os.path.join(self.dir, instance, "state"),
                    HB_RDS_CA_FILE=os.path.join(self.dir, instance, "rds-ca.pem"))
         os.makedirs(os.path.join(self.dir, instance), exist_ok=True)
