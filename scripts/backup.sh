@@ -117,14 +117,17 @@ hb_binary() {
 parse_db_url() {
   local url=$1 bin env DATABASE_BACKEND="" DATABASE_SOURCE="" DATABASE_PATH=""
   bin=$(hb_binary) || exit 1
+  # DATABASE_URL alone is taken as given, credential or not: the backup
+  # unit's ExecStartPost names its scratch database so, beside the credential.
+  if [ -z "$url" ] && [ -z "${DATABASE_URL_FILE:-}" ]; then url=${DATABASE_URL:-}; fi
   if [ -n "$url" ]; then
-    # Chosen on the command line: the binary is not to look for another.
+    # Chosen: the binary is not to look for another.
     env=$(unset DATABASE_URL_FILE; CREDENTIALS_DIRECTORY='' DATABASE_URL=$url "$bin" database --env) \
       || die "the database URL was refused (see above)"
-  elif [ -n "${DATABASE_URL:-}" ] || [ -n "${DATABASE_URL_FILE:-}" ] \
+  elif [ -n "${DATABASE_URL_FILE:-}" ] \
     || { [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -e "$CREDENTIALS_DIRECTORY/database-url" ]; }; then
-    # From the environment, read by the binary as the service reads it:
-    # DATABASE_URL, DATABASE_URL_FILE (not both), the systemd credential.
+    # Read by the binary as the service reads it: DATABASE_URL_FILE (refused
+    # beside DATABASE_URL), else the systemd credential.
     env=$("$bin" database --env) || die "the database URL was refused (see above)"
   else
     die "no database URL: pass --database-url, or set DATABASE_URL or DATABASE_URL_FILE (or the credential database-url)"

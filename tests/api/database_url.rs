@@ -206,9 +206,18 @@ async fn the_scripts_read_the_url_from_a_file_or_the_credential() {
     write("creds/database-url", "sqlite:restored/credential.db");
     let creds = dir.path().join("creds");
     let creds = creds.to_str().unwrap();
+    // DATABASE_URL beside the credential is taken as given, without the
+    // service's warning (the backup unit verifies into a scratch database so).
     for (name, env) in [
-        ("file", [("DATABASE_URL_FILE", file.as_str())]),
-        ("credential", [("CREDENTIALS_DIRECTORY", creds)]),
+        ("file", vec![("DATABASE_URL_FILE", file.as_str())]),
+        ("credential", vec![("CREDENTIALS_DIRECTORY", creds)]),
+        (
+            "env",
+            vec![
+                ("DATABASE_URL", "sqlite:restored/env.db"),
+                ("CREDENTIALS_DIRECTORY", creds),
+            ],
+        ),
     ] {
         let out = run(
             &script("restore.sh"),
@@ -217,6 +226,7 @@ async fn the_scripts_read_the_url_from_a_file_or_the_credential() {
             dir.path(),
         );
         assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(!text(&out).contains("not read"), "{name}: {}", text(&out));
         let db = dir.path().join(format!("restored/{name}.db"));
         let restored = Store::connect(&test_config(&format!("sqlite://{}", db.display())))
             .await
