@@ -44,8 +44,9 @@ the manifest lands last, so a backup without a manifest is never complete.
 Options:
   --database-url URL  postgres://user[:pass]@host:port/db or sqlite://PATH,
                       the forms the service accepts (README, DATABASE_URL)
-                      (default: $DATABASE_URL). Prefer the env variable: a
-                      password on the command line is visible in ps.
+                      (default: read as the service reads it, see below).
+                      Prefer the environment: a password on the command
+                      line is visible in ps.
   --to DEST           a directory or s3://bucket/prefix (default: $BACKUP_DEST)
   --keep N            afterwards keep only the N newest backups in DEST
                       (default: $BACKUP_KEEP; unset = keep all)
@@ -53,8 +54,9 @@ Options:
 
 Environment:
   DATABASE_URL, BACKUP_DEST, BACKUP_KEEP   defaults for the options above
-                      (without DATABASE_URL: $CREDENTIALS_DIRECTORY/database-url,
-                      the systemd credential the units load)
+  DATABASE_URL_FILE   a file holding the URL instead of DATABASE_URL (not
+                      both); without either, $CREDENTIALS_DIRECTORY/database-url
+                      (the systemd credential the units load), as the service
   PGPASSWORD, ~/.pgpass                    used when the URL has no password
   AWS_PROFILE, AWS_* credentials           for s3:// (AWS CLI)
   AWS_ENDPOINT_URL                         another S3 endpoint (tests)
@@ -85,19 +87,24 @@ USAGE
 
 # ------------------------------------------------------------ database URL
 
-# hb_binary: the service binary, which parses DATABASE_URL for these scripts
-# exactly as the service does: $HELLO_BIRTHDAY_BIN, else the newer build of
-# this checkout (target/release or target/debug), else hello-birthday on
-# PATH (/usr/local/bin on a host).
-hb_binary() {
-  local b found=""
-  if [ -n "${HELLO_BIRTHDAY_BIN:-}" ]; then printf '%s\n' "$HELLO_BIRTHDAY_BIN"; return; fi
-  for b in "$(dirname "${BASH_SOURCE[0]}")"/../target/{release,debug}/hello-birthday; do
+# checkout_binary NAME VAR: the binary NAME of this project: $VAR, else the
+# newer build of this checkout (target/release or target/debug), else NAME
+# on PATH (/usr/local/bin on a host). Returns 1 when there is none.
+checkout_binary() {
+  local name=$1 var=$2 b found=""
+  if [ -n "${!var:-}" ]; then printf '%s\n' "${!var}"; return; fi
+  for b in "$(dirname "${BASH_SOURCE[0]}")"/../target/{release,debug}/"$name"; do
     if [ -x "$b" ] && { [ -z "$found" ] || [ "$b" -nt "$found" ]; }; then found=$b; fi
   done
-  [ -n "$found" ] || found=$(command -v hello-birthday) \
-    || die "hello-birthday not found (set HELLO_BIRTHDAY_BIN, or put it on PATH): it reads the database URL"
+  [ -n "$found" ] || found=$(command -v "$name") || return 1
   printf '%s\n' "$found"
+}
+
+# hb_binary: the service binary, which parses DATABASE_URL for these scripts
+# exactly as the service does.
+hb_binary() {
+  checkout_binary hello-birthday HELLO_BIRTHDAY_BIN \
+    || die "hello-birthday not found (set HELLO_BIRTHDAY_BIN, or put it on PATH): it reads the database URL"
 }
 
 # parse_db_url URL: what the URL names, as the service reads it
@@ -109,11 +116,22 @@ hb_binary() {
 # the password in its argv. The URL reaches the binary in its environment.
 parse_db_url() {
   local url=$1 bin env DATABASE_BACKEND="" DATABASE_SOURCE="" DATABASE_PATH=""
-  [ -n "$url" ] || die "no database URL: pass --database-url or set DATABASE_URL"
   bin=$(hb_binary) || exit 1
-  # The URL is already chosen (a credential included): the binary is not
-  # to look for one again.
-  env=$(CREDENTIALS_DIRECTORY='' DATABASE_URL=$url "$bin" database --env) || die "the database URL was refused (see above)"
+  # DATABASE_URL alone is taken as given, credential or not: the backup
+  # unit's ExecStartPost names its scratch database so, beside the credential.
+  if [ -z "$url" ] && [ -z "${DATABASE_URL_FILE:-}" ]; then url=${DATABASE_URL:-}; fi
+  if [ -n "$url" ]; then
+    # Chosen: the binary is not to look for another.
+    env=$(unset DATABASE_URL_FILE; CREDENTIALS_DIRECTORY='' DATABASE_URL=$url "$bin" database --env) \
+      || die "the database URL was refused (see above)"
+  elif [ -n "${DATABASE_URL_FILE:-}" ] \
+    || { [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -e "$CREDENTIALS_DIRECTORY/database-url" ]; }; then
+    # Read by the binary as the service reads it: DATABASE_URL_FILE (refused
+    # beside DATABASE_URL), else the systemd credential.
+    env=$("$bin" database --env) || die "the database URL was refused (see above)"
+  else
+    die "no database URL: pass --database-url, or set DATABASE_URL or DATABASE_URL_FILE (or the credential database-url)"
+  fi
   # Single-quoted assignments written by the binary (tested with every byte).
   eval "$env"
   DB_BACKEND=$DATABASE_BACKEND DB_SOURCE=$DATABASE_SOURCE
@@ -408,12 +426,9 @@ backup_pitr() {
 }
 
 backup_main() {
-  local url=${DATABASE_URL:-} dest=${BACKUP_DEST:-} keep=${BACKUP_KEEP:-}
-  # Under systemd the URL is the service's credential (LoadCredential=).
-  local cred=${CREDENTIALS_DIRECTORY:-}/database-url
-  if [ -z "$url" ] && [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$cred" ]; then
-    url=$(<"$cred")
-  fi
+  # Without --database-url, parse_db_url has the binary read the URL from
+  # the environment (under systemd: the credential, LoadCredential=).
+  local url="" dest=${BACKUP_DEST:-} keep=${BACKUP_KEEP:-}
   local a rest=()
   for a in "$@"; do [ "$a" = --pitr ] || rest+=("$a"); done
   if [ ${#rest[@]} -lt $# ]; then backup_pitr "${rest[@]}"; return; fi

@@ -44,6 +44,15 @@ for f in "${scripts[@]}"; do
   expect 0 "$f" --help
 done
 
+# Commands that parse their own options refuse a bad one before they touch
+# anything (stack.sh down used to ignore it and delete the state dir).
+for cmd in up down start stop install; do
+  expect 2 deploy/local/stack.sh "$cmd" --no-such-option --state-dir "$ROOT/target/no-such-stack"
+done
+expect 2 deploy/local/stack.sh start --release
+expect 2 deploy/local/stack.sh no-such-command
+expect 2 deploy/aws/db-users.sh --env no-such-env --dry-run
+expect 2 deploy/aws/db-users.sh --dry-run
 expect 2 scripts/ci.sh no-such-stage
 expect 2 scripts/ci.sh fmt no-such-stage
 expect 0 scripts/ci.sh --list

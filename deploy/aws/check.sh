@@ -24,28 +24,24 @@ ROOT=$(cd "$AWS_DIR/../.." && pwd)
 VENV=$ROOT/.venv/bin
 FAST=0
 
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+
 case "${1:-}" in
-  -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) usage_from_header; exit 0 ;;
   --fast) FAST=1 ;;
   "") ;;
-  *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
+  *) usage_error "unknown option $1" ;;
 esac
-
-step() { printf '\n--> %s\n' "$*"; }
-die() { printf 'check.sh: %s\n' "$*" >&2; exit 1; }
+[ $# -le 1 ] || usage_error "takes at most one option"
 
 # Missing tools are failures, never skips (scripts/setup.sh dev installs them).
 for tool in "$VENV/cfn-lint" "$VENV/checkov" "$VENV/python" "$VENV/aws" "$VENV/ruff" "$VENV/mypy"; do
   [ -x "$tool" ] || die "$tool missing: run scripts/setup.sh dev"
 done
-for tool in jq dot; do
-  command -v "$tool" >/dev/null || die "$tool missing: run scripts/setup.sh dev"
-done
+require jq dot psql openssl
 "$VENV/python" -c 'import yaml, boto3, moto, diagrams, parliament, cloudsplaining' 2>/dev/null \
   || die "python packages missing (PyYAML, moto, diagrams, parliament, cloudsplaining): run scripts/setup.sh dev"
-for tool in psql openssl; do
-  command -v "$tool" >/dev/null || die "$tool missing: run scripts/setup.sh dev"
-done
 
 cd "$ROOT"
 mapfile -t templates < <(find deploy/aws/templates -name '*.yaml' | sort)

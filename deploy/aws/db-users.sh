@@ -23,21 +23,23 @@ USAGE
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 ENV_NAME="" REGION="" HOST="" PORT=5432 DRY=0
 while [ $# -gt 0 ]; do
   case $1 in
-    --env) ENV_NAME=$2; shift 2 ;;
-    --region) REGION=$2; shift 2 ;;
-    --host) HOST=$2; shift 2 ;;
-    --port) PORT=$2; shift 2 ;;
+    --env) optarg ENV_NAME "$@"; shift 2 ;;
+    --region) optarg REGION "$@"; shift 2 ;;
+    --host) optarg HOST "$@"; shift 2 ;;
+    --port) optarg PORT "$@"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "db-users.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) usage_error "unknown option $1" ;;
   esac
 done
-[ -n "$ENV_NAME" ] || { usage >&2; exit 2; }
+[ -n "$ENV_NAME" ] || usage_error "--env is required"
 params="$ROOT/deploy/aws/parameters/$ENV_NAME.json"
-[ -r "$params" ] || { echo "db-users.sh: no parameter file $params" >&2; exit 2; }
+[ -r "$params" ] || usage_error "no parameter file $params (--env staging|production)"
 REGION=${REGION:-$(jq -r .region "$params")}
 prefix=$(jq -r .stackPrefix "$params")
 stack="$prefix-$ENV_NAME-database"
@@ -52,7 +54,7 @@ secret() { # ARN STAGE: the secret's JSON, or nothing when that stage does not e
     --query SecretString --output text 2>/dev/null || true
 }
 
-echo "db-users: stack $stack in $REGION"
+step "stack $stack in $REGION"
 if [ "$DRY" = 1 ]; then
   echo "would read MasterUserSecretArn, AppUserSecretArn, EndpointAddress, DatabaseName of $stack,"
   echo "then run deploy/aws/sql/app-users.sql as the master user"
@@ -63,9 +65,9 @@ app_arn=$(output AppUserSecretArn)
 db=$(output DatabaseName)
 HOST=${HOST:-$(output EndpointAddress)}
 master=$(secret "$master_arn" AWSCURRENT)
-[ -n "$master" ] || { echo "db-users.sh: cannot read the master secret $master_arn" >&2; exit 1; }
+[ -n "$master" ] || die "cannot read the master secret $master_arn"
 current=$(secret "$app_arn" AWSCURRENT)
-[ -n "$current" ] || { echo "db-users.sh: cannot read the app secret $app_arn" >&2; exit 1; }
+[ -n "$current" ] || die "cannot read the app secret $app_arn"
 previous=$(secret "$app_arn" AWSPREVIOUS)
 
 # The secret names one of the two logins; its alternate is <app>_clone.
@@ -82,7 +84,7 @@ password_of() { # LOGIN: its password from the current or the previous version, 
   od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
 }
 
-echo "db-users: owner ${app}_owner, logins $app and $clone on database $db at $HOST:$PORT"
+step "owner ${app}_owner, logins $app and $clone on database $db at $HOST:$PORT"
 # Passwords through the environment (\getenv in the SQL), never argv.
 HB_APP_PASSWORD=$(password_of "$app") HB_CLONE_PASSWORD=$(password_of "$clone") \
 PGPASSWORD=$(jq -r .password <<<"$master") PGSSLMODE=${PGSSLMODE:-require} \
@@ -93,4 +95,4 @@ PGPASSWORD=$(jq -r .password <<<"$master") PGSSLMODE=${PGSSLMODE:-require} \
 # secret (it reads the secret's metadata, never its value).
 "$AWS" --region "$REGION" secretsmanager tag-resource --secret-id "$app_arn" \
   --tags "Key=db-users,Value=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "db-users: done (app secret tagged db-users)"
+step "done (app secret tagged db-users)"

@@ -15,7 +15,8 @@
 
 LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$LOCAL_DIR/../.." && pwd)
-# wait_until, free_ports, pid_alive, spawn, stop_pid; as_pg and the throwaway
+# step, note, die, usage_error, optarg (scripts/lib/common.sh); wait_until,
+# free_ports, pid_alive, spawn, stop_pid; as_pg and the throwaway
 # PostgreSQL cluster (pg_init, pg_start, pg_stop...).
 # shellcheck source=scripts/lib/pg.sh
 . "$REPO_ROOT/scripts/lib/pg.sh"
@@ -25,15 +26,12 @@ REPO_ROOT=$(cd "$LOCAL_DIR/../.." && pwd)
 : "${INSTANCE_SHUTDOWN_SECONDS:=5}"    # then in-flight requests get this long
 : "${INSTANCE_POOL_SIZE:=8}"           # PostgreSQL connections per instance
 
-lib_log() { printf '    %s\n' "$*"; }
-lib_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
 default_state_dir() { printf '%s\n' "${STACK_STATE_DIR:-$REPO_ROOT/.state/local}"; }
 
 # Loads stack.env into the environment; fails when the stack is not up.
 load_stack_env() {
   local state=$1
-  [ -f "$state/stack.env" ] || lib_die "no stack in $state (run deploy/local/stack.sh up)"
+  [ -f "$state/stack.env" ] || die "no stack in $state (run deploy/local/stack.sh up)"
   # shellcheck disable=SC1091
   . "$state/stack.env"
 }
@@ -76,13 +74,13 @@ valid_label() { [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]]; }
 # rebuild of the source tree never changes what is running).
 install_release() {
   local state=$1 label=$2 binary=$3 want=${4:-} dir got
-  valid_label "$label" || lib_die "bad release label '$label' (letters, digits, . _ -)"
+  valid_label "$label" || die "bad release label '$label' (letters, digits, . _ -)"
   dir="$state/releases/$label"
   got=$(sha256sum "$binary" | cut -d' ' -f1)
-  [ -z "$want" ] || [ "$got" = "$want" ] || lib_die "checksum of $binary changed: $got, expected $want"
+  [ -z "$want" ] || [ "$got" = "$want" ] || die "checksum of $binary changed: $got, expected $want"
   if [ -f "$dir/hello-birthday.sha256" ]; then
     [ "$(cut -d' ' -f1 "$dir/hello-birthday.sha256")" = "$got" ] \
-      || lib_die "release label '$label' already exists with another binary; pick a new label"
+      || die "release label '$label' already exists with another binary; pick a new label"
     return 0
   fi
   mkdir -p "$dir"
@@ -116,7 +114,7 @@ stack_lock() {
   if ! [ /proc/self/fd/9 -ef "$1/lock" ]; then
     exec 9>"$1/lock"
   fi
-  flock -w 60 9 || lib_die "another command holds $1/lock"
+  flock -w 60 9 || die "another command holds $1/lock"
 }
 
 # ---- instances --------------------------------------------------------------
@@ -137,9 +135,9 @@ start_instance() {
   load_stack_env "$state"
   port=$(instance_field "$state" "$slot" port)
   mport=$(instance_field "$state" "$slot" metrics_port)
-  [ -n "$port" ] || lib_die "no slot $slot in $state/instances"
+  [ -n "$port" ] || die "no slot $slot in $state/instances"
   bin="$state/releases/$label/hello-birthday"
-  [ -x "$bin" ] || lib_die "release $label is not installed in $state/releases"
+  [ -x "$bin" ] || die "release $label is not installed in $state/releases"
   log="$state/logs/$slot.log"
   printf '=== %s start %s release=%s\n' "$(date -u +%FT%TZ)" "$slot" "$label" >>"$log"
   pid=$(spawn "$log" env \

@@ -4,6 +4,8 @@
 # one on a random free 127.0.0.1 port, everything under one state dir.
 set -euo pipefail
 
+# The stack's helpers, and through them the shell library of every script
+# (scripts/lib/common.sh: step, note, die, usage_error, optarg).
 # shellcheck source=deploy/local/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -45,15 +47,12 @@ State dir files (see deploy/local/README.md): stack.env, instances
 USAGE
 }
 
-step() { printf '==> %s\n' "$*"; }
-usage_error() { printf 'stack.sh: %s\n' "$*" >&2; exit 2; }
-
 require_tools() {
   local t missing=()
   for t in haproxy socat curl jq python3 setsid flock psql pg_isready; do
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
   done
-  [ ${#missing[@]} -eq 0 ] || lib_die "missing tools: ${missing[*]} (scripts/setup.sh dev)"
+  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (scripts/setup.sh dev)"
 }
 
 stack_up_already() {
@@ -69,13 +68,13 @@ start_postgres() {
   if [ "$(id -u)" -eq 0 ]; then
     # The postgres user must reach its data dir through the state dir.
     chmod a+x "$STATE"
-    as_pg test -x "$STATE" || lib_die "the postgres user cannot reach $STATE: every parent directory needs o+x"
+    as_pg test -x "$STATE" || die "the postgres user cannot reach $STATE: every parent directory needs o+x"
   fi
   step "PostgreSQL: initdb + start on 127.0.0.1:$port"
   pg_init "$STATE/pg" --user hello --password hello --auth-host scram-sha-256 --port "$port" \
-    || lib_die "initdb failed"
+    || die "initdb failed"
   pg_conf "$STATE/pg" "max_connections = 60" "shared_buffers = 32MB"
-  pg_start "$STATE/pg" || lib_die "PostgreSQL did not start"
+  pg_start "$STATE/pg" || die "PostgreSQL did not start"
   pg_psql "$STATE/pg" -d postgres -c "CREATE DATABASE hello_birthday" >/dev/null
 }
 
@@ -93,7 +92,7 @@ for k, v in {"@STATE@": "$STATE", "@HAPROXY_PORT@": "$HAPROXY_PORT",
     text = text.replace(k, v)
 open(sys.argv[2], "w").write(text)
 PY
-  haproxy -c -q -f "$STATE/haproxy/haproxy.cfg" || lib_die "generated HAProxy config is invalid"
+  haproxy -c -q -f "$STATE/haproxy/haproxy.cfg" || die "generated HAProxy config is invalid"
 }
 
 # Prometheus config: the monitoring generator, with the alert rules.
@@ -109,17 +108,17 @@ cmd_up() {
   local n=3 binary="$REPO_ROOT/target/debug/hello-birthday" label=dev prom=1
   while [ $# -gt 0 ]; do
     case $1 in
-      --instances) n=$2; shift 2 ;;
-      --binary) binary=$2; shift 2 ;;
-      --release) label=$2; shift 2 ;;
+      --instances) optarg n "$@"; shift 2 ;;
+      --binary) optarg binary "$@"; shift 2 ;;
+      --release) optarg label "$@"; shift 2 ;;
       --no-prometheus) prom=0; shift ;;
-      *) lib_die "unknown option for up: $1" ;;
+      *) usage_error "unknown option for up: $1" ;;
     esac
   done
-  [[ $n =~ ^[1-9][0-9]?$ ]] || lib_die "--instances must be 1..99"
-  [ -x "$binary" ] || lib_die "no service binary at $binary (cargo build --bin hello-birthday)"
+  [[ $n =~ ^[1-9][0-9]?$ ]] || usage_error "--instances must be 1..99"
+  [ -x "$binary" ] || die "no service binary at $binary (cargo build --bin hello-birthday)"
   require_tools
-  [ "$prom" = 0 ] || command -v prometheus >/dev/null || lib_die "prometheus not installed (scripts/setup.sh dev)"
+  [ "$prom" = 0 ] || command -v prometheus >/dev/null || die "prometheus not installed (scripts/setup.sh dev)"
 
   if stack_up_already; then
     step "stack in $STATE is already up"
@@ -172,7 +171,7 @@ ENV
   for ((i = 1; i <= n; i++)); do
     slot="s$i"
     step "instance $slot: 127.0.0.1:$(instance_field "$STATE" "$slot" port) (metrics :$(instance_field "$STATE" "$slot" metrics_port))"
-    pid=$(start_instance "$STATE" "$slot" "$label" 60) || lib_die "instance $slot did not start (see $STATE/logs/$slot.log)"
+    pid=$(start_instance "$STATE" "$slot" "$label" 60) || die "instance $slot did not start (see $STATE/logs/$slot.log)"
     set_instance "$STATE" "$slot" "$pid" "$label"
   done
 
@@ -180,9 +179,9 @@ ENV
   render_haproxy
   HAPROXY_PID=$(spawn "$STATE/logs/haproxy.log" haproxy -db -f "$STATE/haproxy/haproxy.cfg")
   write_env
-  wait_until 10 test -S "$STATE/haproxy/admin.sock" || lib_die "HAProxy did not start (see $STATE/logs/haproxy.log)"
+  wait_until 10 test -S "$STATE/haproxy/admin.sock" || die "HAProxy did not start (see $STATE/logs/haproxy.log)"
   for ((i = 1; i <= n; i++)); do
-    wait_until 10 haproxy_status_is "$STATE" "s$i" UP || lib_die "HAProxy does not see s$i UP"
+    wait_until 10 haproxy_status_is "$STATE" "s$i" UP || die "HAProxy does not see s$i UP"
   done
 
   if [ "$prom" = 1 ]; then
@@ -194,7 +193,7 @@ ENV
       --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle)
     write_env
     wait_until 30 curl -fs -o /dev/null "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" \
-      || lib_die "Prometheus did not become ready (see $STATE/logs/prometheus.log)"
+      || die "Prometheus did not become ready (see $STATE/logs/prometheus.log)"
   fi
   step "stack up: http://127.0.0.1:$HAPROXY_PORT (state: $STATE)"
   cmd_status
@@ -202,7 +201,11 @@ ENV
 
 cmd_down() {
   local keep=0
-  [ "${1:-}" = --keep ] && keep=1
+  case "${1:-}" in
+    --keep) keep=1 ;;
+    "") ;;
+    *) usage_error "unknown option for down: $1" ;;
+  esac
   if [ ! -f "$STATE/stack.env" ]; then
     step "no stack in $STATE"
     [ "$keep" = 1 ] || rm -rf "$STATE"
@@ -216,16 +219,16 @@ cmd_down() {
   if [ -f "$STATE/instances" ]; then
     while read -r slot port _ pid _; do
       # Stop them together: each one drains for DRAIN_SECONDS.
-      if instance_alive "$pid" "$port"; then lib_log "instance $slot (pid $pid)"; kill -TERM "$pid" 2>/dev/null || true; fi
+      if instance_alive "$pid" "$port"; then note "instance $slot (pid $pid)"; kill -TERM "$pid" 2>/dev/null || true; fi
     done < <(instances "$STATE")
     while read -r slot port _ pid _; do
       if instance_alive "$pid" "$port"; then stop_instance "$pid"; fi
     done < <(instances "$STATE")
   fi
-  if pid_is "$PROMETHEUS_PID" prometheus; then lib_log "prometheus (pid $PROMETHEUS_PID)"; stop_pid "$PROMETHEUS_PID" 10; fi
-  if pid_is "$HAPROXY_PID" haproxy; then lib_log "haproxy (pid $HAPROXY_PID)"; stop_pid "$HAPROXY_PID" 5; fi
+  if pid_is "$PROMETHEUS_PID" prometheus; then note "prometheus (pid $PROMETHEUS_PID)"; stop_pid "$PROMETHEUS_PID" 10; fi
+  if pid_is "$HAPROXY_PID" haproxy; then note "haproxy (pid $HAPROXY_PID)"; stop_pid "$HAPROXY_PID" 5; fi
   if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
-    lib_log "postgresql"
+    note "postgresql"
     pg_stop "${PG_DATA%/data}" fast 2>/dev/null || true
   fi
   if [ "$keep" = 1 ]; then
@@ -270,8 +273,8 @@ cmd_start() {
   local slot="" rel="" timeout=60 lb_wait=1 pid
   while [ $# -gt 0 ]; do
     case $1 in
-      --release) rel=${2:?--release needs a label}; shift 2 ;;
-      --ready-timeout) timeout=${2:?--ready-timeout needs seconds}; shift 2 ;;
+      --release) optarg rel "$@"; shift 2 ;;
+      --ready-timeout) optarg timeout "$@"; shift 2 ;;
       --no-lb-wait) lb_wait=0; shift ;;
       -*) usage_error "unknown option for start: $1" ;;
       *) [ -z "$slot" ] || usage_error "start takes one SLOT"; slot=$1; shift ;;
@@ -282,22 +285,22 @@ cmd_start() {
   load_stack_env "$STATE"
   stack_lock "$STATE"
   pid=$(instance_field "$STATE" "$slot" pid)
-  [ -n "$pid" ] || lib_die "no slot $slot"
+  [ -n "$pid" ] || die "no slot $slot"
   if [ -z "$rel" ]; then
     rel=$(instance_field "$STATE" "$slot" release)
     if instance_alive "$pid" "$(instance_field "$STATE" "$slot" port)"; then step "$slot already running (pid $pid)"; return 0; fi
   fi
-  lib_log "starting $slot on release $rel"
+  note "starting $slot on release $rel"
   if ! pid=$(start_instance "$STATE" "$slot" "$rel" "$timeout"); then
     set_instance "$STATE" "$slot" 0 "$rel"
-    lib_die "$slot did not become ready on release $rel"
+    die "$slot did not become ready on release $rel"
   fi
   set_instance "$STATE" "$slot" "$pid" "$rel"
-  [ "$lb_wait" = 1 ] || { lib_log "$slot up (pid $pid)"; return 0; }
+  [ "$lb_wait" = 1 ] || { note "$slot up (pid $pid)"; return 0; }
   if ! wait_until 10 haproxy_status_is "$STATE" "$slot" UP; then
     stop_instance "$pid"
     set_instance "$STATE" "$slot" 0 "$rel"
-    lib_die "HAProxy does not see $slot UP; stopped it"
+    die "HAProxy does not see $slot UP; stopped it"
   fi
   step "$slot up (pid $pid), HAProxy: UP"
 }
@@ -305,16 +308,17 @@ cmd_start() {
 cmd_stop() {
   local slot=${1:-} pid port t0
   if [ -z "$slot" ] || [ $# -ne 1 ]; then usage_error "usage: stack.sh stop SLOT"; fi
+  [[ $slot != -* ]] || usage_error "unknown option for stop: $slot"
   load_stack_env "$STATE"
   stack_lock "$STATE"
   pid=$(instance_field "$STATE" "$slot" pid)
   port=$(instance_field "$STATE" "$slot" port)
-  [ -n "$port" ] || lib_die "no slot $slot"
+  [ -n "$port" ] || die "no slot $slot"
   if instance_alive "$pid" "$port"; then
     t0=$(date +%s%N)
     stop_instance "$pid"
-    pid_gone "$pid" || lib_die "$slot: pid $pid does not exit"
-    printf '    %s: pid %s exited %d ms after SIGTERM\n' "$slot" "$pid" $(( ($(date +%s%N) - t0) / 1000000 ))
+    pid_gone "$pid" || die "$slot: pid $pid does not exit"
+    note "$slot: pid $pid exited $(( ($(date +%s%N) - t0) / 1000000 )) ms after SIGTERM"
   fi
   set_instance "$STATE" "$slot" 0 "$(instance_field "$STATE" "$slot" release)"
 }
@@ -324,27 +328,27 @@ cmd_install() {
   [ $# -ge 2 ] || usage_error "usage: stack.sh install LABEL BINARY [--sha256 HEX]"
   shift 2
   case "${1:-}" in
-    --sha256) sha=${2:?--sha256 needs a checksum} ;;
+    --sha256) optarg sha "$@" ;;
     "") ;;
     *) usage_error "unknown option for install: $1" ;;
   esac
-  [ -f "$binary" ] || lib_die "no binary at $binary"
+  [ -f "$binary" ] || die "no binary at $binary"
   load_stack_env "$STATE"
   stack_lock "$STATE"
   install_release "$STATE" "$label" "$binary" "$sha"
-  lib_log "release $label installed in $STATE/releases/$label"
+  note "release $label installed in $STATE/releases/$label"
 }
 
 main() {
   local cmd=${1:-}
-  [ -n "$cmd" ] || { usage >&2; exit 2; }
+  [ -n "$cmd" ] || usage_error "a COMMAND is required"
   shift
   case $cmd in -h|--help|help) usage; exit 0 ;; esac
   STATE=$(default_state_dir)
   local args=()
   while [ $# -gt 0 ]; do
     case $1 in
-      --state-dir) STATE=$2; shift 2 ;;
+      --state-dir) optarg STATE "$@"; shift 2 ;;
       -h|--help) usage; exit 0 ;;
       *) args+=("$1"); shift ;;
     esac
@@ -358,7 +362,7 @@ main() {
     stop) cmd_stop "${args[@]}" ;;
     install) cmd_install "${args[@]}" ;;
     haproxy) load_stack_env "$STATE"; haproxy_cmd "$STATE" "${args[*]}" ;;
-    *) usage >&2; exit 2 ;;
+    *) usage_error "unknown command: $cmd" ;;
   esac
 }
 

@@ -165,6 +165,107 @@ async fn every_sqlite_form_backs_up_and_restores() {
     }
 }
 
+/// Without --database-url, the scripts read the URL where the service does:
+/// DATABASE_URL_FILE, else the systemd credential, and refuse what it
+/// refuses (both DATABASE_URL and DATABASE_URL_FILE; a bad URL in a file).
+#[tokio::test]
+async fn the_scripts_read_the_url_from_a_file_or_the_credential() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&test_config(&format!(
+        "sqlite://{}",
+        dir.path().join("src.db").display()
+    )))
+    .await
+    .unwrap();
+    let (user, dob) = alice();
+    store.upsert(&user, dob).await.unwrap();
+    store.close().await;
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+
+    let src_file = write("src.url", "sqlite:src.db\n");
+    let backup = run(
+        &script("backup.sh"),
+        &["--to", "backups"],
+        &[("DATABASE_URL_FILE", &src_file)],
+        dir.path(),
+    );
+    assert!(backup.status.success(), "{}", text(&backup));
+    assert!(
+        String::from_utf8_lossy(&backup.stderr).contains("backing up sqlite:src.db"),
+        "{}",
+        text(&backup)
+    );
+
+    let file = write("restored.url", "sqlite:restored/file.db\n");
+    write("creds/database-url", "sqlite:restored/credential.db");
+    let creds = dir.path().join("creds");
+    let creds = creds.to_str().unwrap();
+    // DATABASE_URL beside the credential is taken as given, without the
+    // service's warning (the backup unit verifies into a scratch database so).
+    for (name, env) in [
+        ("file", vec![("DATABASE_URL_FILE", file.as_str())]),
+        ("credential", vec![("CREDENTIALS_DIRECTORY", creds)]),
+        (
+            "env",
+            vec![
+                ("DATABASE_URL", "sqlite:restored/env.db"),
+                ("CREDENTIALS_DIRECTORY", creds),
+            ],
+        ),
+    ] {
+        let out = run(
+            &script("restore.sh"),
+            &["--from", "backups"],
+            &env,
+            dir.path(),
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(!text(&out).contains("not read"), "{name}: {}", text(&out));
+        let db = dir.path().join(format!("restored/{name}.db"));
+        let restored = Store::connect(&test_config(&format!("sqlite://{}", db.display())))
+            .await
+            .unwrap();
+        assert_eq!(restored.get(&user).await.unwrap(), Some(dob), "{name}");
+        restored.close().await;
+    }
+
+    let bad = write("bad.url", "postgres://hb:s3cr3tpw@/db\n");
+    let never = dir.path().join("restored/never.db");
+    let never_url = format!("sqlite://{}", never.display());
+    for (env, reason) in [
+        (
+            vec![
+                ("DATABASE_URL", never_url.as_str()),
+                ("DATABASE_URL_FILE", file.as_str()),
+            ],
+            "keep the secret in one place",
+        ),
+        (
+            vec![("DATABASE_URL_FILE", bad.as_str())],
+            "a postgres URL needs a host",
+        ),
+        (vec![], "no database URL"),
+    ] {
+        let out = run(
+            &script("restore.sh"),
+            &["--from", "backups"],
+            &env,
+            dir.path(),
+        );
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {all}");
+        assert!(all.contains(reason), "{env:?}: {all}");
+        assert!(!all.contains("s3cr3tpw"), "printed the password: {all}");
+    }
+    assert!(!never.exists(), "restore.sh wrote while refusing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(hb_skip_postgres, ignore = "HB_SKIP_POSTGRES=1")]
 async fn postgres_backs_up_and_restores_through_the_libpq_variables() {

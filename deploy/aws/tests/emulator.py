@@ -45,10 +45,20 @@ import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 
+from canary.verdict import MIN_BASELINE_REQUESTS, MIN_CANARY_REQUESTS  # noqa: E402
 from hbdeploy import cli  # noqa: E402
 from hbdeploy.targets.aws import AwsTarget  # noqa: E402
 
 REGION = "eu-west-1"
+# The canary window of the tests, and the probe rate (per side) that gives a
+# good canary's verdict PROBE_MARGIN times the requests it needs per side
+# (MIN_CANARY_REQUESTS) from the probes alone: a pass then survives the
+# probe threads getting a third of their schedule on a loaded machine (60/s,
+# a margin of 1.8, once got 26 answers in 3 s and an INCONCLUSIVE verdict).
+# A bad canary fails on its first look whatever the rate.
+CANARY_WINDOW = 3
+PROBE_MARGIN = 3
+PROBE_RATE = -(-PROBE_MARGIN * max(MIN_CANARY_REQUESTS, MIN_BASELINE_REQUESTS) // CANARY_WINDOW)
 DOMAIN = {"staging": "hello.staging.example.com", "production": "hello.example.com"}
 # The bootstrap stack's CloudFormation role (its CloudFormationRoleArn output).
 CFN_ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/hello-birthday-cloudformation"
@@ -91,6 +101,10 @@ QUIET = Traffic((3, 0, 0, 0.020), (30, 0, 0, 0.020))
 
 class Backend(http.server.BaseHTTPRequestHandler):
     """What answers behind the load balancer: the probes of each side."""
+
+    # Keep-alive, as the load balancer: a probe is one request on an open
+    # connection, not a new connection and server thread each.
+    protocol_version = "HTTP/1.1"
 
     seen: list[tuple[float, str, int]] = []
     answers = {"canary": 404, "baseline": 404}
@@ -255,7 +269,7 @@ class Account:
         })
 
     def deploy(self, *args: str, env: str = "staging", smoke: str | None = None, traffic: Traffic = PASS,
-               kill_at_look: int | None = None, probes: bool = True, window: int = 3,
+               kill_at_look: int | None = None, probes: bool = True, window: int = CANARY_WINDOW,
                params: Path | None = None) -> Run:
         """scripts/deploy.sh --target aws --env ENV ARGS..., in this process."""
         self.current_env = env
@@ -264,7 +278,7 @@ class Account:
         options = ["--target", "aws", "--env", env, *args, "--aws-params", str(params or self.params[env]),
                    "--poll-seconds", "0", "--canary-period", "1", "--metrics-lag", "0",
                    "--probe-url", f"http://127.0.0.1:{self.server.server_address[1]}",
-                   "--probe-rate", "60" if probes else "0"]
+                   "--probe-rate", str(PROBE_RATE) if probes else "0"]
         if not any(a in args for a in ("--execute-plan", "--rollback")):
             options += ["--canary-window", str(window)]
         if smoke is None:

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Scenario db-restart, sourced by deploy/local/tests/run.sh (it uses its
 # stack, helpers and variables: STATE, WORK, REPORT, start_load, stop_load,
-# summary, assert_fleet, fail, check, say, RESULTS).
+# summary, assert_fleet, check, RESULTS; step, fail and pg_bin from the
+# shell library).
 #
 # PostgreSQL is shared by every instance, so its restart must not take any
 # instance out of HAProxy (their readiness ignores a shared outage once they
@@ -20,11 +21,10 @@
 
 db_restart_scenario() {
   local down_s=${DB_RESTART_DOWN_SECONDS:-2} slack_ms=${DB_RESTART_SLACK_MS:-500}
-  local bindir slot before_down after_down t_stop t_up rel
-  say "db-restart: PostgreSQL stopped for ${down_s}s and restarted under $RATE req/s through HAProxy"
-  bindir=$(dirname "$(command -v pg_ctl 2>/dev/null || find /usr/lib/postgresql -path '*/bin/pg_ctl' | sort -V | tail -n1)")
-  [ -x "$bindir/pg_ctl" ] || fail "pg_ctl not found"
-  pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$bindir/pg_ctl" "$@"; else "$bindir/pg_ctl" "$@"; fi; }
+  local pg_ctl slot before_down after_down t_stop t_up rel
+  step "db-restart: PostgreSQL stopped for ${down_s}s and restarted under $RATE req/s through HAProxy"
+  pg_ctl=$(pg_bin pg_ctl) || fail "pg_ctl not found"
+  pg() { as_pg "$pg_ctl" "$@"; }
   db_accepts() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
   db_accepts || fail "PostgreSQL is not up before the scenario"
   rel=$(instance_field "$STATE" s1 release)

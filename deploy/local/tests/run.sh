@@ -22,6 +22,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+# The stack's helpers, and through them scripts/lib/common.sh (step, die,
+# fail, usage_error, optarg, require, wait_until...).
+# shellcheck source=deploy/local/lib.sh
+. "$ROOT/deploy/local/lib.sh"
 
 usage() {
   cat <<'USAGE'
@@ -45,14 +49,14 @@ USAGE
 BINARY="" REPORT="$ROOT/target/deploy-tests" KEEP=0 EXAMPLES=0 SCENARIOS=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --binary) BINARY=$2; shift 2 ;;
-    --report-dir) REPORT=$2; shift 2 ;;
+    --binary) optarg BINARY "$@"; shift 2 ;;
+    --report-dir) optarg REPORT "$@"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --save-examples) EXAMPLES=1; shift ;;
     -h|--help) usage; exit 0 ;;
     smoke|zero-downtime|bad-release|crash|canary-share|canary-errors|canary-latency|canary-inconclusive|lb-unreachable|db-restart)
       SCENARIOS+=("$1"); shift ;;
-    *) usage >&2; exit 2 ;;
+    *) usage_error "unknown argument: $1" ;;
   esac
 done
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(smoke canary-share zero-downtime canary-errors canary-latency
@@ -61,23 +65,17 @@ RATE=${LOADGEN_RATE:-300}
 CONNS=${LOADGEN_CONNECTIONS:-24}
 WINDOW=${CANARY_TEST_WINDOW:-12}
 
-# shellcheck source=deploy/local/lib.sh
-. "$ROOT/deploy/local/lib.sh"
-
-say() { printf '\n=== %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+# A passed check of a scenario (the library's step begins one, fail ends the run).
 check() { printf '  ok  %s\n' "$*"; }
 
-for t in haproxy socat curl jq psql python3 prometheus; do
-  command -v "$t" >/dev/null || fail "$t is not installed (scripts/setup.sh dev)"
-done
+require haproxy socat curl jq psql python3 prometheus
 PYTHON="$ROOT/.venv/bin/python"
 [ -x "$PYTHON" ] && "$PYTHON" -c 'import matplotlib' 2>/dev/null || PYTHON=""
 if [ -z "$PYTHON" ] && [ "${CI:-}" = true ]; then
   fail "matplotlib in .venv is needed for the timeline charts (scripts/setup.sh dev)"
 fi
 
-say "canary verdict unit tests (deploy/canary, plain python3)"
+step "canary verdict unit tests (deploy/canary, plain python3)"
 verdict_log=$(mktemp)
 if ! python3 -m unittest discover -s "$ROOT/deploy/canary" >"$verdict_log" 2>&1; then
   cat "$verdict_log" >&2
@@ -87,7 +85,7 @@ tail -n 3 "$verdict_log"
 rm -f "$verdict_log"
 
 if [ -z "$BINARY" ]; then
-  say "building hello-birthday and loadgen (debug)"
+  step "building hello-birthday and loadgen (debug)"
   (cd "$ROOT" && cargo build --locked -q --bin hello-birthday && cargo build --locked -q -p loadgen)
   BINARY="$ROOT/target/debug/hello-birthday"
 else
@@ -251,7 +249,7 @@ RESULTS=()
 
 # ---- the stack -------------------------------------------------------------
 
-say "stack: PostgreSQL + 3 instances (release A) + HAProxy + Prometheus"
+step "stack: PostgreSQL + 3 instances (release A) + HAProxy + Prometheus"
 t0=$(date +%s)
 "$ROOT/deploy/local/stack.sh" up --state-dir "$STATE" --instances 3 --binary "$BINARY" --release A
 load_stack_env "$STATE"
@@ -268,9 +266,9 @@ for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
 
   smoke)
-    say "smoke: scripts/smoke.sh against HAProxy (PostgreSQL)"
+    step "smoke: scripts/smoke.sh against HAProxy (PostgreSQL)"
     "$ROOT/scripts/smoke.sh" "$(stack_url)"
-    say "smoke: scripts/smoke.sh against one instance on SQLite"
+    step "smoke: scripts/smoke.sh against one instance on SQLite"
     mkdir -p "$WORK/sqlite"
     sq_pid=$(spawn "$WORK/sqlite/log" env PORT=0 METRICS_PORT=0 BIND_ADDR=127.0.0.1 \
       DATABASE_URL="sqlite://$WORK/sqlite/smoke.db" DRAIN_SECONDS=0 RELEASE=smoke "$BINARY")
@@ -292,7 +290,7 @@ for scenario in "${SCENARIOS[@]}"; do
   zero-downtime)
     cur=$(instance_field "$STATE" s1 release)
     [ "$cur" = B ] && next=B2 || next=B
-    say "zero-downtime: rolling $cur -> $next under $RATE req/s over $CONNS connections"
+    step "zero-downtime: rolling $cur -> $next under $RATE req/s over $CONNS connections"
     mkdir -p "$WORK/rel-$next"
     cp "$BINARY" "$WORK/rel-$next/hello-birthday"
     before=$(pids)
@@ -329,7 +327,7 @@ for scenario in "${SCENARIOS[@]}"; do
     chart zero-downtime "Rolling deploy $cur -> $next under load (canary passed)"
     RESULTS+=("zero-downtime (good release, canary): $(summary zero-downtime .requests) requests at $(summary zero-downtime '.rate | floor') req/s over ${CONNS} connections, $(summary zero-downtime .failures) failures, $(summary zero-downtime .puts_acked) acknowledged PUTs, $(summary zero-downtime .verify.lost) lost; deploy ${deploy_s}s, canary promoted ${gap}s after it took traffic (window ${WINDOW}s): $verdict")
 
-    say "zero-downtime: redeploying the previous release $cur is a rollback: no canary"
+    step "zero-downtime: redeploying the previous release $cur is a rollback: no canary"
     rm -f "$REPORT/rollback.events.csv"
     "$ROOT/scripts/deploy.sh" --target local --state-dir "$STATE" --version "$cur" \
       --events "$REPORT/rollback.events.csv" >"$WORK/rollback.log" 2>&1 || { cat "$WORK/rollback.log"; fail "rollback deploy failed"; }
@@ -342,7 +340,7 @@ for scenario in "${SCENARIOS[@]}"; do
 
   bad-release)
     good=$(instance_field "$STATE" s1 release)
-    say "bad-release: releases that never get ready, rolled back under load (fleet on $good)"
+    step "bad-release: releases that never get ready, rolled back under load (fleet on $good)"
     # 1. Cannot start: pointed at a database that does not exist.
     mkdir -p "$WORK/bad"
     printf '#!/bin/sh\n# Misconfigured release: wrong database.\nDATABASE_URL=postgres://hello:hello@127.0.0.1:1/nowhere exec %q "$@"\n' \
@@ -391,7 +389,7 @@ for scenario in "${SCENARIOS[@]}"; do
     ;;
 
   canary-share)
-    say "canary-share: a canary weight gives the canary its share of sequential requests"
+    step "canary-share: a canary weight gives the canary its share of sequential requests"
     # The case leastconn got wrong: an idle backend, one request at a time.
     w=$(awk 'BEGIN { print int(100 * 2 * 10 / 90 + 0.5) }')
     haproxy_cmd "$STATE" "set weight be/s1 $w" >/dev/null
@@ -407,7 +405,7 @@ for scenario in "${SCENARIOS[@]}"; do
     ;;
 
   canary-errors)
-    say "canary-errors: a release failing 10% of /hello/ requests, under load"
+    step "canary-errors: a release failing 10% of /hello/ requests, under load"
     canary_bad canary-errors G-fails-10pc 0.1 0 errors
     awk -v f="$DEPLOY_F" -v n="$DEPLOY_N" 'BEGIN { exit !(f <= 0.01 * n) }' || fail "more than 1% of the requests failed"
     chart canary-errors "Canary of a release failing 10% of /hello/ requests, rolled back" allow-errors
@@ -415,7 +413,7 @@ for scenario in "${SCENARIOS[@]}"; do
     ;;
 
   canary-latency)
-    say "canary-latency: a release adding 300 ms to every /hello/ request, under load"
+    step "canary-latency: a release adding 300 ms to every /hello/ request, under load"
     canary_bad canary-latency H-slow-300ms 0 300 latency
     awk -v s="$DEPLOY_SLOW" -v n="$DEPLOY_N" 'BEGIN { exit !(s <= 0.03 * n) }' || fail "more than 3% of the requests slower than 250 ms"
     [ "$DEPLOY_F" = 0 ] || fail "$DEPLOY_F requests failed"
@@ -425,7 +423,7 @@ for scenario in "${SCENARIOS[@]}"; do
 
   canary-inconclusive)
     good=$(instance_field "$STATE" s1 release)
-    say "canary-inconclusive: no traffic during the window: no verdict, the canary goes back"
+    step "canary-inconclusive: no traffic during the window: no verdict, the canary goes back"
     mkdir -p "$WORK/rel-I"; cp "$BINARY" "$WORK/rel-I/hello-birthday"
     rm -f "$REPORT/canary-inconclusive.events.csv"
     deploy_fails inconclusive "deploy.sh promoted a release nobody used" --release "$WORK/rel-I/hello-birthday" \
@@ -447,7 +445,7 @@ for scenario in "${SCENARIOS[@]}"; do
 
   lb-unreachable)
     good=$(instance_field "$STATE" s1 release)
-    say "lb-unreachable: HAProxy's runtime API unreachable: no instance may be stopped"
+    step "lb-unreachable: HAProxy's runtime API unreachable: no instance may be stopped"
     mkdir -p "$WORK/rel-F"; cp "$BINARY" "$WORK/rel-F/hello-birthday"
     before=$(pids)
     start_load lb-unreachable
@@ -468,7 +466,7 @@ for scenario in "${SCENARIOS[@]}"; do
     ;;
 
   crash)
-    say "crash: kill -9 one instance under load"
+    step "crash: kill -9 one instance under load"
     # Each connection has at most one request in flight: the bound on failures.
     start_load crash --max-failures "$CONNS"
     victim=s2
@@ -512,7 +510,7 @@ for scenario in "${SCENARIOS[@]}"; do
   esac
 done
 
-say "results"
+step "results"
 printf '  %s\n' "${RESULTS[@]}" | tee "$REPORT/results.txt"
 if [ "$EXAMPLES" = 1 ]; then
   mkdir -p "$ROOT/deploy/local/examples"

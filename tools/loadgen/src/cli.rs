@@ -25,7 +25,8 @@ pub enum Command {
     /// Send steady-rate load, then read back every acknowledged write.
     Run(RunArgs),
     /// No load: read back the users acknowledged in `run --writes` files
-    /// from --url, one GET each, and check every greeting with the calendar.
+    /// from --url, one GET each, and check every greeting with the calendar;
+    /// without --url, compare the --db-rows alone with the files.
     Check(CheckArgs),
 }
 
@@ -33,8 +34,9 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Base URL, loopback only: http://127.0.0.1:PORT (or localhost, [::1]).
-    /// Repeatable: connection i talks to URL i mod n.
-    #[arg(long, required = true)]
+    /// Repeatable: connection i talks to URL i mod n. Required by `run`;
+    /// `check` without it reads the --db-rows alone.
+    #[arg(long)]
     pub url: Vec<String>,
     /// Concurrent keep-alive connections (one worker each).
     #[arg(long, default_value_t = 24)]
@@ -143,6 +145,9 @@ pub struct RunArgs {
 impl RunArgs {
     /// The ranges clap cannot say; an error here is a usage error (exit 2).
     pub fn validate(&self) -> Result<(), String> {
+        if self.client.url.is_empty() {
+            return Err("run needs --url".into());
+        }
         if let Some(p) = &self.prefix
             && (p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphabetic()))
         {
@@ -169,7 +174,9 @@ pub struct CheckArgs {
     /// `run --writes` files whose acknowledged writes are read back.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Only writes acknowledged before this Unix time.
+    /// Only writes acknowledged before this Unix time. Without --url, the
+    /// target time of a restore: a write sent after it must not be in the
+    /// rows either.
     #[arg(long)]
     pub acked_before: Option<f64>,
     /// Each body must equal this service's answer.
@@ -179,6 +186,33 @@ pub struct CheckArgs {
     /// checked user with its exact date.
     #[arg(long)]
     pub db_rows: Option<PathBuf>,
+    /// Without --url: acknowledged writes missing from the rows are counted
+    /// and listed, not a failure (a restore to the latest point measures
+    /// its loss).
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Without --url: write the figures of the comparison here as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// Is this the rows-only check (no service to read)?
+    pub fn rows_only(&self) -> bool {
+        self.client.url.is_empty()
+    }
+
+    /// The combinations clap cannot say; an error here is a usage error.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.rows_only(), self.db_rows.is_some()) {
+            (true, false) => Err("check needs --url (read back over HTTP) or --db-rows".into()),
+            (false, _) if self.allow_missing || self.report.is_some() => {
+                Err("--allow-missing and --report are for the rows-only check (no --url)".into())
+            }
+            (true, _) if self.reference.is_some() => Err("--reference needs --url".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -268,7 +302,7 @@ mod tests {
         assert_eq!(c.acked_before, Some(12.5));
         assert!(parse(&["check", "--url", "http://127.0.0.1:1"]).is_err());
         assert!(parse(&["check", "f", "--url", "http://127.0.0.1:1", "--rate", "5"]).is_err());
-        assert!(parse(&["run"]).is_err());
+        assert!(run(&["run"]).validate().is_err());
         assert!(parse(&["--url", "http://127.0.0.1:1"]).is_err());
     }
 }

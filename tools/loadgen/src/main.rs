@@ -39,7 +39,9 @@
 //! acknowledged, so a backup or a failover can be judged against that time;
 //! `loadgen check FILE...` (no load) later reads those users back from
 //! another service (a restored one, a new primary) and compares them with
-//! the calendar, a reference service and the database rows.
+//! the calendar, a reference service and the database rows; without `--url`
+//! it compares database rows alone with the record, as of a target time
+//! (scripts/restore.sh --verify-writes after a point-in-time restore).
 //!
 //! Modules: `cli` (flags and their ranges), `client` (one connection),
 //! `load` (the workers), `verify` (what each user may hold, the read-back),
@@ -71,6 +73,10 @@ async fn main() {
             load::run(args, targets).await
         }
         Command::Check(args) => {
+            args.validate().unwrap_or_else(|e| usage_error(e));
+            if args.rows_only() {
+                std::process::exit(check::run_rows(&args));
+            }
             let targets = args.client.targets().unwrap_or_else(|e| usage_error(e));
             check::run(args, targets[0].clone()).await
         }
