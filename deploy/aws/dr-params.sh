@@ -19,36 +19,38 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ENV_NAME="" FROM="" BACKUPS="" CERT="" RESTORE_TIME=""
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-die() { printf 'dr-params.sh: %s\n' "$*" >&2; exit 2; }
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+
+usage() { usage_from_header; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --env) ENV_NAME=${2:?--env needs a value}; shift 2 ;;
-    --from) FROM=${2:?--from needs a file}; shift 2 ;;
-    --automated-backups) BACKUPS=${2:?--automated-backups needs an ARN}; shift 2 ;;
-    --certificate) CERT=${2:?--certificate needs an ARN}; shift 2 ;;
-    --restore-time) RESTORE_TIME=${2:?--restore-time needs a UTC time}; shift 2 ;;
-    *) die "unknown option $1 (see --help)" ;;
+    --env) optarg ENV_NAME "$@"; shift 2 ;;
+    --from) optarg FROM "$@"; shift 2 ;;
+    --automated-backups) optarg BACKUPS "$@"; shift 2 ;;
+    --certificate) optarg CERT "$@"; shift 2 ;;
+    --restore-time) optarg RESTORE_TIME "$@"; shift 2 ;;
+    *) usage_error "unknown option $1" ;;
   esac
 done
 
 command -v jq >/dev/null || die "jq is required (scripts/setup.sh dev)"
-case "$ENV_NAME" in staging|production) ;; *) die "--env staging|production is required" ;; esac
+case "$ENV_NAME" in staging|production) ;; *) usage_error "--env staging|production is required" ;; esac
 FROM=${FROM:-$ROOT/deploy/aws/parameters/$ENV_NAME.json}
-[ -r "$FROM" ] || die "parameter file $FROM not found"
+[ -r "$FROM" ] || usage_error "parameter file $FROM not found"
 DR_REGION=$(jq -r '.drRegion // ""' "$FROM")
-[ -n "$DR_REGION" ] || die "$FROM has no drRegion: this environment has no DR Region to rebuild in"
+[ -n "$DR_REGION" ] || usage_error "$FROM has no drRegion: this environment has no DR Region to rebuild in"
 # The backups and the certificate must be the DR Region's: a restore reads
 # backups of its own Region only, and an ALB takes certificates of its own.
 [[ "$BACKUPS" =~ ^arn:aws[a-z-]*:rds:${DR_REGION}:[0-9]{12}:auto-backup:ab-[A-Za-z0-9]+$ ]] \
-  || die "--automated-backups must be the ARN of replicated automated backups in $DR_REGION (arn:aws:rds:$DR_REGION:<account>:auto-backup:ab-...), not '$BACKUPS'"
+  || usage_error "--automated-backups must be the ARN of replicated automated backups in $DR_REGION (arn:aws:rds:$DR_REGION:<account>:auto-backup:ab-...), not '$BACKUPS'"
 [[ "$CERT" =~ ^arn:aws[a-z-]*:acm:${DR_REGION}:[0-9]{12}:certificate/[0-9a-f-]+$ ]] \
-  || die "--certificate must be an ACM certificate in $DR_REGION, not '$CERT'"
+  || usage_error "--certificate must be an ACM certificate in $DR_REGION, not '$CERT'"
 if [ -n "$RESTORE_TIME" ]; then
   [[ "$RESTORE_TIME" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]] \
-    || die "--restore-time must look like 2026-11-30T23:45:00Z (UTC), not '$RESTORE_TIME'"
+    || usage_error "--restore-time must look like 2026-11-30T23:45:00Z (UTC), not '$RESTORE_TIME'"
 fi
 
 jq --arg arn "$BACKUPS" --arg cert "$CERT" --arg t "$RESTORE_TIME" '

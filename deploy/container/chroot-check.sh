@@ -27,7 +27,7 @@ chroot_serve_check() (
     rm -f "$log"
   }
   trap stop EXIT
-  fail() { echo "--- service log:" >&2; cat "$log" >&2; echo "chroot check: $*" >&2; exit 1; }
+  fail_with_log() { echo "--- service log:" >&2; cat "$log" >&2; echo "chroot check: $*" >&2; exit 1; }
 
   # env -i: nothing from the caller's environment leaks in; later assignments
   # win, so loopback and free ports override whatever the caller passed.
@@ -36,38 +36,38 @@ chroot_serve_check() (
     "$(command -v chroot)" --userspec="$userspec" "$rootfs" "$exe" >"$log" 2>&1 &
   pid=$!
   # shellcheck disable=SC2317  # run by wait_until
-  listening() { grep -q listening "$log" || { kill -0 "$pid" 2>/dev/null || fail "the service exited"; return 1; }; }
-  wait_until 30 listening || fail "no 'listening' line within 30s"
+  listening() { grep -q listening "$log" || { kill -0 "$pid" 2>/dev/null || fail_with_log "the service exited"; return 1; }; }
+  wait_until 30 listening || fail_with_log "no 'listening' line within 30s"
   addr_of() { # the host:port logged for field $1 (JSON or text log line)
     grep listening "$log" | sed 's/\x1b\[[0-9;]*m//g' \
       | grep -oE "\"?$1\"?[=:] ?\"?[0-9.]+:[0-9]+" | grep -oE '[0-9.]+:[0-9]+' | head -n1
   }
   api=$(addr_of addr)
   metrics=$(addr_of metrics_addr)
-  if [ -z "$api" ] || [ -z "$metrics" ]; then fail "cannot read the bound addresses from the log"; fi
+  if [ -z "$api" ] || [ -z "$metrics" ]; then fail_with_log "cannot read the bound addresses from the log"; fi
   echo "  serving on $api, metrics on $metrics, as $userspec"
 
-  health=$(curl -fsS --max-time 5 "http://$api/healthz") || fail "GET /healthz failed"
+  health=$(curl -fsS --max-time 5 "http://$api/healthz") || fail_with_log "GET /healthz failed"
   echo "  GET /healthz: $health"
-  [ "$(jq -r .status <<<"$health")" = ok ] || fail "/healthz status is not ok"
-  [ "$(jq -r .revision <<<"$health")" = "$revision" ] || fail "/healthz revision is not $revision"
-  [ "$(jq -r .release <<<"$health")" = "$release" ] || fail "/healthz release is not $release"
+  [ "$(jq -r .status <<<"$health")" = ok ] || fail_with_log "/healthz status is not ok"
+  [ "$(jq -r .revision <<<"$health")" = "$revision" ] || fail_with_log "/healthz revision is not $revision"
+  [ "$(jq -r .release <<<"$health")" = "$release" ] || fail_with_log "/healthz release is not $release"
   code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X PUT \
     -H 'Content-Type: application/json' -d '{"dateOfBirth":"1990-02-03"}' \
-    "http://$api/hello/chrootcheck") || fail "PUT failed"
-  [ "$code" = 204 ] || fail "PUT /hello/chrootcheck answered $code, not 204"
-  greeting=$(curl -fsS --max-time 5 "http://$api/hello/chrootcheck") || fail "GET /hello/chrootcheck failed"
+    "http://$api/hello/chrootcheck") || fail_with_log "PUT failed"
+  [ "$code" = 204 ] || fail_with_log "PUT /hello/chrootcheck answered $code, not 204"
+  greeting=$(curl -fsS --max-time 5 "http://$api/hello/chrootcheck") || fail_with_log "GET /hello/chrootcheck failed"
   echo "  PUT 204, then GET: $greeting"
-  [[ "$(jq -r .message <<<"$greeting")" == "Hello, chrootcheck! "* ]] || fail "unexpected greeting"
+  [[ "$(jq -r .message <<<"$greeting")" == "Hello, chrootcheck! "* ]] || fail_with_log "unexpected greeting"
   curl -fsS --max-time 5 "http://$metrics/metrics" | grep -q '^hello_birthday_build_info{' \
-    || fail "/metrics has no hello_birthday_build_info"
+    || fail_with_log "/metrics has no hello_birthday_build_info"
   echo "  GET /metrics: hello_birthday_build_info present"
 
   kill -TERM "$pid"
-  wait_until 20 pid_gone "$pid" || fail "still running 20s after SIGTERM"
+  wait_until 20 pid_gone "$pid" || fail_with_log "still running 20s after SIGTERM"
   rc=0
   wait "$pid" || rc=$?
   pid=""
-  [ "$rc" = 0 ] || fail "exit status $rc after SIGTERM, not 0"
+  [ "$rc" = 0 ] || fail_with_log "exit status $rc after SIGTERM, not 0"
   echo "  SIGTERM: exit 0"
 )
