@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from pg_throwaway import PostgresError, ThrowawayPostgres, pg_bin  # noqa: E402
+
 TARGET_NAMES = ["ceiling", "sqlite", "sqlite-1m", "postgres", "flask"]
 LABELS = {
     "ceiling": "ceiling (bare hyper)",
@@ -300,7 +301,7 @@ class Server:
                 self.proc.wait()
                 if self in RUNNING:
                     RUNNING.remove(self)
-                raise BenchError(f"{self.name} ignored SIGTERM for {timeout}s")
+                raise BenchError(f"{self.name} ignored SIGTERM for {timeout}s") from None
         if self in RUNNING:
             RUNNING.remove(self)
         code = self.proc.returncode
@@ -426,6 +427,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
     ours = {os.getpid(), server.pid} | ({pg.pid} if pg and pg.pid else set())
     cpus = cpu_list(args.server_cpu) + cpu_list(args.load_cpu)
     attempts = 0
+    best = None
     while True:
         # A window disturbed by other work is measured again, a few times at
         # most; the cleanest one is kept and its disturbance is recorded.
@@ -438,7 +440,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
         db1 = pg.cpu_seconds() if pg else None
         res["interference_pct"] = noise.percent()
         server.check_alive()
-        if attempts == 1 or res["interference_pct"] < best[0]["interference_pct"]:
+        if best is None or res["interference_pct"] < best[0]["interference_pct"]:
             best = (res, cpu0, cpu1, db0, db1)
         if res["interference_pct"] <= args.max_interference or attempts > args.retries:
             break
@@ -716,7 +718,8 @@ def markdown(results: dict) -> str:
         f"{m['disk']['fsync_4k']['p99_us']} us; load average at start "
         f"{' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}. "
         f"Server on CPU {c['server_cpu']}, wrk on CPU {c['load_cpu']}"
-        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}"
+        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. "
+        f"Service `{v['service']}` ({v['profile']} build), {v['rustc']}"
         f"{'; LOG_LEVEL ' + c['log_level'] + ', REQUEST_LOG ' + c['request_log'] if c.get('request_log') else ''}.",
         "",
         "| phase | users | req/s | p50 ms | p99 ms | max ms | errors | server CPU us/req "
@@ -851,7 +854,7 @@ def main(argv: list[str]) -> int:
     parent = os.environ.get("BENCH_TMPDIR", "/var/tmp")
     workdir = Path(tempfile.mkdtemp(prefix="hello-birthday-bench-", dir=parent))
     os.chmod(workdir, 0o755)  # the postgres user must reach its cluster inside
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(args.out) if args.out else (workdir / "results" if args.quick
                                                else HERE / "results")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ async def main(a):
     def read_target():
         host, port = open(a.target_file).read().strip().rsplit(":", 1)
         if host not in ("127.0.0.1", "localhost", "::1"):
-            sys.exit("refusing a non-loopback target: %s" % host)
+            sys.exit(f"refusing a non-loopback target: {host}")
         return host, int(port)
 
     state = {"target": read_target(), "mtime": os.stat(a.target_file).st_mtime_ns}
@@ -49,7 +49,8 @@ async def main(a):
             live.discard(pair)
 
     server = await asyncio.start_server(handle, "127.0.0.1", a.listen_port)
-    print("tcpproxy listening on 127.0.0.1:%d -> %s:%d" % (a.listen_port, *state["target"]), flush=True)
+    host, port = state["target"]
+    print(f"tcpproxy listening on 127.0.0.1:{a.listen_port} -> {host}:{port}", flush=True)
     async with server:
         while True:
             await asyncio.sleep(0.05)
@@ -59,7 +60,8 @@ async def main(a):
                 for pair in list(live):
                     for w in pair:
                         w.close()
-                print("tcpproxy switched to %s:%d, closed %d connections" % (*state["target"], len(live)), flush=True)
+                host, port = state["target"]
+                print(f"tcpproxy switched to {host}:{port}, closed {len(live)} connections", flush=True)
 
 
 if __name__ == "__main__":

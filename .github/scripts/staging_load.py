@@ -95,7 +95,7 @@ def cloudwatch_p99(lb: str, start: float, end: float, wait: float) -> list[float
     first = math.floor(start / 60) * 60
     last = math.ceil(end / 60) * 60
     minutes = int((last - first) / 60)
-    iso = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    iso = lambda t: dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
     cmd = [aws, "cloudwatch", "get-metric-statistics", "--namespace", "AWS/ApplicationELB",
            "--metric-name", "TargetResponseTime", "--dimensions", f"Name=LoadBalancer,Value={lb}",
            "--start-time", iso(first), "--end-time", iso(last), "--period", "60",

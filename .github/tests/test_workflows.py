@@ -435,7 +435,8 @@ class WorkflowTests(unittest.TestCase):
         self.assertProblem(problems, "without rollback triggers")
 
     def test_rejects_a_rollback_target_read_from_the_live_service(self) -> None:
-        self.cd["jobs"]["staging"]["steps"].insert(3, {"run": 'previous=$(curl -fsS "$BASE_URL/healthz" | jq -r .release || true)'})
+        read_live = 'previous=$(curl -fsS "$BASE_URL/healthz" | jq -r .release || true)'
+        self.cd["jobs"]["staging"]["steps"].insert(3, {"run": read_live})
         self.assertProblem(cd_problems(self.cd), "comes from the deployment record")
 
     def test_rejects_overlapping_deploys(self) -> None:

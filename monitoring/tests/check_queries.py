@@ -88,8 +88,7 @@ def selectors(expr):
             i += 2
             while toks[i][1] != ")":
                 i += 1
-        elif kind == "ident" and val.lower() not in KEYWORDS and nxt != "(" and not (
-                nxt in LABEL_LIST_WORDS):
+        elif kind == "ident" and val.lower() not in KEYWORDS and nxt != "(" and nxt not in LABEL_LIST_WORDS:
             name, matchers = val, []
             if nxt == "{":
                 i += 2

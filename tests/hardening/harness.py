@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from pg_throwaway import ThrowawayPostgres, pg_bin  # noqa: E402
+
 BIN = Path(os.environ.get("HELLO_BIN", ROOT / "target" / "debug" / "hello-birthday"))
 CI = os.environ.get("CI") == "true"
 
@@ -182,7 +183,7 @@ def read_response(s: socket.socket) -> Response:
             if not chunk:
                 break
             body += chunk
-    except (ConnectionResetError, socket.timeout) as exc:
+    except (TimeoutError, ConnectionResetError) as exc:
         raise AssertionError(f"{exc!r} after {buf[:200]!r}") from None
     return Response(status, headers, body, time.monotonic() - start)
 
@@ -247,7 +248,7 @@ class Service:
     # (LD_PRELOAD and a shim's settings); `env` is checked against --help.
     process_env: dict = field(default_factory=dict)
 
-    def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
+    def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> Service:
         binary = self.bin or BIN
         require(binary.exists(), f"service binary {binary} (run cargo build --bin hello-birthday)")
         # A fresh port per start: a killed instance's port may linger in TIME_WAIT.
@@ -440,7 +441,7 @@ class Writers:
         if conn is not None:
             conn.close()
 
-    def start(self) -> "Writers":
+    def start(self) -> Writers:
         for t in self._threads:
             t.start()
         return self

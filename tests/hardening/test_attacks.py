@@ -10,8 +10,17 @@ import socket
 import time
 import unittest
 
-from harness import (ServiceTestCase, assert_problem, metric, put_dob, raise_fd_limit, raw_request,
-                     read_response, request, wait_until)
+from harness import (
+    ServiceTestCase,
+    assert_problem,
+    metric,
+    put_dob,
+    raise_fd_limit,
+    raw_request,
+    read_response,
+    request,
+    wait_until,
+)
 
 CAPS = {"MAX_CONCURRENT_REQUESTS": 20, "MAX_CONNECTIONS": 100}
 NORMAL = 12  # normal requests tried during each attack
@@ -41,7 +50,7 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.001)
     try:
         return s.recv(4096) == b""
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         return True

@@ -60,8 +60,8 @@ class RequestIds(ServiceTestCase):
                 return False
 
         wait_until(served, 10, what="HAProxy to route to the service")
-        return port, lambda: [l.split() for l in log_path.read_text().splitlines()
-                              if l.startswith("hb-req")]
+        return port, lambda: [line.split() for line in log_path.read_text().splitlines()
+                              if line.startswith("hb-req")]
 
     def test_haproxys_logged_id_is_the_one_the_service_logs(self):
         svc = self.sqlite_service(REQUEST_LOG="all").start()
@@ -146,7 +146,7 @@ class Notify(ServiceTestCase):
             while not stop:
                 try:
                     got.append((time.monotonic(), sock.recv(4096).decode()))
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return

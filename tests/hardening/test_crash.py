@@ -41,7 +41,7 @@ class KillNine(ServiceTestCase):
             self.assertEqual(missing, set(), f"cycle {cycle}: {len(missing)} acknowledged PUTs lost")
             load = Writers(lambda: svc.port, threads=4, prefix="c" + "abcdefghijklmnopqrstuvwxyz"[cycle % 26]
                            + "abcdefghijklmnopqrstuvwxyz"[cycle // 26]).start()
-            wait_until(lambda: load.count(204) >= 20, 10, what="PUT load to start")
+            wait_until(lambda w=load: w.count(204) >= 20, 10, what="PUT load to start")
             time.sleep(rng.uniform(0.2, 0.8))  # kill at a random point of a running load
             svc.kill9()
             load.stop()

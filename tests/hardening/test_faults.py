@@ -14,9 +14,7 @@ import threading
 import time
 import unittest
 
-from harness import (ServiceTestCase, Service, Writers, assert_problem, put_dob, request,
-                     require, wait_until)
-
+from harness import Service, ServiceTestCase, Writers, assert_problem, put_dob, request, require, wait_until
 
 OUTAGE_SECONDS = 3
 

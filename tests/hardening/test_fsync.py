@@ -20,9 +20,9 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 from harness import ServiceTestCase, Writers, assert_problem, put_dob, request, require, wait_until
-from pathlib import Path
 
 SHIM = Path(__file__).resolve().parent / "shim" / "fsync_fail.c"
 FAULT_SECONDS = 1.5

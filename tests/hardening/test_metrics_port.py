@@ -15,8 +15,7 @@ import subprocess
 import time
 import unittest
 
-from harness import (BIN, Service, ServiceTestCase, free_port, metric, raise_fd_limit, request,
-                     service_vars, wait_until)
+from harness import BIN, Service, ServiceTestCase, free_port, metric, raise_fd_limit, request, service_vars, wait_until
 
 SLACK = 2.5  # seconds past a deadline for a close to be seen (debug build, shared host)
 
@@ -25,7 +24,7 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.001)
     try:
         return s.recv(4096) == b""
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         return True

@@ -13,8 +13,7 @@ import threading
 import time
 import unittest
 
-from harness import (ServiceTestCase, assert_problem, put_dob, raise_fd_limit, raw_request, read_response,
-                     request, wait_until)
+from harness import ServiceTestCase, assert_problem, put_dob, raise_fd_limit, raw_request, read_response, request, wait_until
 
 SLOW_CLIENTS = 1000
 # Above the time it takes to open the whole crowd (3 to 6 s here), so all of
@@ -41,7 +40,7 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.001)
     try:
         data = s.recv(4096)
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         return True

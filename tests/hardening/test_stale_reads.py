@@ -25,7 +25,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ROOT, ServiceTestCase, Service, put_dob, request, require
+from harness import ROOT, Service, ServiceTestCase, put_dob, request, require
 
 FAULT_BIN = Path(os.environ.get("HELLO_FAULT_BIN",
                                 ROOT / "target" / "debug" / "hello-birthday-faults"))
@@ -127,7 +127,7 @@ class Clients:
         def call(i: int, method: str, user: str, k: int | None):
             conn = conns.get(i) or http.client.HTTPConnection("127.0.0.1", self.ports[i], timeout=10)
             conns[i] = conn
-            start_day = dt.datetime.now(dt.timezone.utc).date()
+            start_day = dt.datetime.now(dt.UTC).date()
             start = time.monotonic()
             try:
                 if method == "PUT":
@@ -141,7 +141,7 @@ class Clients:
                 self.errors.append(f"{method} {user} on {i}: {exc!r}")
                 return None, start, None
             end = time.monotonic()
-            end_day = dt.datetime.now(dt.timezone.utc).date()
+            end_day = dt.datetime.now(dt.UTC).date()
             return resp, start, (end, start_day, end_day)
 
         previous: int | None = None
@@ -156,20 +156,20 @@ class Clients:
             self._record(Op("put", user, start, done[0] if done else None, ok, frozenset({value_of(k)}), i))
             previous = i if ok else None
             # The same user on the other instance, then anyone anywhere.
-            for user, i in ((user, 1 - i), (rng.choice(USERS), rng.randrange(len(self.ports)))):
-                resp, start, done = call(i, "GET", user, None)
+            for get_user, j in ((user, 1 - i), (rng.choice(USERS), rng.randrange(len(self.ports)))):
+                resp, start, done = call(j, "GET", get_user, None)
                 if resp is None or done is None:
-                    self._record(Op("get", user, start, None, False, frozenset(), i))
+                    self._record(Op("get", get_user, start, None, False, frozenset(), j))
                     continue
                 if resp.status == 200:
                     values = read_values(resp.json()["message"], done[1], done[2])
                 elif resp.status == 404:
                     values = frozenset()
                 else:
-                    self.errors.append(f"GET {user} on {i}: {resp.status} {resp.body[:200]!r}")
-                    self._record(Op("get", user, start, done[0], False, frozenset(), i))
+                    self.errors.append(f"GET {get_user} on {j}: {resp.status} {resp.body[:200]!r}")
+                    self._record(Op("get", get_user, start, done[0], False, frozenset(), j))
                     continue
-                self._record(Op("get", user, start, done[0], True, values, i, previous))
+                self._record(Op("get", get_user, start, done[0], True, values, j, previous))
                 previous = None
         for conn in conns.values():
             conn.close()
