@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 import psutil
 
@@ -38,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from pg_throwaway import PostgresError, ThrowawayPostgres, pg_bin  # noqa: E402
+
 TARGET_NAMES = ["ceiling", "sqlite", "sqlite-1m", "postgres", "flask"]
 LABELS = {
     "ceiling": "ceiling (bare hyper)",
@@ -73,7 +76,8 @@ def sql_user_name(col: str) -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 NICE = 0  # set from --nice; applied in every child before it drops privileges
@@ -92,9 +96,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _in_child() -> None:
+    _set_nice()
+    _die_with_parent()
+
+
 def proc_cpu_seconds(pid: int, include_children: bool = False) -> float:
     t = psutil.Process(pid).cpu_times()
-    total = t.user + t.system
+    total = float(t.user + t.system)
     if include_children:
         total += t.children_user + t.children_system
     return total
@@ -109,7 +118,7 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 
 def rss_kib(pid: int) -> int:
-    return psutil.Process(pid).memory_info().rss // 1024
+    return int(psutil.Process(pid).memory_info().rss) // 1024
 
 
 def children_of(pid: int) -> list[int]:
@@ -121,7 +130,7 @@ def children_of(pid: int) -> list[int]:
 
 def cpu_list(spec: str) -> list[int]:
     """CPU numbers of a taskset list such as "0", "0,2" or "0-1"."""
-    out = []
+    out: list[int] = []
     for part in spec.split(","):
         lo, _, hi = part.partition("-")
         out.extend(range(int(lo), int(hi or lo) + 1))
@@ -199,7 +208,7 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
     kw.setdefault("check", True)
     return subprocess.run(cmd, **kw)
 
@@ -247,7 +256,7 @@ class Server:
                  log_path: Path, cpu: str, cwd: Path | None = None) -> None:
         self.name, self.argv, self.env, self.port = name, argv, env, port
         self.log_path, self.cpu, self.cwd = log_path, cpu, cwd
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, deadline_s: float) -> float:
         """Spawn and poll /readyz; returns milliseconds from spawn to the first 200."""
@@ -260,7 +269,7 @@ class Server:
         self.proc = subprocess.Popen(["taskset", "-c", self.cpu, *self.argv], env=env,
                                      cwd=self.cwd, stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL,
-                                     preexec_fn=lambda: (_set_nice(), _die_with_parent()))
+                                     preexec_fn=_in_child)
         logf.close()
         RUNNING.append(self)
         deadline = t0 + deadline_s
@@ -300,7 +309,7 @@ class Server:
                 self.proc.wait()
                 if self in RUNNING:
                     RUNNING.remove(self)
-                raise BenchError(f"{self.name} ignored SIGTERM for {timeout}s")
+                raise BenchError(f"{self.name} ignored SIGTERM for {timeout}s") from None
         if self in RUNNING:
             RUNNING.remove(self)
         code = self.proc.returncode
@@ -398,7 +407,7 @@ def seed_postgres(pg: Postgres, n: int) -> None:
         raise BenchError(f"seeding PostgreSQL left {count} users, expected {n}")
 
 
-def run_wrk(args, port: int, method: str, users: int, seconds: int) -> dict:
+def run_wrk(args: argparse.Namespace, port: int, method: str, users: int, seconds: int) -> dict[str, Any]:
     script = HERE / "wrk" / ("get.lua" if method == "GET" else "put.lua")
     env = dict(os.environ, BENCH_USERS=str(users), BENCH_LUA_DIR=str(HERE / "wrk"))
     cmd = ["taskset", "-c", args.load_cpu, "wrk", "-t1", f"-c{args.connections}",
@@ -409,7 +418,7 @@ def run_wrk(args, port: int, method: str, users: int, seconds: int) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     for line in out.splitlines():
         if line.startswith("BENCH_RESULT "):
-            res = json.loads(line[len("BENCH_RESULT "):])
+            res: dict[str, Any] = json.loads(line[len("BENCH_RESULT "):])
             # wrk is the only child reaped meanwhile: its CPU shows when the
             # load generator, not the server, is the limit.
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -418,7 +427,7 @@ def run_wrk(args, port: int, method: str, users: int, seconds: int) -> dict:
     raise BenchError(f"wrk printed no result:\n{out}")
 
 
-def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dict:
+def measure_phase(args: argparse.Namespace, target: Target, method: str, pg: Postgres | None) -> dict[str, Any]:
     server = target.server
     assert server is not None
     warm = run_wrk(args, server.port, method, target.users, args.warmup)
@@ -426,6 +435,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
     ours = {os.getpid(), server.pid} | ({pg.pid} if pg and pg.pid else set())
     cpus = cpu_list(args.server_cpu) + cpu_list(args.load_cpu)
     attempts = 0
+    best = None
     while True:
         # A window disturbed by other work is measured again, a few times at
         # most; the cleanest one is kept and its disturbance is recorded.
@@ -438,7 +448,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
         db1 = pg.cpu_seconds() if pg else None
         res["interference_pct"] = noise.percent()
         server.check_alive()
-        if attempts == 1 or res["interference_pct"] < best[0]["interference_pct"]:
+        if best is None or res["interference_pct"] < best[0]["interference_pct"]:
             best = (res, cpu0, cpu1, db0, db1)
         if res["interference_pct"] <= args.max_interference or attempts > args.retries:
             break
@@ -467,7 +477,7 @@ def measure_phase(args, target: Target, method: str, pg: Postgres | None) -> dic
     return out
 
 
-def fsync_probe(directory: Path, count: int = 200) -> dict:
+def fsync_probe(directory: Path, count: int = 200) -> dict[str, Any]:
     """Median and p99 of a 4 KiB write + fsync in the work directory, in microseconds."""
     path = directory / "fsync-probe"
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
@@ -495,7 +505,7 @@ def cmd_output(cmd: list[str]) -> str:
     return done.stdout.strip() or done.stderr.strip() or "unavailable"
 
 
-def machine_description(workdir: Path) -> dict:
+def machine_description(workdir: Path) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
     mount = cmd_output(["findmnt", "-no", "SOURCE,FSTYPE,OPTIONS", "-T", str(workdir)]).split()
@@ -514,7 +524,7 @@ def machine_description(workdir: Path) -> dict:
     }
 
 
-def versions(args) -> dict:
+def versions(args: argparse.Namespace) -> dict[str, Any]:
     v = {
         "service": cmd_output([str(Path(args.bin_dir) / "hello-birthday"), "--version"])
         if "sqlite" in args.targets or "sqlite-1m" in args.targets or "postgres" in args.targets
@@ -534,7 +544,7 @@ def versions(args) -> dict:
     return v
 
 
-def make_targets(args, workdir: Path, pg: Postgres | None) -> list[Target]:
+def make_targets(args: argparse.Namespace, workdir: Path, pg: Postgres | None) -> list[Target]:
     service = str(Path(args.bin_dir) / "hello-birthday")
     targets = []
     for name in args.targets:
@@ -576,7 +586,7 @@ def make_targets(args, workdir: Path, pg: Postgres | None) -> list[Target]:
     return targets
 
 
-def prepare(args, target: Target, workdir: Path, pg: Postgres | None) -> None:
+def prepare(args: argparse.Namespace, target: Target, workdir: Path, pg: Postgres | None) -> None:
     """Create the schema by starting the server once, then seed while it is stopped.
 
     The service runs its own migrations, so the benchmark never duplicates its
@@ -618,7 +628,7 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarise(results: dict, targets: list[Target]) -> None:
+def summarise(results: dict[str, Any], targets: list[Target]) -> None:
     for phase in results["phases"]:
         runs = phase["runs"]
         phase["median"] = {k: median([r[k] for r in runs]) for k in
@@ -649,11 +659,11 @@ def summarise(results: dict, targets: list[Target]) -> None:
     results["targets"] = evaluate_targets(by_id, results["servers"])
 
 
-def evaluate_targets(by_id: dict, servers: dict) -> list[dict]:
+def evaluate_targets(by_id: dict[str, Any], servers: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with its measured value; absent inputs are skipped."""
-    out = []
+    out: list[dict[str, Any]] = []
 
-    def add(name, measured, goal, met, unit=""):
+    def add(name: str, measured: object, goal: object, met: object, unit: str = "") -> None:
         out.append({"target": name, "measured": measured, "goal": goal, "met": bool(met),
                     "unit": unit})
 
@@ -695,7 +705,7 @@ def evaluate_targets(by_id: dict, servers: dict) -> list[dict]:
     return out
 
 
-def fmt(v, digits=1) -> str:
+def fmt(v: object, digits: int = 1) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -703,7 +713,7 @@ def fmt(v, digits=1) -> str:
     return f"{v:,}"
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict[str, Any]) -> str:
     m, v, c = results["machine"], results["versions"], results["config"]
     lines = [
         f"Run {results['timestamp']} ({results['mode']} mode, {c['runs']} interleaved "
@@ -716,7 +726,8 @@ def markdown(results: dict) -> str:
         f"{m['disk']['fsync_4k']['p99_us']} us; load average at start "
         f"{' '.join(m['loadavg_at_start'])}, at end {' '.join(m['loadavg_at_end'])}. "
         f"Server on CPU {c['server_cpu']}, wrk on CPU {c['load_cpu']}"
-        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. Service `{v['service']}` ({v['profile']} build), {v['rustc']}"
+        f"{', niceness ' + str(c['nice']) if c.get('nice') else ''}. "
+        f"Service `{v['service']}` ({v['profile']} build), {v['rustc']}"
         f"{'; LOG_LEVEL ' + c['log_level'] + ', REQUEST_LOG ' + c['request_log'] if c.get('request_log') else ''}.",
         "",
         "| phase | users | req/s | p50 ms | p99 ms | max ms | errors | server CPU us/req "
@@ -762,7 +773,7 @@ def update_readme(table_md: str, chart_rel: str) -> None:
     log("bench/README.md updated with the latest table")
 
 
-def write_outputs(results: dict, json_path: Path, readme: bool) -> None:
+def write_outputs(results: dict[str, Any], json_path: Path, readme: bool) -> None:
     """The Markdown table next to the JSON, the chart, and the README's copy."""
     out_dir = json_path.parent
     table = markdown(results)
@@ -851,7 +862,7 @@ def main(argv: list[str]) -> int:
     parent = os.environ.get("BENCH_TMPDIR", "/var/tmp")
     workdir = Path(tempfile.mkdtemp(prefix="hello-birthday-bench-", dir=parent))
     os.chmod(workdir, 0o755)  # the postgres user must reach its cluster inside
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(args.out) if args.out else (workdir / "results" if args.quick
                                                else HERE / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -881,7 +892,7 @@ def main(argv: list[str]) -> int:
         targets = make_targets(args, workdir, pg)
         for t in targets:
             prepare(args, t, workdir, pg)
-        phases = {}
+        phases: dict[tuple[str, str], dict[str, Any]] = {}
         for t in targets:
             for m in t.phases:
                 phases[(t.name, m)] = {"id": f"{t.name} {m}", "target": t.name, "method": m,
@@ -938,7 +949,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _terminate(signum, _frame):
+def _terminate(signum: int, _frame: FrameType | None) -> NoReturn:
     raise SystemExit(128 + signum)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -25,7 +26,7 @@ COLORS = {"ceiling": "#7f7f7f", "sqlite": "#1f77b4", "sqlite-1m": "#9ecae1",
           "postgres": "#2ca02c", "flask": "#ff7f0e"}
 
 
-def label(target: str, phase: dict) -> str:
+def label(target: str, phase: dict[str, Any]) -> str:
     return {
         "ceiling": "ceiling\n(bare hyper)",
         "sqlite": f"service\nSQLite\n{phase['users']:,} users",
@@ -35,7 +36,7 @@ def label(target: str, phase: dict) -> str:
     }[target]
 
 
-def render(results: dict, out: Path) -> None:
+def render(results: dict[str, Any], out: Path) -> None:
     phases = {(p["target"], p["method"]): p for p in results["phases"]}
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
     metrics = [("rps", "requests per second (higher is better)", "{:,.0f}"),

@@ -8,6 +8,7 @@ from Region B. Times are seconds from the start of the load.
 
 import argparse
 import json
+from typing import Any
 
 import matplotlib
 
@@ -15,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def acked(path):
+def acked(path: str) -> list[dict[str, Any]]:
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -26,7 +27,7 @@ def acked(path):
     return out
 
 
-def per_second(times, t0, t1):
+def per_second(times: list[float], t0: float, t1: float) -> tuple[list[int], list[int]]:
     n = int(t1 - t0) + 1
     counts = [0] * n
     for t in times:
@@ -36,7 +37,7 @@ def per_second(times, t0, t1):
     return list(range(n)), counts
 
 
-def main():
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--summary", required=True)
     p.add_argument("--writes-a", required=True)

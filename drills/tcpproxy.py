@@ -14,17 +14,19 @@ import os
 import sys
 
 
-async def main(a):
-    def read_target():
+async def main(a: argparse.Namespace) -> None:
+    def read_target() -> tuple[str, int]:
         host, port = open(a.target_file).read().strip().rsplit(":", 1)
         if host not in ("127.0.0.1", "localhost", "::1"):
-            sys.exit("refusing a non-loopback target: %s" % host)
+            sys.exit(f"refusing a non-loopback target: {host}")
         return host, int(port)
 
-    state = {"target": read_target(), "mtime": os.stat(a.target_file).st_mtime_ns}
-    live = set()
+    # handle() reads `target` when a connection arrives: the latest one.
+    target = read_target()
+    seen_mtime = os.stat(a.target_file).st_mtime_ns
+    live: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
 
-    async def pipe(reader, writer):
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
                 writer.write(data)
@@ -34,8 +36,8 @@ async def main(a):
         finally:
             writer.close()
 
-    async def handle(creader, cwriter):
-        host, port = state["target"]
+    async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        host, port = target
         try:
             sreader, swriter = await asyncio.open_connection(host, port)
         except OSError:
@@ -49,17 +51,19 @@ async def main(a):
             live.discard(pair)
 
     server = await asyncio.start_server(handle, "127.0.0.1", a.listen_port)
-    print("tcpproxy listening on 127.0.0.1:%d -> %s:%d" % (a.listen_port, *state["target"]), flush=True)
+    host, port = target
+    print(f"tcpproxy listening on 127.0.0.1:{a.listen_port} -> {host}:{port}", flush=True)
     async with server:
         while True:
             await asyncio.sleep(0.05)
             mtime = os.stat(a.target_file).st_mtime_ns
-            if mtime != state["mtime"]:
-                state["mtime"], state["target"] = mtime, read_target()
+            if mtime != seen_mtime:
+                seen_mtime, target = mtime, read_target()
                 for pair in list(live):
                     for w in pair:
                         w.close()
-                print("tcpproxy switched to %s:%d, closed %d connections" % (*state["target"], len(live)), flush=True)
+                host, port = target
+                print(f"tcpproxy switched to {host}:{port}, closed {len(live)} connections", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ STAGES=(
   "fmt         ||cargo fmt --all -- --check"
   "clippy      |cargo-machete|cargo clippy --workspace --all-targets --locked -- -D warnings && cargo machete"
   "shellcheck  |shellcheck|scripts/lint-shell.sh && scripts/check-fail-loud.sh"
+  "python      |venv|scripts/lint-python.sh"
   "test        |postgres openssl strace|cargo test --workspace --locked"
   "hardening   |postgres psql curl venv|tests/hardening/run.sh"
   "bench-smoke |postgres psql wrk taskset sqlite3 pgrep venv|bench/run.sh --quick"

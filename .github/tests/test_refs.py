@@ -13,8 +13,9 @@ import re
 import sys
 import unittest
 from pathlib import Path
+from typing import Any
 
-from test_workflows import REF_RULE, SAMPLE_REFS, admits, creds, environment, expr, load, rule_admits, rule_env
+from test_workflows import REF_RULE, SAMPLE_REFS, admits, creds, environment, expr, found, load, rule_admits, rule_env
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "aws" / "tests"))
@@ -51,39 +52,49 @@ def documented_rules() -> dict[str, set[str]]:
     return out
 
 
-def role_jobs() -> list[tuple[str, dict]]:
+def role_jobs() -> list[tuple[str, dict[str, Any]]]:
     cd = load("cd.yml")
     return [(n, j) for n, j in cd["jobs"].items() if creds(j)]
 
 
+def role_of(job: dict[str, Any]) -> str:
+    """The bootstrap role a job assumes."""
+    arn = str(found(creds(job), "credentials step")["with"]["role-to-assume"])
+    return "PlanRole" if "AWS_PLAN_ROLE_ARN" in arn else "DeployRole"
+
+
+def env_of(name: str, job: dict[str, Any]) -> str:
+    return found(environment(job), f"{name}: environment")
+
+
 class OneRule(unittest.TestCase):
-    def test_the_jobs_admit_exactly_their_environments_refs(self):
+    def test_the_jobs_admit_exactly_their_environments_refs(self) -> None:
         jobs = role_jobs()
         self.assertEqual({environment(j) for _, j in jobs}, {"staging", "production-plan", "production"})
         for name, job in jobs:
             for ref in SAMPLE_REFS:
                 self.assertEqual(admits(expr(job.get("if")), ref), rule_admits(rule_env(job), ref), f"{name} {ref}")
 
-    def test_the_roles_trust_the_same_refs_once_the_subject_carries_the_ref(self):
+    def test_the_roles_trust_the_same_refs_once_the_subject_carries_the_ref(self) -> None:
         for name, job in role_jobs():
-            env_name = environment(job)
-            role = "PlanRole" if "AWS_PLAN_ROLE_ARN" in str(creds(job)["with"]["role-to-assume"]) else "DeployRole"
+            env_name = env_of(name, job)
+            role = role_of(job)
             for ref in SAMPLE_REFS:
                 self.assertEqual(trusts(rule_env(job), role, subject(env_name, ref, True), True),
                                  rule_admits(rule_env(job), ref), f"{name} ({role}) {ref}")
 
-    def test_following_the_bootstrap_step_keeps_every_job_working(self):
+    def test_following_the_bootstrap_step_keeps_every_job_working(self) -> None:
         # SubjectIncludesRef=true must not refuse the plan job (or any other)
         # on a ref its rule admits.
         for name, job in role_jobs():
-            role = "PlanRole" if "AWS_PLAN_ROLE_ARN" in str(creds(job)["with"]["role-to-assume"]) else "DeployRole"
+            role = role_of(job)
             admitted = [r for r in SAMPLE_REFS if rule_admits(rule_env(job), r)]
             self.assertTrue(admitted)
             for ref in admitted:
-                self.assertTrue(trusts(rule_env(job), role, subject(environment(job), ref, True), True), f"{name} {ref}")
-                self.assertTrue(trusts(rule_env(job), role, subject(environment(job), ref, False), False), name)
+                self.assertTrue(trusts(rule_env(job), role, subject(env_of(name, job), ref, True), True), f"{name} {ref}")
+                self.assertTrue(trusts(rule_env(job), role, subject(env_of(name, job), ref, False), False), name)
 
-    def test_the_roles_trust_only_their_environment(self):
+    def test_the_roles_trust_only_their_environment(self) -> None:
         for env, others in (("staging", ("production", "production-plan")),
                             ("production", ("staging", "staging-plan"))):
             for other in others:
@@ -96,7 +107,7 @@ class OneRule(unittest.TestCase):
         # A pull request's token (no environment) never matches.
         self.assertFalse(trusts("staging", "DeployRole", f"repo:{REPO}:pull_request", False))
 
-    def test_the_environments_deployment_rules_are_the_same_rule(self):
+    def test_the_environments_deployment_rules_are_the_same_rule(self) -> None:
         # Without the ref in the subject, these GitHub settings restrict the ref.
         rules = documented_rules()
         self.assertEqual(set(rules), {"staging", "production-plan", "production"})

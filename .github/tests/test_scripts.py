@@ -17,6 +17,7 @@ import threading
 import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -61,7 +62,7 @@ class Api(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self.answer(204)
 
-    def log_message(self, *args) -> None:
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -80,7 +81,7 @@ class StagingLoad(unittest.TestCase):
         os.chmod(self.aws, 0o755)
         self.log = os.path.join(tmp.name, "calls")
 
-    def load(self, p99: list[float], *extra: str) -> subprocess.CompletedProcess:
+    def load(self, p99: list[float], *extra: str) -> subprocess.CompletedProcess[str]:
         url = f"http://127.0.0.1:{self.server.server_address[1]}"
         env = dict(os.environ, AWS_CLI=self.aws, FAKE_LOG=self.log, FAKE_P99=json.dumps(p99))
         return subprocess.run(

@@ -25,6 +25,7 @@ import json
 import re
 import unittest
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 
@@ -33,7 +34,17 @@ SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 DEPLOY = re.compile(r"scripts/deploy\.sh\b[^\n]*--env\s+\"?([\w$]+)\"?")
 
 
-def load(name: str) -> dict:
+T = TypeVar("T")
+
+
+def found(value: T | None, what: str) -> T:
+    """`value`, which the checked file must have: its absence is a finding."""
+    if value is None:
+        raise AssertionError(f"not found: {what}")
+    return value
+
+
+def load(name: str) -> dict[str, Any]:
     with open(WORKFLOWS / name, encoding="utf-8") as f:
         doc = yaml.safe_load(f)
     # YAML 1.1 (PyYAML) reads the key `on` as the boolean true.
@@ -41,15 +52,16 @@ def load(name: str) -> dict:
         doc["on"] = doc.pop(True)
     # A JSON round trip turns anchors/aliases into independent copies, so a
     # test can break one job without changing the jobs that share its steps.
-    return json.loads(json.dumps(doc))
+    copy: dict[str, Any] = json.loads(json.dumps(doc))
+    return copy
 
 
-def needs(job: dict) -> list[str]:
+def needs(job: dict[str, Any]) -> list[str]:
     n = job.get("needs", [])
     return [n] if isinstance(n, str) else list(n)
 
 
-def ancestors(jobs: dict, name: str) -> set[str]:
+def ancestors(jobs: dict[str, Any], name: str) -> set[str]:
     seen: set[str] = set()
     todo = needs(jobs[name])
     while todo:
@@ -60,20 +72,20 @@ def ancestors(jobs: dict, name: str) -> set[str]:
     return seen
 
 
-def runs(job: dict) -> str:
+def runs(job: dict[str, Any]) -> str:
     return "\n".join(s.get("run", "") for s in job.get("steps", []))
 
 
-def uses(job: dict) -> list[str]:
+def uses(job: dict[str, Any]) -> list[str]:
     return [s["uses"] for s in job.get("steps", []) if "uses" in s]
 
 
-def environment(job: dict) -> str | None:
+def environment(job: dict[str, Any]) -> str | None:
     env = job.get("environment")
     return env.get("name") if isinstance(env, dict) else env
 
 
-def deploy_env(job: dict) -> str | None:
+def deploy_env(job: dict[str, Any]) -> str | None:
     """The environment a job deploys to with scripts/deploy.sh, if any."""
     m = DEPLOY.search(runs(job))
     if not m:
@@ -84,7 +96,7 @@ def deploy_env(job: dict) -> str | None:
     return value
 
 
-def smoke_env(jobs: dict, name: str) -> str | None:
+def smoke_env(jobs: dict[str, Any], name: str) -> str | None:
     """The environment a smoke job tests: that of the deploy it needs."""
     if "scripts/smoke.sh" not in runs(jobs[name]):
         return None
@@ -92,7 +104,7 @@ def smoke_env(jobs: dict, name: str) -> str | None:
     return envs.pop() if len(envs) == 1 else "ambiguous"
 
 
-def pin_problems(doc: dict, where: str) -> list[str]:
+def pin_problems(doc: dict[str, Any], where: str) -> list[str]:
     problems = []
     for name, job in doc["jobs"].items():
         refs = uses(job) + ([job["uses"]] if "uses" in job else [])
@@ -102,7 +114,7 @@ def pin_problems(doc: dict, where: str) -> list[str]:
     return problems
 
 
-def ci_problems(doc: dict) -> list[str]:
+def ci_problems(doc: dict[str, Any]) -> list[str]:
     problems = pin_problems(doc, "ci")
     on = doc.get("on", {})
     for trigger in ("pull_request", "push", "workflow_call"):
@@ -156,7 +168,7 @@ ROOT = WORKFLOWS.parents[1]
 WORST_CASE_DEPLOY_MINUTES = 3 * 60 + 16
 
 
-def expr(value) -> str:
+def expr(value: object) -> str:
     v = str(value or "").strip()
     if v.startswith("${{") and v.endswith("}}"):
         v = v[3:-2].strip()
@@ -185,12 +197,12 @@ def rule_admits(env: str, ref: str) -> bool:
     return any(ref.startswith(p[:-1]) if p.endswith("*") else ref == p for p in REF_RULE[env])
 
 
-def rule_env(job: dict) -> str:
+def rule_env(job: dict[str, Any]) -> str:
     """staging or production: whose rule applies (production-plan is production's)."""
     return "production" if (environment(job) or "").startswith("production") else "staging"
 
 
-def guarded(job: dict) -> bool:
+def guarded(job: dict[str, Any]) -> bool:
     """The job's `if` admits exactly the refs of its environment's rule, on
     a push and on workflow_dispatch alike."""
     cond = expr(job.get("if"))
@@ -199,27 +211,28 @@ def guarded(job: dict) -> bool:
                for ref in SAMPLE_REFS for event in ("push", "workflow_dispatch"))
 
 
-def steps(job: dict) -> list[dict]:
-    return job.get("steps", [])
+def steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = job.get("steps", [])
+    return out
 
 
-def step_running(job: dict, pattern: str) -> dict | None:
+def step_running(job: dict[str, Any], pattern: str) -> dict[str, Any] | None:
     return next((s for s in steps(job) if re.search(pattern, s.get("run", ""))), None)
 
 
-def creds(job: dict) -> dict | None:
+def creds(job: dict[str, Any]) -> dict[str, Any] | None:
     return next((s for s in steps(job) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")), None)
 
 
 def slo_thresholds() -> tuple[str, str]:
     """(availability objective as a ratio, latency threshold in ms) from docs/slo.md."""
     text = (ROOT / "docs" / "slo.md").read_text(encoding="utf-8")
-    avail = re.search(r"\| availability \|[^|]*\| ([\d.]+)% \|", text).group(1)
-    latency = re.search(r"answered within (\d+) ms", text).group(1)
+    avail = found(re.search(r"\| availability \|[^|]*\| ([\d.]+)% \|", text), "the availability SLO").group(1)
+    latency = found(re.search(r"answered within (\d+) ms", text), "the latency SLO").group(1)
     return str(round(float(avail) / 100, 6)), latency
 
 
-def cd_problems(doc: dict) -> list[str]:
+def cd_problems(doc: dict[str, Any]) -> list[str]:
     problems = pin_problems(doc, "cd")
     jobs = doc["jobs"]
     on = doc.get("on", {})
@@ -255,7 +268,7 @@ def cd_problems(doc: dict) -> list[str]:
         if name in role_jobs:
             if not has_token:
                 problems.append(f"cd:{name}: needs permissions id-token: write for OIDC")
-            if "role-to-assume" not in creds(job).get("with", {}):
+            if "role-to-assume" not in found(creds(job), "credentials step").get("with", {}):
                 problems.append(f"cd:{name}: must assume an AWS role (configure-aws-credentials role-to-assume)")
             if not guarded(job):
                 problems.append(f"cd:{name}: takes an AWS role without an `if:` admitting exactly "
@@ -276,7 +289,7 @@ def cd_problems(doc: dict) -> list[str]:
         name = forward[0]
         job = jobs[name]
         units[env] = name
-        deploy_step = step_running(job, r"scripts/deploy\.sh\b[^\n]*(--release |--execute-plan )")
+        deploy_step = step_running(job, r"scripts/deploy\.sh\b[^\n]*(--release |--execute-plan )") or {}
         if not deploy_step.get("id"):
             problems.append(f"cd:{name}: the deploy step needs an id (the rollback step tests its outcome)")
         if "scripts/smoke.sh" not in runs(job):
@@ -308,7 +321,8 @@ def cd_problems(doc: dict) -> list[str]:
             problems.append(f"cd:{name}: deploys to {env} outside the {env} environment")
         # Time: the job outlasts the deploy's bounded waits; the session outlasts the job.
         minutes = int(job.get("timeout-minutes", 360))
-        session = int(creds(job).get("with", {}).get("role-duration-seconds", 3600)) if creds(job) else 0
+        job_creds = creds(job)
+        session = int(job_creds.get("with", {}).get("role-duration-seconds", 3600)) if job_creds else 0
         if minutes < WORST_CASE_DEPLOY_MINUTES:
             problems.append(f"cd:{name}: timeout-minutes {minutes} below the worst case {WORST_CASE_DEPLOY_MINUTES}")
         if session < minutes * 60:
@@ -335,7 +349,8 @@ def cd_problems(doc: dict) -> list[str]:
         for needed in (f"--availability {avail}", f"--p99-ms {latency}", "--load-balancer"):
             if needed not in load["run"]:
                 problems.append(f"cd:{staging}: the staging load must use {needed} (docs/slo.md)")
-        if steps(jobs[staging]).index(load) < steps(jobs[staging]).index(step_running(jobs[staging], "scripts/deploy.sh")):
+        deploy = step_running(jobs[staging], "scripts/deploy.sh")
+        if deploy is None or steps(jobs[staging]).index(load) < steps(jobs[staging]).index(deploy):
             problems.append(f"cd:{staging}: the load runs before the deploy")
 
     # Production: planned before approval, executed exactly after it.
@@ -356,7 +371,7 @@ def cd_problems(doc: dict) -> list[str]:
     summary = step_running(pjob, r"plan_summary\.py[^\n]*>> \"\$GITHUB_STEP_SUMMARY\"")
     if not summary or "STAGING_URL" not in summary["run"] or "needs." not in str(pjob.get("env", {}).get("STAGING_URL")):
         problems.append(f"cd:{plan}: the run summary must show the plan and the manual staging tests with the staging URL")
-    plan_file = re.search(r"--plan (\S+)", runs(pjob)).group(1)
+    plan_file = found(re.search(r"--plan (\S+)", runs(pjob)), f"cd:{plan}: a --plan file").group(1)
     uploads = [s for s in steps(pjob) if s.get("uses", "").startswith("actions/upload-artifact@")]
     if not uploads or uploads[0]["with"].get("path") != plan_file:
         problems.append(f"cd:{plan}: must upload the plan {plan_file}")
@@ -435,7 +450,8 @@ class WorkflowTests(unittest.TestCase):
         self.assertProblem(problems, "without rollback triggers")
 
     def test_rejects_a_rollback_target_read_from_the_live_service(self) -> None:
-        self.cd["jobs"]["staging"]["steps"].insert(3, {"run": 'previous=$(curl -fsS "$BASE_URL/healthz" | jq -r .release || true)'})
+        read_live = 'previous=$(curl -fsS "$BASE_URL/healthz" | jq -r .release || true)'
+        self.cd["jobs"]["staging"]["steps"].insert(3, {"run": read_live})
         self.assertProblem(cd_problems(self.cd), "comes from the deployment record")
 
     def test_rejects_overlapping_deploys(self) -> None:
@@ -471,7 +487,7 @@ class WorkflowTests(unittest.TestCase):
         self.cd["jobs"]["plan-production"]["environment"]["name"] = "production"
         self.assertProblem(cd_problems(self.cd), "the plan must come before the approval")
         self.cd = load("cd.yml")
-        step = creds(self.cd["jobs"]["plan-production"])
+        step = found(creds(self.cd["jobs"]["plan-production"]), "credentials step")
         step["with"]["role-to-assume"] = "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
         self.assertProblem(cd_problems(self.cd), "must plan with the plan role")
         self.cd = load("cd.yml")
@@ -491,11 +507,11 @@ class WorkflowTests(unittest.TestCase):
         self.cd["jobs"]["staging"]["timeout-minutes"] = 45
         self.assertProblem(cd_problems(self.cd), "staging: timeout-minutes 45 below the worst case")
         self.cd = load("cd.yml")
-        del creds(self.cd["jobs"]["production"])["with"]["role-duration-seconds"]
+        del found(creds(self.cd["jobs"]["production"]), "credentials step")["with"]["role-duration-seconds"]
         self.assertProblem(cd_problems(self.cd), "production: role-duration-seconds 3600 shorter than the job")
 
     def test_rejects_long_lived_keys_and_broad_oidc(self) -> None:
-        step = creds(self.cd["jobs"]["staging"])
+        step = found(creds(self.cd["jobs"]["staging"]), "credentials step")
         step["with"]["aws-access-key-id"] = "${{ secrets.AWS_ACCESS_KEY_ID }}"
         self.assertProblem(cd_problems(self.cd), "long-lived AWS keys")
         self.cd = load("cd.yml")

@@ -11,13 +11,14 @@ import re
 import sqlite3
 
 from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
 
 app = Flask(__name__)
 DATABASE = os.environ.get("DATABASE", "hello.db")
 USERNAME = re.compile(r"^[A-Za-z]{1,64}$")
 
 
-def db():
+def db() -> sqlite3.Connection:
     return sqlite3.connect(DATABASE, timeout=30)
 
 
@@ -27,7 +28,7 @@ with db() as conn:
 
 
 @app.route("/hello/<username>", methods=["PUT"])
-def put_user(username):
+def put_user(username: str) -> ResponseReturnValue:
     body = request.get_json(silent=True)
     if not USERNAME.match(username) or not isinstance(body, dict):
         return jsonify(error="bad request"), 400
@@ -45,7 +46,7 @@ def put_user(username):
 
 
 @app.route("/hello/<username>", methods=["GET"])
-def get_user(username):
+def get_user(username: str) -> ResponseReturnValue:
     if not USERNAME.match(username):
         return jsonify(error="bad request"), 400
     conn = db()
@@ -71,7 +72,7 @@ def get_user(username):
 
 
 @app.route("/readyz")
-def readyz():
+def readyz() -> ResponseReturnValue:
     return jsonify(status="ready")
 
 

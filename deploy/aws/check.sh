@@ -10,13 +10,13 @@
 #      (test_policy_analysis.py)
 #   4. the instance-side script (test_host.py); the service's database users
 #      on a real PostgreSQL (test_db_users.py)
-#   5. the deploy program (deploy/hbdeploy) and the Python of these checks:
-#      ruff, mypy --strict
-#   6. the deploy program's AWS target against moto in-process, CloudWatch
+#   5. the deploy program's AWS target against moto in-process, CloudWatch
 #      answers and CloudFormation outcomes moto lacks scripted
 #      (test_deploy.py: staging's life, production's approved plans)
-#   7. the architecture diagram still renders from its code
-# Usage: deploy/aws/check.sh [--fast]   (--fast: skip 6, the slow one)
+#   6. the architecture diagram still renders from its code
+# (ruff and mypy --strict over this Python: the "python" stage,
+# scripts/lint-python.sh)
+# Usage: deploy/aws/check.sh [--fast]   (--fast: skip 5, the slow one)
 set -euo pipefail
 
 AWS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,7 +36,7 @@ esac
 [ $# -le 1 ] || usage_error "takes at most one option"
 
 # Missing tools are failures, never skips (scripts/setup.sh dev installs them).
-for tool in "$VENV/cfn-lint" "$VENV/checkov" "$VENV/python" "$VENV/aws" "$VENV/ruff" "$VENV/mypy"; do
+for tool in "$VENV/cfn-lint" "$VENV/checkov" "$VENV/python" "$VENV/aws"; do
   [ -x "$tool" ] || die "$tool missing: run scripts/setup.sh dev"
 done
 require jq dot psql openssl
@@ -69,16 +69,6 @@ step "instance-side script"
 
 step "the service's database users on a real PostgreSQL"
 (cd deploy/aws/tests && "$VENV/python" -m unittest test_db_users)
-
-step "ruff and mypy --strict: the deploy program, the canary verdict, the plan summary"
-# mypy --strict over the program and what it imports; ruff over these and
-# every Python file of the aws checks (their own typing is not strict yet:
-# deploy/aws/README.md).
-py_typed=(deploy/hbdeploy deploy/canary/verdict.py .github/scripts/plan_summary.py)
-"$VENV/ruff" check "${py_typed[@]}" deploy/canary deploy/aws/tests deploy/aws/*.py
-MYPYPATH=deploy "$VENV/mypy" --strict --no-error-summary --cache-dir "${TMPDIR:-/tmp}/hb-mypy-cache" \
-  --explicit-package-bases "${py_typed[@]}"
-echo "ruff, mypy --strict: clean"
 
 if [ "$FAST" = 1 ]; then
   step "deploy program against moto: skipped (--fast)"

@@ -37,8 +37,9 @@ import subprocess
 import sys
 import tomllib
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "hello-birthday"
@@ -57,11 +58,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def bom_ref(package: dict) -> str:
+def bom_ref(package: dict[str, Any]) -> str:
     """A reference that names the package, not where the checkout lives."""
     if package["source"] is None:
         return f"workspace:{package['name']}@{package['version']}"
-    return package["id"]
+    return str(package["id"])
 
 
 def lock_checksums() -> dict[tuple[str, str], str]:
@@ -73,7 +74,7 @@ def lock_checksums() -> dict[tuple[str, str], str]:
     }
 
 
-def classify(metadata: dict) -> tuple[str, set[str], set[str], dict[str, set[str]]]:
+def classify(metadata: dict[str, Any]) -> tuple[str, set[str], set[str], dict[str, set[str]]]:
     """Return (root id, runtime ids, build-only ids, runtime dependency edges)."""
     packages = {p["id"]: p for p in metadata["packages"]}
     nodes = {n["id"]: n for n in metadata["resolve"]["nodes"]}
@@ -85,7 +86,7 @@ def classify(metadata: dict) -> tuple[str, set[str], set[str], dict[str, set[str
     def is_proc_macro(pid: str) -> bool:
         return any("proc-macro" in t["kind"] for t in packages[pid]["targets"])
 
-    def deps(pid: str, kinds: set) -> list[str]:
+    def deps(pid: str, kinds: set[str | None]) -> list[str]:  # None: a normal dependency
         return [
             d["pkg"] for d in nodes[pid]["deps"]
             if any(k["kind"] in kinds for k in d["dep_kinds"])
@@ -121,7 +122,7 @@ def classify(metadata: dict) -> tuple[str, set[str], set[str], dict[str, set[str
     return root, runtime, build_only, edges
 
 
-def bundled_sqlite_version(metadata: dict) -> str | None:
+def bundled_sqlite_version(metadata: dict[str, Any]) -> str | None:
     for p in metadata["packages"]:
         if p["name"] == "libsqlite3-sys":
             header = Path(p["manifest_path"]).parent / "sqlite3" / "sqlite3.h"
@@ -136,7 +137,7 @@ def glibc_version() -> str:
     return run("getconf", "GNU_LIBC_VERSION").split()[-1]
 
 
-def crate_component(p: dict, scope: str, checksums: dict) -> dict:
+def crate_component(p: dict[str, Any], scope: str, checksums: dict[tuple[str, str], str]) -> dict[str, Any]:
     comp = {
         "type": "library",
         "bom-ref": bom_ref(p),
@@ -176,7 +177,7 @@ def main() -> int:
     binary_sha = sha256_file(args.binary)
 
     epoch = os.environ.get("SOURCE_DATE_EPOCH") or run("git", "log", "-1", "--format=%ct").strip()
-    timestamp = datetime.fromtimestamp(int(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    timestamp = datetime.fromtimestamp(int(epoch), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     root_pkg = packages[root]
 
     components = [
@@ -187,7 +188,7 @@ def main() -> int:
         crate_component(packages[pid], "excluded", checksums)
         for pid in sorted(build_only, key=lambda i: (packages[i]["name"], packages[i]["version"]))
     ]
-    native = []
+    native: list[tuple[dict[str, Any], str]] = []
     sqlite = bundled_sqlite_version(metadata)
     sqlite_parent = next((pid for pid in runtime if packages[pid]["name"] == "libsqlite3-sys"), None)
     if sqlite and sqlite_parent:

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
 import yaml
 
@@ -37,7 +39,7 @@ import yaml
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
             "group_left", "group_right", "inf", "nan", "atan2"}
 # "file / panel / refId" of a dashboard expression -> the panel's title.
-PANEL_OF = {}
+PANEL_OF: dict[str, str] = {}
 LABEL_LIST_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 # Grafana variables replaced by something PromQL accepts.
 GRAFANA_VARS = [
@@ -57,20 +59,24 @@ TOKEN = re.compile(r"""
 """, re.X)
 
 
-def tokenize(expr):
-    pos, out = 0, []
+def tokenize(expr: str) -> list[tuple[str, str]]:
+    pos = 0
+    out: list[tuple[str, str]] = []
     while pos < len(expr):
         m = TOKEN.match(expr, pos)
         if not m:
             raise ValueError(f"cannot tokenize at {expr[pos:pos + 20]!r}")
         pos = m.end()
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         if kind != "ws":
             out.append((kind, m.group()))
     return out
 
 
-def selectors(expr):
+Matcher = tuple[str, str, str]  # (label, op, value)
+
+
+def selectors(expr: str) -> Iterator[tuple[str, list[Matcher]]]:
     """Yield (metric_name, [(label, op, value)]) for each vector selector."""
     toks = tokenize(expr)
     i, depth_brackets = 0, 0
@@ -88,9 +94,9 @@ def selectors(expr):
             i += 2
             while toks[i][1] != ")":
                 i += 1
-        elif kind == "ident" and val.lower() not in KEYWORDS and nxt != "(" and not (
-                nxt in LABEL_LIST_WORDS):
-            name, matchers = val, []
+        elif kind == "ident" and val.lower() not in KEYWORDS and nxt != "(" and nxt not in LABEL_LIST_WORDS:
+            name = val
+            matchers: list[Matcher] = []
             if nxt == "{":
                 i += 2
                 while toks[i][1] != "}":
@@ -107,7 +113,7 @@ def selectors(expr):
         i += 1
 
 
-def grafana_to_promql(expr):
+def grafana_to_promql(expr: str) -> str:
     for pat, rep in GRAFANA_VARS:
         expr = re.sub(pat, rep, expr)
     m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", expr, re.S)
@@ -118,12 +124,12 @@ def grafana_to_promql(expr):
     return expr
 
 
-def dashboard_exprs(path, problems, provisioned_uids):
+def dashboard_exprs(path: str, problems: list[str], provisioned_uids: set[str]) -> list[tuple[str, str]]:
     d = json.load(open(path))
-    out = []
-    panels = []
+    out: list[tuple[str, str]] = []
+    panels: list[dict[str, Any]] = []
 
-    def walk(ps):
+    def walk(ps: list[dict[str, Any]]) -> None:
         for p in ps:
             panels.append(p)
             walk(p.get("panels", []))
@@ -131,7 +137,7 @@ def dashboard_exprs(path, problems, provisioned_uids):
     ids = [p["id"] for p in panels]
     if len(ids) != len(set(ids)):
         problems.append(f"{path}: duplicate panel ids")
-    cells = {}
+    cells: dict[tuple[int, int], str] = {}
     for p in panels:
         g = p.get("gridPos", {})
         if g.get("x", 0) + g.get("w", 0) > 24:
@@ -161,8 +167,9 @@ def dashboard_exprs(path, problems, provisioned_uids):
     return out
 
 
-def rule_exprs(rules_dir):
-    out, recorded = [], {}
+def rule_exprs(rules_dir: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    out: list[tuple[str, str]] = []
+    recorded: dict[str, str] = {}
     for f in sorted(glob.glob(os.path.join(rules_dir, "*.yml"))):
         for g in yaml.safe_load(open(f))["groups"]:
             for r in g["rules"]:
@@ -173,10 +180,10 @@ def rule_exprs(rules_dir):
     return out, recorded
 
 
-def parse_with_promtool(exprs, promtool):
+def parse_with_promtool(exprs: list[tuple[str, str]], promtool: str) -> list[str]:
     """All expressions as recording rules of one file; on failure, one by one
     to name the culprit."""
-    def check(items):
+    def check(items: list[tuple[str, str]]) -> tuple[bool, str]:
         doc = {"groups": [{"name": "check", "rules": [
             {"record": f"check_expr_{i}", "expr": e} for i, (_, e) in enumerate(items)]}]}
         with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as fh:
@@ -189,7 +196,7 @@ def parse_with_promtool(exprs, promtool):
     ok, _ = check(exprs)
     if ok:
         return []
-    bad = []
+    bad: list[str] = []
     for item in exprs:
         ok, msg = check([item])
         if not ok:
@@ -197,9 +204,9 @@ def parse_with_promtool(exprs, promtool):
     return bad
 
 
-def read_scrapes(paths):
+def read_scrapes(paths: list[str]) -> dict[str, list[dict[str, str]]]:
     """{sample_name: [labels dict, ...]} from Prometheus/OpenMetrics text."""
-    samples = {}
+    samples: dict[str, list[dict[str, str]]] = {}
     line_re = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+\S+')
     lab_re = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
     for p in paths:
@@ -212,13 +219,14 @@ def read_scrapes(paths):
     return samples
 
 
-def prom_query(url, expr):
+def prom_query(url: str, expr: str) -> dict[str, Any]:
     q = urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(f"{url}/api/v1/query?{q}", timeout=10) as r:
-        return json.load(r)
+        answer: dict[str, Any] = json.load(r)
+        return answer
 
 
-def main():
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dashboards", required=True, help="directory of dashboard JSON files")
     ap.add_argument("--datasources", required=True, help="Grafana datasource provisioning directory")
@@ -231,19 +239,19 @@ def main():
     ap.add_argument("--promtool", default="promtool")
     a = ap.parse_args()
 
-    problems = []
-    uids = set()
+    problems: list[str] = []
+    uids: set[str] = set()
     for f in glob.glob(os.path.join(a.datasources, "*.yml")):
         for ds in yaml.safe_load(open(f)).get("datasources", []):
             uids.add(ds.get("uid"))
-    dash = []
+    dash: list[tuple[str, str]] = []
     for f in sorted(glob.glob(os.path.join(a.dashboards, "*.json"))):
         dash += dashboard_exprs(f, problems, uids)
     if not dash:
         problems.append(f"no dashboard expression found in {a.dashboards}")
     rules, recorded = rule_exprs(a.rules_dir)
 
-    promql = []
+    promql: list[tuple[str, str]] = []
     for where, e in dash:
         try:
             promql.append((where, grafana_to_promql(e)))
@@ -254,7 +262,7 @@ def main():
 
     service = read_scrapes(a.metrics)
     prom_names = set(json.load(open(a.prometheus_names))["data"]) if a.prometheus_names else set()
-    sources = {}
+    sources: dict[str, str] = {}
     for where, e in all_exprs:
         try:
             sels = list(selectors(e))

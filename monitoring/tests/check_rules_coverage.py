@@ -21,7 +21,7 @@ import sys
 import yaml
 
 
-def main():
+def main() -> int:
     if len(sys.argv) != 4 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
         return 0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2

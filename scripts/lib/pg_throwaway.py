@@ -16,8 +16,8 @@ Callers import it with scripts/lib on sys.path.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_THROWAWAY = ROOT / "scripts" / "pg-throwaway.sh"

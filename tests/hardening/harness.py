@@ -23,14 +23,18 @@ import tempfile
 import threading
 import time
 import unittest
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from pg_throwaway import ThrowawayPostgres, pg_bin  # noqa: E402
+
 BIN = Path(os.environ.get("HELLO_BIN", ROOT / "target" / "debug" / "hello-birthday"))
 CI = os.environ.get("CI") == "true"
+T = TypeVar("T")
 
 
 
@@ -70,7 +74,8 @@ def require(condition: bool, what: str) -> None:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def raise_fd_limit(want: int) -> int:
@@ -82,14 +87,21 @@ def raise_fd_limit(want: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def close_all(socks: list[socket.socket]) -> None:
+    """A cleanup for the sockets a test opened (the list may grow after it is registered)."""
+    for s in socks:
+        s.close()
+
+
 class Fatal(Exception):
     """Raised by a polled condition that can never become true: stop polling."""
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+def wait_until(predicate: Callable[[], T | None], timeout: float, interval: float = 0.05,
+               what: str = "condition") -> T:
     """Poll `predicate` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout
-    last_exc = None
+    last_exc: Exception | None = None
     while time.monotonic() < deadline:
         try:
             value = predicate()
@@ -116,24 +128,25 @@ def letters(n: int, width: int = 8) -> str:
 @dataclass
 class Response:
     status: int
-    headers: dict
+    headers: dict[str, str]
     body: bytes
     elapsed: float
 
-    def header(self, name: str):
+    def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
-    def json(self):
+    def json(self) -> Any:
         return json.loads(self.body)
 
 
-def request(port: int, method: str, path: str, body=None, headers=None,
+def request(port: int, method: str, path: str, body: dict[str, Any] | list[Any] | bytes | str | None = None,
+            headers: Mapping[str, str | bytes] | None = None,
             timeout: float = 10.0, conn: http.client.HTTPConnection | None = None) -> Response:
     """One HTTP request. With `conn` the caller's keep-alive connection is used."""
     own = conn is None
-    if own:
+    if conn is None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    hdrs = dict(headers or {})
+    hdrs: dict[str, str | bytes] = dict(headers or {})
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
@@ -182,7 +195,7 @@ def read_response(s: socket.socket) -> Response:
             if not chunk:
                 break
             body += chunk
-    except (ConnectionResetError, socket.timeout) as exc:
+    except (TimeoutError, ConnectionResetError) as exc:
         raise AssertionError(f"{exc!r} after {buf[:200]!r}") from None
     return Response(status, headers, body, time.monotonic() - start)
 
@@ -197,7 +210,7 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> Response:
         return read_response(s)
 
 
-def metric(text: str, name: str, **labels) -> float:
+def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     total = 0.0
     for line in text.splitlines():
@@ -209,11 +222,11 @@ def metric(text: str, name: str, **labels) -> float:
     return total
 
 
-def put_dob(port: int, username: str, dob: str, **kw) -> Response:
+def put_dob(port: int, username: str, dob: str, **kw: Any) -> Response:
     return request(port, "PUT", f"/hello/{username}", body={"dateOfBirth": dob}, **kw)
 
 
-def assert_problem(tc: unittest.TestCase, resp: Response, statuses, retry_after: bool = False):
+def assert_problem(tc: unittest.TestCase, resp: Response, statuses: Collection[int], retry_after: bool = False) -> None:
     """An error answer is RFC 9457 problem+json with the documented members."""
     tc.assertIn(resp.status, statuses, f"unexpected status {resp.status}: {resp.body[:300]!r}")
     ctype = resp.header("content-type") or ""
@@ -225,7 +238,8 @@ def assert_problem(tc: unittest.TestCase, resp: Response, statuses, retry_after:
     tc.assertEqual(doc["status"], resp.status)
     if retry_after:
         ra = resp.header("retry-after")
-        tc.assertIsNotNone(ra, f"{resp.status} without Retry-After")
+        if ra is None:
+            tc.fail(f"{resp.status} without Retry-After")
         tc.assertTrue(ra.strip().isdigit(), f"Retry-After is not delta-seconds: {ra!r}")
 
 
@@ -235,19 +249,19 @@ class Service:
 
     workdir: Path
     database_url: str
-    env: dict = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     metrics_port: int = 0
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     starts: int = 0
     nofile: int | None = None  # the child's open-files limit (soft and hard), if set
     bin: Path | None = None  # another build of the service (default BIN)
     # Variables for the process that the service itself does not read
     # (LD_PRELOAD and a shim's settings); `env` is checked against --help.
-    process_env: dict = field(default_factory=dict)
+    process_env: dict[str, str] = field(default_factory=dict)
 
-    def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> "Service":
+    def start(self, ready_timeout: float = 20.0, expect_ready: bool = True) -> Service:
         binary = self.bin or BIN
         require(binary.exists(), f"service binary {binary} (run cargo build --bin hello-birthday)")
         # A fresh port per start: a killed instance's port may linger in TIME_WAIT.
@@ -276,13 +290,13 @@ class Service:
         limit = self.nofile
         preexec = None if limit is None else (
             lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
-        self.proc = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=preexec)
+        self.proc = proc = subprocess.Popen([str(binary)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=preexec)
         log.close()
 
-        def up():
-            if self.proc.poll() is not None:
-                raise Fatal(f"service exited with {self.proc.returncode}:\n{self.logs()[-2000:]}")
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise Fatal(f"service exited with {proc.returncode}:\n{self.logs()[-2000:]}")
             path = "/readyz" if expect_ready else "/healthz"
             return request(self.port, "GET", path, timeout=1).status == 200
 
@@ -317,8 +331,14 @@ class Service:
     def metrics(self) -> str:
         return request(self.metrics_port, "GET", "/metrics").body.decode()
 
+    def running(self) -> subprocess.Popen[bytes]:
+        """The started process (a test that has not started the service fails)."""
+        if self.proc is None:
+            raise AssertionError("the service was never started")
+        return self.proc
+
     def rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
+        with open(f"/proc/{self.running().pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
@@ -332,7 +352,7 @@ class Postgres(ThrowawayPostgres):
 
     _template: Path | None = None
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path) -> None:
         require(pg_bin("initdb") is not None, "PostgreSQL server binary initdb")
         require(shutil.which("runuser") is not None or os.geteuid() != 0, "runuser (util-linux)")
         if Postgres._template is None:
@@ -359,11 +379,11 @@ class Postgres(ThrowawayPostgres):
 class ServiceTestCase(unittest.TestCase):
     """Gives each test a temp dir; cleanups registered later run first."""
 
-    def setUp(self):
+    def setUp(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hardening-"))
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
 
-    def sqlite_service(self, name: str = "db.sqlite", **env) -> Service:
+    def sqlite_service(self, name: str = "db.sqlite", **env: str | int) -> Service:
         svc = Service(self.tmp, f"sqlite://{self.tmp / name}", env={k: str(v) for k, v in env.items()})
         self.addCleanup(svc.stop)
         return svc
@@ -386,8 +406,8 @@ class Writers:
     error answers, and connection failures; stops on `stop()`.
     """
 
-    def __init__(self, port_fn, threads: int = 4, prefix: str = "", dob: str = "1990-01-02",
-                 timeout: float = 10.0):
+    def __init__(self, port_fn: Callable[[], int], threads: int = 4, prefix: str = "", dob: str = "1990-01-02",
+                 timeout: float = 10.0) -> None:
         self.port_fn = port_fn  # a callable: the port may change across restarts
         self.prefix = prefix
         self.dob = dob
@@ -408,7 +428,7 @@ class Writers:
         return self.prefix + letters(n)
 
     def _run(self) -> None:
-        conn = None
+        conn: http.client.HTTPConnection | None = None
         while not self._stop.is_set():
             name = self._name()
             try:
@@ -440,7 +460,7 @@ class Writers:
         if conn is not None:
             conn.close()
 
-    def start(self) -> "Writers":
+    def start(self) -> Writers:
         for t in self._threads:
             t.start()
         return self

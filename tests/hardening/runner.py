@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 import unittest
+from typing import TYPE_CHECKING, Any
 
 # The systemd unit's exposure is checked once, by deploy/systemd/check.sh.
 MODULES = ["test_harness", "test_security", "test_privacy", "test_logging", "test_conventions", "test_attacks",
@@ -16,12 +17,20 @@ MODULES = ["test_harness", "test_security", "test_privacy", "test_logging", "tes
            "test_schemathesis"]
 
 
-class TimedResult(unittest.TextTestResult):
-    def startTest(self, test):
+# The runner hands its result class any stream with writeln; typeshed's
+# TextTestResult is generic over that stream, the runtime class is not.
+if TYPE_CHECKING:
+    _TextTestResult = unittest.TextTestResult[Any]
+else:
+    _TextTestResult = unittest.TextTestResult
+
+
+class TimedResult(_TextTestResult):
+    def startTest(self, test: unittest.TestCase) -> None:
         self._t0 = time.monotonic()
         super().startTest(test)
 
-    def stopTest(self, test):
+    def stopTest(self, test: unittest.TestCase) -> None:
         self.stream.write(f"    ({time.monotonic() - self._t0:.1f}s)\n")
         self.stream.flush()
         super().stopTest(test)

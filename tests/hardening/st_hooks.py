@@ -2,17 +2,19 @@
 SCHEMATHESIS_HOOKS by test_schemathesis.py)."""
 
 import json
+from typing import Any
 
 import schemathesis
+from schemathesis import CheckContext, Response
 
 
-def _header(response, name: str) -> str:
+def _header(response: Response, name: str) -> str:
     values = response.headers.get(name.lower()) or [""]
     return values[0]
 
 
 @schemathesis.check
-def problem_json_on_errors(ctx, response, case):
+def problem_json_on_errors(ctx: CheckContext, response: Response, case: Any) -> bool | None:
     """Every error is an RFC 9457 document whose `status` is the real status."""
     if response.status_code < 400:
         return None
@@ -28,7 +30,7 @@ def problem_json_on_errors(ctx, response, case):
 
 
 @schemathesis.check
-def security_headers(ctx, response, case):
+def security_headers(ctx: CheckContext, response: Response, case: Any) -> bool | None:
     """Headers that suit a JSON API, on every answer."""
     if _header(response, "x-content-type-options") != "nosniff":
         raise AssertionError("missing X-Content-Type-Options: nosniff")

@@ -9,11 +9,29 @@ import http.client
 import socket
 import time
 import unittest
+from typing import TypedDict
 
-from harness import (ServiceTestCase, assert_problem, metric, put_dob, raise_fd_limit, raw_request,
-                     read_response, request, wait_until)
+from harness import (
+    Service,
+    ServiceTestCase,
+    assert_problem,
+    close_all,
+    metric,
+    put_dob,
+    raise_fd_limit,
+    raw_request,
+    read_response,
+    request,
+    wait_until,
+)
 
-CAPS = {"MAX_CONCURRENT_REQUESTS": 20, "MAX_CONNECTIONS": 100}
+
+class Caps(TypedDict):
+    MAX_CONCURRENT_REQUESTS: int
+    MAX_CONNECTIONS: int
+
+
+CAPS: Caps = {"MAX_CONCURRENT_REQUESTS": 20, "MAX_CONNECTIONS": 100}
 NORMAL = 12  # normal requests tried during each attack
 SLACK = 2.5  # seconds allowed past a deadline for the close to be seen (debug build, shared host)
 BODY = b'{"dateOfBirth": "1990-01-02"}'
@@ -41,26 +59,26 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.001)
     try:
         return s.recv(4096) == b""
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         return True
 
 
-def open_fds(svc) -> float:
+def open_fds(svc: Service) -> float:
     return metric(svc.metrics(), "process_open_fds")
 
 
 class SlowBodies(ServiceTestCase):
     STALLED = 30
 
-    def test_stalled_bodies_hold_no_slot_and_get_408(self):
+    def test_stalled_bodies_hold_no_slot_and_get_408(self) -> None:
         svc = self.sqlite_service(**CAPS, BODY_TIMEOUT_SECONDS=3).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
         base_fds = open_fds(svc)
 
-        stalled = []
-        self.addCleanup(lambda: [s.close() for s in stalled])
+        stalled: list[socket.socket] = []
+        self.addCleanup(close_all, stalled)
         for i in range(self.STALLED):
             s = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
             s.sendall(b"PUT /hello/Slow%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -90,7 +108,7 @@ class SlowBodies(ServiceTestCase):
 
 
 class SilentConnections(ServiceTestCase):
-    def test_first_request_deadline_is_separate_from_keepalive(self):
+    def test_first_request_deadline_is_separate_from_keepalive(self) -> None:
         svc = self.sqlite_service(**CAPS, FIRST_REQUEST_TIMEOUT_SECONDS=1, KEEPALIVE_SECONDS=60).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
         used = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=5)
@@ -114,7 +132,7 @@ class SilentConnections(ServiceTestCase):
         self.assertGreaterEqual(metric(svc.metrics(), "hello_birthday_http_connections_closed_total",
                                        reason="first_request_timeout"), 2)
 
-    def test_silent_crowd_at_the_cap_does_not_lock_out_new_clients(self):
+    def test_silent_crowd_at_the_cap_does_not_lock_out_new_clients(self) -> None:
         raise_fd_limit(1024)
         # A long first-request deadline: making room at the cap is what is tested.
         svc = self.sqlite_service(**CAPS, FIRST_REQUEST_TIMEOUT_SECONDS=60).start()
@@ -127,7 +145,7 @@ class SilentConnections(ServiceTestCase):
             self.addCleanup(c.close)
             self.assertEqual(request(svc.port, "GET", "/hello/Alice", conn=c).status, 200)
         silent = [socket.create_connection(("127.0.0.1", svc.port)) for _ in range(120)]
-        self.addCleanup(lambda: [s.close() for s in silent])
+        self.addCleanup(close_all, silent)
         # The server holds as many connections as its cap allows.
         cap = CAPS["MAX_CONNECTIONS"]
         wait_until(lambda: open_fds(svc) >= base_fds + cap - 5, 5, what="the connection cap to be reached")
@@ -148,7 +166,7 @@ class SilentConnections(ServiceTestCase):
 
 
 class AmbiguousRequests(ServiceTestCase):
-    def test_ambiguous_framing_and_content_are_refused(self):
+    def test_ambiguous_framing_and_content_are_refused(self) -> None:
         svc = self.sqlite_service(**CAPS).start()
         p = svc.port
         self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
@@ -210,7 +228,7 @@ class HeadLimit(ServiceTestCase):
     """One limit on the request head, 64 KiB as openapi.yaml documents,
     whether the head arrives in one write or in many."""
 
-    def test_the_head_limit_does_not_depend_on_segmentation(self):
+    def test_the_head_limit_does_not_depend_on_segmentation(self) -> None:
         svc = self.sqlite_service(**CAPS).start()
         p = svc.port
         self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
@@ -236,7 +254,7 @@ class ParserRejections(ServiceTestCase):
          431, "head_too_large"),
     ]
 
-    def test_parser_rejections_are_counted_and_logged_at_a_bounded_rate(self):
+    def test_parser_rejections_are_counted_and_logged_at_a_bounded_rate(self) -> None:
         svc = self.sqlite_service(**CAPS, KEEPALIVE_SECONDS=2).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
         for name, raw, status, _kind in self.BAD:
@@ -246,7 +264,7 @@ class ParserRejections(ServiceTestCase):
                 # hyper answers these itself, before routing (openapi.yaml says so).
                 self.assertFalse((resp.header("content-type") or "").startswith("application/problem+json"))
 
-        def counted():
+        def counted() -> bool:
             m = svc.metrics()
             return all(metric(m, "hello_birthday_http_parse_errors_total", kind=kind) >= 1 for *_, kind in self.BAD)
 
@@ -294,7 +312,7 @@ class Memory(ServiceTestCase):
             for s in socks:
                 s.close()
 
-    def test_memory_comes_back_after_connection_bursts(self):
+    def test_memory_comes_back_after_connection_bursts(self) -> None:
         raise_fd_limit(4 * self.CONNECTIONS)
         svc = self.sqlite_service().start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)

@@ -12,16 +12,20 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from harness import ROOT, ServiceTestCase, free_port, read_response, request, require, wait_until
+from harness import ROOT, Service, ServiceTestCase, free_port, read_response, request, require, wait_until
 
 # The fault build (tests/hardening/run.sh): its API accept loop can be wedged.
 FAULT_BIN = Path(os.environ.get("HELLO_FAULT_BIN", ROOT / "target" / "debug" / "hello-birthday-faults"))
 
 
-def json_lines(svc) -> list[dict]:
+def json_lines(svc: Service) -> list[dict[str, Any]]:
     out = []
     for raw in svc.logs().splitlines():
         try:
@@ -32,7 +36,7 @@ def json_lines(svc) -> list[dict]:
 
 
 class RequestIds(ServiceTestCase):
-    def haproxy(self, backend_port: int) -> tuple[int, object]:
+    def haproxy(self, backend_port: int) -> tuple[int, Callable[[], list[list[str]]]]:
         """HAProxy from deploy/local/haproxy.cfg.tmpl, one server; its port
         and a function returning its log's hb-req lines."""
         require(shutil.which("haproxy") is not None, "haproxy (scripts/setup.sh dev)")
@@ -51,7 +55,8 @@ class RequestIds(ServiceTestCase):
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.addCleanup(lambda: (proc.terminate(), proc.wait(10)))
+        self.addCleanup(proc.wait, 10)
+        self.addCleanup(proc.terminate)  # cleanups run last-added first
 
         def served() -> bool:
             try:
@@ -60,17 +65,17 @@ class RequestIds(ServiceTestCase):
                 return False
 
         wait_until(served, 10, what="HAProxy to route to the service")
-        return port, lambda: [l.split() for l in log_path.read_text().splitlines()
-                              if l.startswith("hb-req")]
+        return port, lambda: [line.split() for line in log_path.read_text().splitlines()
+                              if line.startswith("hb-req")]
 
-    def test_haproxys_logged_id_is_the_one_the_service_logs(self):
+    def test_haproxys_logged_id_is_the_one_the_service_logs(self) -> None:
         svc = self.sqlite_service(REQUEST_LOG="all").start()
         port, hb_lines = self.haproxy(svc.port)
         # A client's own id is replaced: HAProxy's log must name the request.
         answers = [request(port, "GET", "/hello/Nobody", headers={"X-Request-Id": "client-chosen"})
                    for _ in range(3)]
         self.assertTrue(all(a.status == 404 for a in answers))
-        ids = [a.header("x-request-id") for a in answers]
+        ids = [a.headers["x-request-id"] for a in answers]  # a missing id fails here
         self.assertEqual(len(set(ids)), 3, ids)
         self.assertNotIn("client-chosen", ids)
         wait_until(lambda: len([f for f in hb_lines() if f[6] == "/hello/Nobody"]) == 3, 10,
@@ -84,7 +89,7 @@ class RequestIds(ServiceTestCase):
         # The grammar the service accepts (else it would have made its own).
         self.assertTrue(all(not i.startswith("hb:") for i in ids), ids)
 
-    def test_an_albs_trace_id_root_is_the_request_id(self):
+    def test_an_albs_trace_id_root_is_the_request_id(self) -> None:
         svc = self.sqlite_service().start()
         root = "1-67891233-abcdef012345678912345678"
         amzn = f"Self=1-67891234-12456789abcdef0123456789;Root={root};Parent=53995c3f42cd8ad8;Sampled=1"
@@ -103,10 +108,10 @@ class RequestIds(ServiceTestCase):
 class RustLog(ServiceTestCase):
     """RUST_LOG, when set, is the filter; else LOG_LEVEL; else info."""
 
-    def debug_lines(self, svc) -> list[dict]:
+    def debug_lines(self, svc: Service) -> list[dict[str, Any]]:
         return [e for e in json_lines(svc) if e.get("level") == "DEBUG"]
 
-    def test_rust_log_takes_precedence_over_log_level(self):
+    def test_rust_log_takes_precedence_over_log_level(self) -> None:
         # The harness sets LOG_LEVEL=info: debug lines appear only by RUST_LOG.
         svc = self.sqlite_service().start()
         svc.stop()
@@ -122,7 +127,7 @@ class RustLog(ServiceTestCase):
         self.assertNotIn("DEBUG", levels)
         self.assertNotIn("INFO", levels, "RUST_LOG=warn silences LOG_LEVEL=debug")
 
-    def test_an_invalid_filter_names_its_variable_and_exits_2(self):
+    def test_an_invalid_filter_names_its_variable_and_exits_2(self) -> None:
         from harness import BIN
         env = {"PATH": os.environ["PATH"], "RUST_LOG": "hello_birthday=loud",
                "DATABASE_URL": f"sqlite://{self.tmp / 'x.sqlite'}", "PORT": "0", "METRICS_PORT": "0"}
@@ -140,26 +145,27 @@ class Notify(ServiceTestCase):
         sock.bind(path)
         sock.settimeout(0.2)
         got: list[tuple[float, str]] = []
-        stop = []
+        stop = threading.Event()
 
         def run() -> None:
-            while not stop:
+            while not stop.is_set():
                 try:
                     got.append((time.monotonic(), sock.recv(4096).decode()))
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return
 
-        import threading
         t = threading.Thread(target=run, daemon=True)
         t.start()
-        self.addCleanup(lambda: (stop.append(1), t.join(2), sock.close()))
+        self.addCleanup(sock.close)
+        self.addCleanup(t.join, 2)
+        self.addCleanup(stop.set)  # cleanups run last-added first
         return path, got
 
     PERIOD_S = 0.6
 
-    def watched(self, svc) -> tuple[object, list[tuple[float, str]]]:
+    def watched(self, svc: Service) -> tuple[Service, list[tuple[float, str]]]:
         """Starts `svc` under the test's notify socket and a watchdog, and
         returns it fed three times."""
         path, got = self.listener()
@@ -185,7 +191,7 @@ class Notify(ServiceTestCase):
         wait_until(lambda: max(self.feeds(got)) > starved_from + 3 * self.PERIOD_S, 10,
                    what="the watchdog to be fed again")
 
-    def test_ready_watchdog_stopping_in_order_and_a_wedged_writer_starves_the_watchdog(self):
+    def test_ready_watchdog_stopping_in_order_and_a_wedged_writer_starves_the_watchdog(self) -> None:
         db = self.tmp / "db.sqlite"
         svc, got = self.watched(self.sqlite_service(DB_TIMEOUT_MS="30000"))
         self.assertTrue(got[0][1].startswith("READY=1"), got[:2])
@@ -195,7 +201,6 @@ class Notify(ServiceTestCase):
         lock = sqlite3.connect(db, timeout=5, isolation_level=None)
         self.addCleanup(lock.close)
         lock.execute("BEGIN IMMEDIATE")
-        import threading
         put_status: list[int] = []
         writer = threading.Thread(target=lambda: put_status.append(request(
             svc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"}, timeout=60).status))
@@ -220,7 +225,7 @@ class Notify(ServiceTestCase):
         warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
         self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
 
-    def test_a_wedged_accept_loop_starves_the_watchdog(self):
+    def test_a_wedged_accept_loop_starves_the_watchdog(self) -> None:
         require(FAULT_BIN.exists(), f"fault build {FAULT_BIN} (tests/hardening/run.sh builds it)")
         wedge = self.tmp / "wedge-accept"
         svc = self.sqlite_service()
@@ -250,7 +255,7 @@ class Notify(ServiceTestCase):
         warned = [e for e in json_lines(svc) if e.get("message", "").startswith("watchdog not fed")]
         self.assertEqual(len(warned), 1, "one warning per wedge, not one per check")
 
-    def test_without_notify_socket_nothing_is_sent_and_it_still_serves(self):
+    def test_without_notify_socket_nothing_is_sent_and_it_still_serves(self) -> None:
         path, got = self.listener()
         svc = self.sqlite_service(WATCHDOG_USEC="200000").start()
         self.assertEqual(request(svc.port, "GET", "/healthz").status, 200)
@@ -258,10 +263,18 @@ class Notify(ServiceTestCase):
         self.assertEqual(got, [])
 
 
+@dataclass
+class Run:
+    """A service started by hand (SecretsFromFiles) and the port it serves on."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+
 class SecretsFromFiles(ServiceTestCase):
     """DATABASE_URL_FILE and systemd's LoadCredential= (CREDENTIALS_DIRECTORY)."""
 
-    def run_with(self, env: dict[str, str]) -> subprocess.Popen:
+    def run_with(self, env: dict[str, str]) -> Run:
         from harness import BIN, service_vars
         port = free_port()
         base = {k: v for k, v in os.environ.items() if k not in service_vars()}
@@ -272,27 +285,33 @@ class SecretsFromFiles(ServiceTestCase):
         proc = subprocess.Popen([str(BIN)], env=base, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=self.tmp)
         log.close()
-        self.addCleanup(lambda: (proc.poll() is None and proc.terminate(), proc.wait(15)))
-        proc.port = port  # type: ignore[attr-defined]
-        return proc
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(15)
 
-    def stored(self, db) -> list[str]:
+        self.addCleanup(stop)
+        return Run(proc, port)
+
+    def stored(self, db: Path) -> list[str]:
         with sqlite3.connect(db) as c:
             return [r[0] for r in c.execute("SELECT username FROM users")]
 
-    def put_through(self, proc) -> None:
+    def put_through(self, run: Run) -> None:
+        proc = run.proc
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"exited {proc.returncode}")
             try:
-                return request(proc.port, "GET", "/readyz", timeout=1).status == 200
+                return request(run.port, "GET", "/readyz", timeout=1).status == 200
             except OSError:
                 return False
         wait_until(ready, 20, what="the service to be ready")
-        resp = request(proc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"})
+        resp = request(run.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"})
         self.assertEqual(resp.status, 204)
 
-    def test_the_url_file_and_the_credential_name_the_database(self):
+    def test_the_url_file_and_the_credential_name_the_database(self) -> None:
         via_file, via_cred = self.tmp / "from-file.sqlite", self.tmp / "from-cred.sqlite"
         url_file = self.tmp / "database-url.txt"
         url_file.write_text(f"sqlite://{via_file}\n")
@@ -306,18 +325,18 @@ class SecretsFromFiles(ServiceTestCase):
         self.assertEqual(self.stored(via_cred), ["Alice"])
         # An env file that still sets DATABASE_URL wins over the credential, with a warning.
         via_env = self.tmp / "from-env.sqlite"
-        proc = self.run_with({"CREDENTIALS_DIRECTORY": str(creds), "DATABASE_URL": f"sqlite://{via_env}"})
-        self.put_through(proc)
+        run = self.run_with({"CREDENTIALS_DIRECTORY": str(creds), "DATABASE_URL": f"sqlite://{via_env}"})
+        self.put_through(run)
         self.assertEqual(self.stored(via_env), ["Alice"])
         wait_until(lambda: "credential database-url is not read"
-                   in (self.tmp / f"svc-{proc.port}.log").read_text(), 5, what="the warning")
+                   in (self.tmp / f"svc-{run.port}.log").read_text(), 5, what="the warning")
 
-    def test_two_sources_of_the_secret_are_refused(self):
+    def test_two_sources_of_the_secret_are_refused(self) -> None:
         url_file = self.tmp / "database-url.txt"
         url_file.write_text("postgres://u:s3cret@127.0.0.1:1/db")
-        proc = self.run_with({"DATABASE_URL_FILE": str(url_file),
-                              "DATABASE_URL": f"sqlite://{self.tmp / 'x.sqlite'}"})
-        self.assertEqual(proc.wait(15), 2)
-        out = (self.tmp / f"svc-{proc.port}.log").read_text()
+        run = self.run_with({"DATABASE_URL_FILE": str(url_file),
+                             "DATABASE_URL": f"sqlite://{self.tmp / 'x.sqlite'}"})
+        self.assertEqual(run.proc.wait(15), 2)
+        out = (self.tmp / f"svc-{run.port}.log").read_text()
         self.assertIn("both set", out)
         self.assertNotIn("s3cret", out)

@@ -26,7 +26,7 @@ class KillNine(ServiceTestCase):
         finally:
             con.close()
 
-    def test_kill9_under_put_load(self):
+    def test_kill9_under_put_load(self) -> None:
         rng = random.Random(9)  # reproducible kill times
         db = str(self.tmp / "crash.sqlite")
         svc = self.sqlite_service("crash.sqlite")
@@ -41,7 +41,11 @@ class KillNine(ServiceTestCase):
             self.assertEqual(missing, set(), f"cycle {cycle}: {len(missing)} acknowledged PUTs lost")
             load = Writers(lambda: svc.port, threads=4, prefix="c" + "abcdefghijklmnopqrstuvwxyz"[cycle % 26]
                            + "abcdefghijklmnopqrstuvwxyz"[cycle // 26]).start()
-            wait_until(lambda: load.count(204) >= 20, 10, what="PUT load to start")
+
+            def load_started(w: Writers = load) -> bool:
+                return w.count(204) >= 20
+
+            wait_until(load_started, 10, what="PUT load to start")
             time.sleep(rng.uniform(0.2, 0.8))  # kill at a random point of a running load
             svc.kill9()
             load.stop()

@@ -14,9 +14,7 @@ import threading
 import time
 import unittest
 
-from harness import (ServiceTestCase, Service, Writers, assert_problem, put_dob, request,
-                     require, wait_until)
-
+from harness import Response, Service, ServiceTestCase, Writers, assert_problem, put_dob, request, require, wait_until
 
 OUTAGE_SECONDS = 3
 
@@ -26,7 +24,7 @@ def readyz(port: int) -> int:
 
 
 class PostgresOutage(ServiceTestCase):
-    def test_outage_under_load(self):
+    def test_outage_under_load(self) -> None:
         pg = self.postgres()
         svc = Service(self.tmp, pg.url, env={"DB_TIMEOUT_MS": "500", "DB_POOL_SIZE": "4"})
         self.addCleanup(svc.stop)
@@ -48,9 +46,9 @@ class PostgresOutage(ServiceTestCase):
         self.assertEqual(request(svc.port, "GET", "/healthz").status, 200, "liveness needs no database")
         # Keep the database away for a while under load, not just an instant.
         # Readiness is sampled all along: not one 503 from a shared outage.
-        ready_statuses = []
+        ready_statuses: list[int] = []
 
-        def outage_lasted():
+        def outage_lasted() -> bool:
             ready_statuses.append(readyz(svc.port))
             return time.monotonic() - down_at >= OUTAGE_SECONDS
         wait_until(outage_lasted, OUTAGE_SECONDS + 2, interval=0.1, what="the outage to last")
@@ -85,7 +83,7 @@ class PostgresOutage(ServiceTestCase):
         for name in sorted(load.acked)[:: max(1, len(load.acked) // 50)]:
             self.assertEqual(request(svc.port, "GET", f"/hello/{name}").status, 200, name)
 
-    def test_locked_table_hits_the_deadline_with_503(self):
+    def test_locked_table_hits_the_deadline_with_503(self) -> None:
         pg = self.postgres()
         svc = Service(self.tmp, pg.url, env={"DB_TIMEOUT_MS": "500", "DB_POOL_SIZE": "2"})
         self.addCleanup(svc.stop)
@@ -104,10 +102,10 @@ class PostgresOutage(ServiceTestCase):
 
         # More concurrent requests than pool connections: some wait for the
         # pool, some for the lock; all must hit the deadline, not hang.
-        results: list = []
+        results: list[Response] = []
         lock = threading.Lock()
 
-        def one(i: int):
+        def one(i: int) -> None:
             r = (request(svc.port, "GET", "/hello/Alice", timeout=10) if i % 2
                  else put_dob(svc.port, "Alice", "1991-01-02", timeout=10))
             with lock:
@@ -154,7 +152,7 @@ class SqliteDiskFull(ServiceTestCase):
                     pass
         return filler
 
-    def test_disk_full(self):
+    def test_disk_full(self) -> None:
         mnt = self.mount_tmpfs("4m")
         db = os.path.join(mnt, "db.sqlite")
         svc = Service(self.tmp, f"sqlite://{db}")

@@ -20,9 +20,9 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 from harness import ServiceTestCase, Writers, assert_problem, put_dob, request, require, wait_until
-from pathlib import Path
 
 SHIM = Path(__file__).resolve().parent / "shim" / "fsync_fail.c"
 FAULT_SECONDS = 1.5
@@ -48,7 +48,7 @@ class FsyncFailure(ServiceTestCase):
     def failures(self, log: Path) -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
 
-    def test_fsync_eio_under_put_load(self):
+    def test_fsync_eio_under_put_load(self) -> None:
         shim = self.build_shim()
         flag, log, db = self.tmp / "fsync.flag", self.tmp / "fsync.log", self.tmp / "fsync.sqlite"
         svc = self.sqlite_service("fsync.sqlite")

@@ -12,7 +12,7 @@ from harness import ROOT, STANDARD_VARS, Service, ServiceTestCase, service_vars
 
 
 class ServiceVariables(ServiceTestCase):
-    def test_the_list_is_the_services_config(self):
+    def test_the_list_is_the_services_config(self) -> None:
         # Each `env = "NAME"` in src/config.rs, read independently of --help.
         source = (ROOT / "src" / "config.rs").read_text()
         declared = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', source))
@@ -23,7 +23,7 @@ class ServiceVariables(ServiceTestCase):
                      "BODY_TIMEOUT_SECONDS"):
             self.assertIn(name, service_vars())
 
-    def test_an_unknown_variable_fails_the_start(self):
+    def test_an_unknown_variable_fails_the_start(self) -> None:
         svc = Service(Path(self.tmp), f"sqlite://{self.tmp / 'db.sqlite'}",
                       env={"HEADER_READ_TIMEOUT_SECONDS": "8"})
         self.addCleanup(svc.stop)

@@ -15,11 +15,12 @@ import sqlite3
 import struct
 import time
 import unittest
+from typing import Any
 
-from harness import ServiceTestCase, metric, put_dob, read_response, request, wait_until
+from harness import Service, ServiceTestCase, metric, put_dob, read_response, request, wait_until
 
 
-def lines(svc) -> list[dict]:
+def lines(svc: Service) -> list[dict[str, Any]]:
     out = []
     for raw in svc.logs().splitlines():
         try:
@@ -29,16 +30,16 @@ def lines(svc) -> list[dict]:
     return out
 
 
-def request_lines(svc) -> list[dict]:
+def request_lines(svc: Service) -> list[dict[str, Any]]:
     return [e for e in lines(svc) if e.get("message") == "request"]
 
 
-def summaries(svc) -> list[dict]:
+def summaries(svc: Service) -> list[dict[str, Any]]:
     return [e for e in lines(svc) if e.get("message") == "request summary"]
 
 
 class RequestLogPolicy(ServiceTestCase):
-    def test_default_logs_errors_and_slow_requests_and_counts_the_rest(self):
+    def test_default_logs_errors_and_slow_requests_and_counts_the_rest(self) -> None:
         svc = self.sqlite_service(LOG_SUMMARY_SECONDS="1", SLOW_REQUEST_MS="300").start()
         p = svc.port
         self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
@@ -69,7 +70,7 @@ class RequestLogPolicy(ServiceTestCase):
         self.assertEqual(total["client_errors"], 2)
         self.assertEqual(total["slow"], 1)
 
-    def test_error_lines_are_capped_and_what_is_left_out_is_counted(self):
+    def test_error_lines_are_capped_and_what_is_left_out_is_counted(self) -> None:
         svc = self.sqlite_service(LOG_SUMMARY_SECONDS="1").start()
         p = svc.port
         started = time.monotonic()
@@ -89,7 +90,7 @@ class RequestLogPolicy(ServiceTestCase):
             self.assertGreater(suppressed, 0, "a burst within one second must be capped")
         self.report(f"{n} 404s in {seconds:.2f} s: {written} lines, {suppressed} counted")
 
-    def test_the_last_partial_window_is_summarised_at_shutdown(self):
+    def test_the_last_partial_window_is_summarised_at_shutdown(self) -> None:
         svc = self.sqlite_service(LOG_SUMMARY_SECONDS="3600").start()
         p = svc.port
         self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
@@ -102,7 +103,7 @@ class RequestLogPolicy(ServiceTestCase):
         self.assertGreaterEqual(got[0]["ok"], 6)
         self.assertEqual(got[0]["client_errors"], 1)
 
-    def test_all_writes_a_line_per_request(self):
+    def test_all_writes_a_line_per_request(self) -> None:
         svc = self.sqlite_service(REQUEST_LOG="all").start()
         p = svc.port
         self.assertEqual(put_dob(p, "Alice", "1990-01-02").status, 204)
@@ -127,7 +128,7 @@ class RequestTraces(ServiceTestCase):
 
     HALF = 10
 
-    def test_half_closed_writes_are_answered_counted_and_logged(self):
+    def test_half_closed_writes_are_answered_counted_and_logged(self) -> None:
         svc = self.sqlite_service(REQUEST_LOG="all").start()
         p = svc.port
         for i in range(self.HALF):
@@ -156,11 +157,11 @@ class RequestTraces(ServiceTestCase):
         lock.execute("BEGIN IMMEDIATE")
         return lock
 
-    def in_flight(self, svc, n: int) -> None:
+    def in_flight(self, svc: Service, n: int) -> None:
         wait_until(lambda: metric(svc.metrics(), "http_server_active_requests") >= n, 10,
                    what=f"{n} request(s) in flight")
 
-    def test_a_write_whose_client_resets_is_applied_and_counted(self):
+    def test_a_write_whose_client_resets_is_applied_and_counted(self) -> None:
         svc = self.sqlite_service(DB_TIMEOUT_MS=20000, REQUEST_TIMEOUT_SECONDS=30).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
         lock = self.hold_the_write_lock()
@@ -177,7 +178,7 @@ class RequestTraces(ServiceTestCase):
         self.assertEqual(metric(m, "http_server_request_duration_seconds_count", http_request_method="PUT"), 2,
                          "an applied write whose client reset its connection is not counted")
 
-    def test_requests_cut_off_at_the_shutdown_deadline_are_counted_and_logged_as_499(self):
+    def test_requests_cut_off_at_the_shutdown_deadline_are_counted_and_logged_as_499(self) -> None:
         svc = self.sqlite_service(DB_TIMEOUT_MS=10000, REQUEST_TIMEOUT_SECONDS=30, SHUTDOWN_TIMEOUT_SECONDS=1,
                                   DRAIN_SECONDS=0).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
@@ -186,14 +187,14 @@ class RequestTraces(ServiceTestCase):
         self.addCleanup(s.close)
         s.sendall(put_bytes("Cutoff"))
         self.in_flight(svc, 1)
-        svc.proc.send_signal(signal.SIGTERM)
+        svc.running().send_signal(signal.SIGTERM)
 
-        def cut():
+        def cut() -> list[dict[str, Any]]:
             return [e for e in request_lines(svc) if e["status"] == 499]
 
         found = wait_until(cut, 10, what="a 499 line for the PUT cut off at the shutdown deadline")
         lock.execute("ROLLBACK")
-        self.assertEqual(svc.proc.wait(15), 0)
+        self.assertEqual(svc.running().wait(15), 0)
         self.assertEqual([(e["method"], e["route"]) for e in found], [("PUT", "/hello/{username}")])
         # Its write was queued before the cut and applied afterwards: the
         # 499 line is the only trace of it, which is why it must be there.

@@ -15,8 +15,7 @@ import subprocess
 import time
 import unittest
 
-from harness import (BIN, Service, ServiceTestCase, free_port, metric, raise_fd_limit, request,
-                     service_vars, wait_until)
+from harness import BIN, Service, ServiceTestCase, close_all, free_port, metric, raise_fd_limit, request, service_vars, wait_until
 
 SLACK = 2.5  # seconds past a deadline for a close to be seen (debug build, shared host)
 
@@ -25,7 +24,7 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.001)
     try:
         return s.recv(4096) == b""
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         return True
@@ -58,7 +57,7 @@ class MetricsPort(ServiceTestCase):
     IDLE = 300  # silent connections to the metrics port
     NOFILE = 256  # the service's open-files limit
 
-    def test_idle_connections_to_the_metrics_port_cannot_starve_the_api(self):
+    def test_idle_connections_to_the_metrics_port_cannot_starve_the_api(self) -> None:
         raise_fd_limit(4 * self.IDLE)
         svc = Service(self.tmp, f"sqlite://{self.tmp / 'db.sqlite'}", nofile=self.NOFILE,
                       env={"FIRST_REQUEST_TIMEOUT_SECONDS": "60"})
@@ -66,8 +65,8 @@ class MetricsPort(ServiceTestCase):
         svc.start()
         self.assertEqual(request(svc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"}).status,
                          204)
-        idle = []
-        self.addCleanup(lambda: [s.close() for s in idle])
+        idle: list[socket.socket] = []
+        self.addCleanup(close_all, idle)
         t0 = time.monotonic()
         for _ in range(self.IDLE):
             idle.append(socket.create_connection(("127.0.0.1", svc.metrics_port), timeout=5))
@@ -90,7 +89,7 @@ class MetricsPort(ServiceTestCase):
                     f"{time.monotonic() - t0:.1f}s: {evicted:.0f} closed for room, API GET/PUT/healthz/readyz "
                     f"answered (slowest {slowest * 1000:.0f}ms), a scrape in {scrape_s * 1000:.0f}ms")
 
-    def test_metrics_port_first_request_deadline_and_one_request_per_connection(self):
+    def test_metrics_port_first_request_deadline_and_one_request_per_connection(self) -> None:
         svc = self.sqlite_service(FIRST_REQUEST_TIMEOUT_SECONDS=1).start()
         silent = socket.create_connection(("127.0.0.1", svc.metrics_port))
         half = socket.create_connection(("127.0.0.1", svc.metrics_port))
@@ -112,21 +111,21 @@ class MetricsPort(ServiceTestCase):
                                        reason="first_request_timeout"), 2)
         self.report(f"silent and half-sent metrics connections closed after {took:.1f}s")
 
-    def test_accept_errors_are_logged_at_a_bounded_rate(self):
+    def test_accept_errors_are_logged_at_a_bounded_rate(self) -> None:
         # The open-files limit lowered under a running service (as if some
         # other part of the process held the files): accepts fail with EMFILE.
         raise_fd_limit(4096)
         svc = self.sqlite_service().start()
         self.assertEqual(request(svc.port, "GET", "/healthz").status, 200)
         fds = int(metric(svc.metrics(), "process_open_fds"))
-        resource.prlimit(svc.proc.pid, resource.RLIMIT_NOFILE, (fds + 20, fds + 20))
-        socks = []
-        self.addCleanup(lambda: [s.close() for s in socks])
+        resource.prlimit(svc.running().pid, resource.RLIMIT_NOFILE, (fds + 20, fds + 20))
+        socks: list[socket.socket] = []
+        self.addCleanup(close_all, socks)
         t0 = time.monotonic()
         for _ in range(200):
             socks.append(socket.create_connection(("127.0.0.1", svc.port), timeout=5))
 
-        def failing():
+        def failing() -> bool:
             return svc.logs().count("accept failed") >= 1
 
         wait_until(failing, 5, what="accepts to fail with EMFILE")
@@ -145,7 +144,7 @@ class MetricsPort(ServiceTestCase):
 
 
 class MetricsAddress(ServiceTestCase):
-    def test_metrics_listen_on_loopback_unless_configured(self):
+    def test_metrics_listen_on_loopback_unless_configured(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in service_vars()}
         port, mport = free_port(), free_port()
         # The API on another loopback address: the metrics listener does not follow it.

@@ -13,8 +13,17 @@ import threading
 import time
 import unittest
 
-from harness import (ServiceTestCase, assert_problem, put_dob, raise_fd_limit, raw_request, read_response,
-                     request, wait_until)
+from harness import (
+    ServiceTestCase,
+    assert_problem,
+    close_all,
+    put_dob,
+    raise_fd_limit,
+    raw_request,
+    read_response,
+    request,
+    wait_until,
+)
 
 SLOW_CLIENTS = 1000
 # Above the time it takes to open the whole crowd (3 to 6 s here), so all of
@@ -41,7 +50,7 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.001)
     try:
         data = s.recv(4096)
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         return True
@@ -50,14 +59,16 @@ def closed_by_peer(s: socket.socket) -> bool:
 
 
 class SlowClients(ServiceTestCase):
-    def test_slowloris_does_not_starve_normal_requests(self):
+    def test_slowloris_does_not_starve_normal_requests(self) -> None:
         limit = raise_fd_limit(4 * SLOW_CLIENTS + 256)
         self.assertGreater(limit, 2 * SLOW_CLIENTS + 64, "fd limit too low for this test")
         svc = self.sqlite_service(FIRST_REQUEST_TIMEOUT_SECONDS=FIRST_REQUEST_TIMEOUT).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
 
-        idle, partial = [], []
-        self.addCleanup(lambda: [s.close() for s in idle + partial])
+        idle: list[socket.socket] = []
+        partial: list[socket.socket] = []
+        self.addCleanup(close_all, partial)
+        self.addCleanup(close_all, idle)
         t0 = time.monotonic()
         for i in range(SLOW_CLIENTS):
             s = connect(svc.port)
@@ -85,11 +96,11 @@ class SlowClients(ServiceTestCase):
         self.assertLess(p99, P99_TARGET)
 
         # The first-request deadline frees both kinds (holding them is the attack).
-        def all_closed(socks):
-            return all(closed_by_peer(s) for s in socks)
-
         for kind, socks in (("half-sent", partial), ("idle", idle)):
-            wait_until(lambda socks=socks: all_closed(socks), last_sent + FIRST_REQUEST_TIMEOUT + SLACK - time.monotonic(),
+            def all_closed(socks: list[socket.socket] = socks) -> bool:
+                return all(closed_by_peer(s) for s in socks)
+
+            wait_until(all_closed, last_sent + FIRST_REQUEST_TIMEOUT + SLACK - time.monotonic(),
                        interval=0.2,
                        what=f"{kind} connections to be closed (FIRST_REQUEST_TIMEOUT_SECONDS={FIRST_REQUEST_TIMEOUT})")
             self.report(f"{kind} connections all closed {time.monotonic() - last_sent:.1f}s after the last was "
@@ -100,11 +111,11 @@ class SlowClients(ServiceTestCase):
 class Limits(ServiceTestCase):
     """Every input is bounded: body size, header size and header count."""
 
-    def setUp(self):
+    def setUp(self) -> None:
         super().setUp()
         self.svc = self.sqlite_service().start()
 
-    def test_body_over_4k_is_413_and_stores_nothing(self):
+    def test_body_over_4k_is_413_and_stores_nothing(self) -> None:
         p = self.svc.port
         big = b'{"dateOfBirth": "1990-01-02", "pad": "' + b"x" * 5000 + b'"}'
         assert_problem(self, request(p, "PUT", "/hello/Big", body=big,
@@ -122,7 +133,7 @@ class Limits(ServiceTestCase):
         self.assertLess(time.monotonic() - t0, 2)
         self.assertEqual(request(p, "GET", "/hello/Big").status, 404, "a rejected PUT stored something")
 
-    def test_header_size_and_count_are_bounded(self):
+    def test_header_size_and_count_are_bounded(self) -> None:
         p = self.svc.port
         many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
         huge = b"X-Big: " + b"a" * (128 * 1024) + b"\r\n"
@@ -160,20 +171,20 @@ class Shedding(ServiceTestCase):
             socks.append(s)
         return socks
 
-    def test_sheds_with_503_and_recovers(self):
+    def test_sheds_with_503_and_recovers(self) -> None:
         svc = self.sqlite_service(MAX_CONCURRENT_REQUESTS=self.LIMIT, REQUEST_TIMEOUT_SECONDS=30,
                                   DB_TIMEOUT_MS=30000).start()
         self.assertEqual(put_dob(svc.port, "Alice", "1990-01-02").status, 204)
 
         lock = self.lock_writes()
         slow = self.hold_blocked_puts(svc.port, self.LIMIT + 4)
-        self.addCleanup(lambda: [s.close() for s in slow])
+        self.addCleanup(close_all, slow)
 
         # Wait for the 4 PUTs beyond the limit to be shed before sending
         # anything else: a GET sent while the PUTs are still being accepted
         # could hold a slot for a moment, have a fifth PUT shed, and leave
         # only LIMIT - 1 slots held.
-        def shed_puts():
+        def shed_puts() -> bool:
             readable, _, _ = select.select(slow, [], [], 0)
             return len(readable) >= 4
 
@@ -195,7 +206,7 @@ class Shedding(ServiceTestCase):
         statuses: list[int] = []
         mutex = threading.Lock()
 
-        def burst():
+        def burst() -> None:
             for _ in range(10):
                 st = request(svc.port, "PUT", "/hello/Bob", body={"dateOfBirth": "1990-01-02"}).status
                 with mutex:
@@ -226,7 +237,7 @@ class Shedding(ServiceTestCase):
         self.assertGreaterEqual(float(shed_lines[0].split()[-1]), 50 + len(statuses))
         self.assertNotRegex(m, r'http_server_request_duration_seconds_count\{[^}]*http_response_status_code="500"')
 
-    def test_handler_overrunning_its_deadline_is_503(self):
+    def test_handler_overrunning_its_deadline_is_503(self) -> None:
         svc = self.sqlite_service(REQUEST_TIMEOUT_SECONDS=1, DB_TIMEOUT_MS=10000).start()
         self.lock_writes()
         (s,) = self.hold_blocked_puts(svc.port, 1)
@@ -240,7 +251,7 @@ class Shedding(ServiceTestCase):
         self.assertEqual(resp.json()["type"], "urn:hello-birthday:problem:timeout")
         self.assertLess(waited, 5)
 
-    def test_stalled_body_is_408_not_503(self):
+    def test_stalled_body_is_408_not_503(self) -> None:
         svc = self.sqlite_service(BODY_TIMEOUT_SECONDS=1, REQUEST_TIMEOUT_SECONDS=30).start()
         s = connect(svc.port)
         self.addCleanup(s.close)

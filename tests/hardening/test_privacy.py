@@ -53,7 +53,7 @@ def mode(path: Path) -> int:
 class PutMany:
     """PUT and DELETE over one keep-alive connection."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
     def put(self, user: str, dob: str) -> None:
@@ -86,7 +86,7 @@ class SqliteErasure(ServiceTestCase):
             client.put(user, date(1931, i))  # the old dates, 1931
         return keep, gone, changed
 
-    def test_delete_and_date_change_leave_no_copy_in_the_live_files(self):
+    def test_delete_and_date_change_leave_no_copy_in_the_live_files(self) -> None:
         svc = self.sqlite_service("data/hb.db").start()
         data = self.tmp / "data"
         keep, gone, changed = self.populate(svc.port)
@@ -121,7 +121,7 @@ class SqliteErasure(ServiceTestCase):
         self.report(f"{GONE} users erased and {CHANGED} dates changed among {KEEP}: none of their "
                     f"old values in {', '.join(live)} at the 204, nor in the file after shutdown")
 
-    def test_an_erasure_blocked_by_a_reader_completes_when_it_lets_go(self):
+    def test_an_erasure_blocked_by_a_reader_completes_when_it_lets_go(self) -> None:
         svc = self.sqlite_service("hb.db").start()
         client = PutMany(svc.port)
         self.addCleanup(client.close)
@@ -149,12 +149,12 @@ class SqliteErasure(ServiceTestCase):
 class FilePermissions(ServiceTestCase):
     """The database is for the service's user only, whatever the umask."""
 
-    def setUp(self):
+    def setUp(self) -> None:
         super().setUp()
         old = os.umask(0o022)  # the usual default, which made everything 0644
         self.addCleanup(os.umask, old)
 
-    def test_created_private_whatever_the_umask(self):
+    def test_created_private_whatever_the_umask(self) -> None:
         svc = self.sqlite_service("data/db/hb.db").start()
         self.assertEqual(request(svc.port, "PUT", "/hello/Alice", body={"dateOfBirth": "1990-01-02"}).status,
                          204)
@@ -165,14 +165,14 @@ class FilePermissions(ServiceTestCase):
         self.assertEqual({p.name: oct(m) for p, m in files.items()}, {p.name: oct(m) for p, m in want.items()})
         self.report("umask 022: " + ", ".join(f"{p.name} {m:04o}" for p, m in files.items()))
 
-    def refused(self, svc, because: str) -> str:
+    def refused(self, svc: Service, because: str) -> str:
         with self.assertRaises(AssertionError, msg=f"the service started although {because}"):
             svc.start(ready_timeout=20)
-        self.assertIsNotNone(svc.proc.poll())
-        self.assertNotEqual(svc.proc.returncode, 0)
+        self.assertIsNotNone(svc.running().poll())
+        self.assertNotEqual(svc.running().returncode, 0)
         return svc.logs()
 
-    def test_refuses_files_and_directories_others_can_reach(self):
+    def test_refuses_files_and_directories_others_can_reach(self) -> None:
         db = self.tmp / "data" / "hb.db"
         svc = self.sqlite_service("data/hb.db").start()
         self.assertEqual(svc.stop(), 0)
@@ -206,7 +206,7 @@ class FilePermissions(ServiceTestCase):
                    what="the warning about a listable directory")
         self.report(f"{len(checks) + 1} unsafe modes refused with exit status != 0; a listable directory warned")
 
-    def test_backups_and_restores_are_private(self):
+    def test_backups_and_restores_are_private(self) -> None:
         for tool in ("sqlite3", "jq"):
             require(shutil.which(tool) is not None, tool)
         svc = self.sqlite_service("data/hb.db").start()
@@ -238,7 +238,7 @@ class PostgresVacuum(ServiceTestCase):
     """A single DELETE gets its dead row vacuumed by autovacuum (the
     defaults wait for 50 dead rows plus 20 % of the table)."""
 
-    def test_one_erased_row_is_vacuumed_at_the_next_autovacuum_round(self):
+    def test_one_erased_row_is_vacuumed_at_the_next_autovacuum_round(self) -> None:
         pg = self.postgres()
         # A one-second round instead of the default minute, to keep the test short.
         pg.psql("ALTER SYSTEM SET autovacuum_naptime = '1s'")
@@ -260,7 +260,7 @@ class PostgresVacuum(ServiceTestCase):
         query = ("SELECT n_dead_tup, coalesce(autovacuum_count, 0) FROM pg_stat_user_tables "
                  "WHERE relname = 'users'")
 
-        def vacuumed():
+        def vacuumed() -> bool:
             dead, count = (int(x) for x in pg.psql(query).strip().split("|"))
             return dead == 0 and count > before
 

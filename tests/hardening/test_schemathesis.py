@@ -64,11 +64,11 @@ class Schemathesis(ServiceTestCase):
         logs = svc.logs()
         self.assertNotIn("panicked", logs, "a panic was logged during the run")
 
-    def test_sqlite(self):
+    def test_sqlite(self) -> None:
         svc = self.sqlite_service().start()
         self.run_schemathesis(svc, "sqlite")
 
-    def test_postgres(self):
+    def test_postgres(self) -> None:
         pg = self.postgres()
         svc = Service(self.tmp, pg.url)
         self.addCleanup(svc.stop)

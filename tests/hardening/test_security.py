@@ -8,7 +8,7 @@ import re
 import subprocess
 import unittest
 
-from harness import BIN, Service, ServiceTestCase, put_dob, request, require, wait_until
+from harness import BIN, Response, Service, ServiceTestCase, put_dob, request, require, wait_until
 
 SECRET = "SECRETPASS"
 SECRET_URL = f"postgres://user:{SECRET}@127.0.0.1:1/db"
@@ -18,11 +18,11 @@ DATES = ["1911-11-11", "1937-03-17", "1964-08-29", "2001-02-28", "1988-12-31"]
 
 
 class SecurityHeaders(ServiceTestCase):
-    def setUp(self):
+    def setUp(self) -> None:
         super().setUp()
         self.svc = self.sqlite_service().start()
 
-    def responses(self):
+    def responses(self) -> dict[str, Response]:
         p = self.svc.port
         return {
             "PUT 204": put_dob(p, "Alice", "1990-01-02"),
@@ -37,7 +37,7 @@ class SecurityHeaders(ServiceTestCase):
             "readyz": request(p, "GET", "/readyz"),
         }
 
-    def test_headers_on_every_response(self):
+    def test_headers_on_every_response(self) -> None:
         for name, resp in self.responses().items():
             with self.subTest(name):
                 self.assertEqual(resp.header("x-content-type-options"), "nosniff", name)
@@ -47,7 +47,7 @@ class SecurityHeaders(ServiceTestCase):
                 self.assertFalse(server and re.search(r"\d", server), f"{name}: Server: {server}")
                 self.assertIsNone(resp.header("x-powered-by"), name)
 
-    def test_request_ids_tell_client_from_server(self):
+    def test_request_ids_tell_client_from_server(self) -> None:
         p = self.svc.port
         generated = re.compile(r"^hb:[0-9a-f]+-[0-9a-f]+$")
         # A well-formed client id is kept: tracing across the load balancer needs it.
@@ -58,14 +58,14 @@ class SecurityHeaders(ServiceTestCase):
         ids = set()
         for theirs in (None, "hb:00000000-1", "a b", "x" * 129, "é"):
             headers = {} if theirs is None else {"X-Request-Id": theirs.encode("utf-8")}
-            got = request(p, "GET", "/healthz", headers=headers).header("x-request-id")
+            got = request(p, "GET", "/healthz", headers=headers).headers["x-request-id"]
             with self.subTest(theirs=theirs):
                 self.assertRegex(got, generated)
                 self.assertNotEqual(got, theirs)
             ids.add(got)
         self.assertEqual(len(ids), 5, "generated ids must be unique")
 
-    def test_no_cors_by_default(self):
+    def test_no_cors_by_default(self) -> None:
         p = self.svc.port
         origin = {"Origin": "https://evil.example"}
         preflight = request(p, "OPTIONS", "/hello/Alice", headers={
@@ -79,7 +79,7 @@ class SecurityHeaders(ServiceTestCase):
 
 
 class Secrets(ServiceTestCase):
-    def test_password_not_in_help_or_version(self):
+    def test_password_not_in_help_or_version(self) -> None:
         require(BIN.exists(), f"service binary {BIN}")
         for args in (["--help"], ["--version"]):
             out = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=30,
@@ -90,7 +90,7 @@ class Secrets(ServiceTestCase):
         out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=30)
         self.assertIn("DATABASE_URL", out.stdout, "--help should name the variable")
 
-    def test_password_not_in_startup_failure(self):
+    def test_password_not_in_startup_failure(self) -> None:
         # Port 1 refuses connections: the service serves (not ready) and keeps
         # connecting, logging why at every attempt (docs/decisions.md).
         require(BIN.exists(), f"service binary {BIN}")
@@ -107,7 +107,7 @@ class Secrets(ServiceTestCase):
         proc.wait(timeout=30)
         self.assertNotIn(SECRET, log.read_text(errors="replace"))
 
-    def test_password_not_in_logs_bodies_or_metrics(self):
+    def test_password_not_in_logs_bodies_or_metrics(self) -> None:
         pg = self.postgres()  # trust authentication: any password is accepted
         url = pg.url.replace(":pw@", f":{SECRET}@")
         svc = Service(self.tmp, url, env={"LOG_LEVEL": "debug", "DB_TIMEOUT_MS": "300"})
@@ -135,7 +135,7 @@ class Secrets(ServiceTestCase):
 
 
 class PersonalData(ServiceTestCase):
-    def test_no_date_of_birth_in_logs(self):
+    def test_no_date_of_birth_in_logs(self) -> None:
         # Every request gets a line here: the test is about what a line may hold.
         svc = self.sqlite_service(LOG_LEVEL="debug", REQUEST_LOG="all").start()
         p = svc.port
@@ -155,7 +155,7 @@ class PersonalData(ServiceTestCase):
                 self.assertNotIn(dob.replace("-", ""), logs)
         self.report(f"{len(logs.splitlines())} log lines at debug level, no date of birth")
 
-    def test_production_logs_name_routes_not_users(self):
+    def test_production_logs_name_routes_not_users(self) -> None:
         # At the production level a request line carries the route template,
         # so neither usernames nor dates reach the log pipeline.
         svc = self.sqlite_service(LOG_LEVEL="info", REQUEST_LOG="all").start()

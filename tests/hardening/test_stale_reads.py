@@ -25,7 +25,10 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ROOT, ServiceTestCase, Service, put_dob, request, require
+from harness import ROOT, Response, Service, ServiceTestCase, put_dob, request, require
+
+# When an answer came: its monotonic time and the UTC days at send and answer.
+Done = tuple[float, dt.date, dt.date]
 
 FAULT_BIN = Path(os.environ.get("HELLO_FAULT_BIN",
                                 ROOT / "target" / "debug" / "hello-birthday-faults"))
@@ -74,9 +77,10 @@ def find_stale(history: list[Op]) -> list[str]:
     problems = []
     for user in {op.user for op in history}:
         ops = [op for op in history if op.user == user]
-        acked = sorted((op for op in ops if op.kind == "put" and op.ok and op.end is not None),
-                       key=lambda op: op.end)
-        ends = [op.end for op in acked]
+        acked_at = sorted(((op.end, op) for op in ops if op.kind == "put" and op.ok and op.end is not None),
+                          key=lambda end_op: end_op[0])
+        acked = [op for _, op in acked_at]
+        ends = [end for end, _ in acked_at]
         # latest[i]: the latest start among the first i acknowledged writes.
         latest = [float("-inf")]
         for op in acked:
@@ -105,7 +109,7 @@ def find_stale(history: list[Op]) -> list[str]:
 class Clients:
     """CLIENTS threads with keep-alive connections to every instance."""
 
-    def __init__(self, ports: list[int], seed: int):
+    def __init__(self, ports: list[int], seed: int) -> None:
         self.ports = ports
         self.seed = seed
         self.history: list[Op] = []
@@ -124,10 +128,10 @@ class Clients:
         rng = random.Random(self.seed * 100 + n)
         conns: dict[int, http.client.HTTPConnection] = {}
 
-        def call(i: int, method: str, user: str, k: int | None):
+        def call(i: int, method: str, user: str, k: int | None) -> tuple[Response | None, float, Done | None]:
             conn = conns.get(i) or http.client.HTTPConnection("127.0.0.1", self.ports[i], timeout=10)
             conns[i] = conn
-            start_day = dt.datetime.now(dt.timezone.utc).date()
+            start_day = dt.datetime.now(dt.UTC).date()
             start = time.monotonic()
             try:
                 if method == "PUT":
@@ -141,7 +145,7 @@ class Clients:
                 self.errors.append(f"{method} {user} on {i}: {exc!r}")
                 return None, start, None
             end = time.monotonic()
-            end_day = dt.datetime.now(dt.timezone.utc).date()
+            end_day = dt.datetime.now(dt.UTC).date()
             return resp, start, (end, start_day, end_day)
 
         previous: int | None = None
@@ -156,20 +160,20 @@ class Clients:
             self._record(Op("put", user, start, done[0] if done else None, ok, frozenset({value_of(k)}), i))
             previous = i if ok else None
             # The same user on the other instance, then anyone anywhere.
-            for user, i in ((user, 1 - i), (rng.choice(USERS), rng.randrange(len(self.ports)))):
-                resp, start, done = call(i, "GET", user, None)
+            for get_user, j in ((user, 1 - i), (rng.choice(USERS), rng.randrange(len(self.ports)))):
+                resp, start, done = call(j, "GET", get_user, None)
                 if resp is None or done is None:
-                    self._record(Op("get", user, start, None, False, frozenset(), i))
+                    self._record(Op("get", get_user, start, None, False, frozenset(), j))
                     continue
                 if resp.status == 200:
                     values = read_values(resp.json()["message"], done[1], done[2])
                 elif resp.status == 404:
                     values = frozenset()
                 else:
-                    self.errors.append(f"GET {user} on {i}: {resp.status} {resp.body[:200]!r}")
-                    self._record(Op("get", user, start, done[0], False, frozenset(), i))
+                    self.errors.append(f"GET {get_user} on {j}: {resp.status} {resp.body[:200]!r}")
+                    self._record(Op("get", get_user, start, done[0], False, frozenset(), j))
                     continue
-                self._record(Op("get", user, start, done[0], True, values, i, previous))
+                self._record(Op("get", get_user, start, done[0], True, values, j, previous))
                 previous = None
         for conn in conns.values():
             conn.close()
@@ -201,26 +205,26 @@ class CheckerSelfTest(unittest.TestCase):
     def get(k: int | None, start: float, end: float) -> Op:
         return Op("get", "Ann", start, end, True, frozenset({value_of(k)}) if k is not None else frozenset(), 1)
 
-    def test_stale_value_is_found(self):
+    def test_stale_value_is_found(self) -> None:
         h = [self.put(0, 0, 1), self.put(1, 2, 3), self.get(0, 4, 5)]
         self.assertEqual(len(find_stale(h)), 1)
 
-    def test_404_after_a_write_is_found(self):
+    def test_404_after_a_write_is_found(self) -> None:
         self.assertEqual(len(find_stale([self.put(0, 0, 1), self.get(None, 2, 3)])), 1)
 
-    def test_value_never_written_is_found(self):
+    def test_value_never_written_is_found(self) -> None:
         self.assertEqual(len(find_stale([self.put(0, 0, 1), self.get(5, 2, 3)])), 1)
 
-    def test_concurrent_writes_may_be_read_either_way(self):
+    def test_concurrent_writes_may_be_read_either_way(self) -> None:
         # Two overlapping writes: either may be last.
         h = [self.put(0, 0, 3), self.put(1, 1, 2), self.get(0, 4, 5), self.get(1, 6, 7)]
         self.assertEqual(find_stale(h), [])
 
-    def test_read_overlapping_a_write_may_see_the_old_value(self):
+    def test_read_overlapping_a_write_may_see_the_old_value(self) -> None:
         h = [self.put(0, 0, 1), self.put(1, 2, 5), self.get(0, 3, 4), self.get(1, 3, 6)]
         self.assertEqual(find_stale(h), [])
 
-    def test_write_with_unknown_outcome_may_have_happened(self):
+    def test_write_with_unknown_outcome_may_have_happened(self) -> None:
         h = [self.put(0, 0, 1), self.put(1, 2, None, ok=False), self.get(1, 3, 4)]
         self.assertEqual(find_stale(h), [])
 
@@ -259,15 +263,15 @@ class StaleReads(ServiceTestCase):
             services.append(s)
         return services
 
-    def test_sqlite_two_processes_one_file(self):
+    def test_sqlite_two_processes_one_file(self) -> None:
         stale = self.check("SQLite, two processes", *self.history(self.sqlite_pair(), 1))
         self.assertEqual(stale, [], "\n".join(stale[:10]))
 
-    def test_postgres_two_instances(self):
+    def test_postgres_two_instances(self) -> None:
         stale = self.check("PostgreSQL, two instances", *self.history(self.postgres_pair(), 2))
         self.assertEqual(stale, [], "\n".join(stale[:10]))
 
-    def test_checker_catches_a_caching_store(self):
+    def test_checker_catches_a_caching_store(self) -> None:
         """The same histories against the write-through cache build: the
         checker must find stale reads on both backends."""
         require(FAULT_BIN.exists(), f"fault build {FAULT_BIN} (tests/hardening/run.sh builds it)")
