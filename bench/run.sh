@@ -74,7 +74,7 @@ main() {
       --runs|--duration|--warmup|--connections|--users|--scale-users|--server-cpu|--load-cpu|\
       --out|--log-level|--request-log|--nice|--max-interference|--retries|--ready-deadline)
         optarg v "$@"; pass+=("$1" "$2"); shift ;;
-      --keep|--no-readme) pass+=("$1") ;;
+      --keep|--no-readme|--traces) pass+=("$1") ;;
       *) usage_error "unknown option $1" ;;
     esac
     shift
