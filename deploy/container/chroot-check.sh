@@ -19,7 +19,7 @@ set -euo pipefail
 chroot_serve_check() (
   local rootfs=$1 exe=$2 userspec=$3 revision=$4 release=$5
   shift 5
-  local log pid="" api metrics health code greeting rc
+  local log pid="" api metrics health code greeting rc body
   log=$(mktemp)
   # shellcheck disable=SC2317  # run by the trap
   stop() {
@@ -59,8 +59,10 @@ chroot_serve_check() (
   greeting=$(curl -fsS --max-time 5 "http://$api/hello/chrootcheck") || fail_with_log "GET /hello/chrootcheck failed"
   echo "  PUT 204, then GET: $greeting"
   [[ "$(jq -r .message <<<"$greeting")" == "Hello, chrootcheck! "* ]] || fail_with_log "unexpected greeting"
-  curl -fsS --max-time 5 "http://$metrics/metrics" | grep -q '^hello_birthday_build_info{' \
-    || fail_with_log "/metrics has no hello_birthday_build_info"
+  # The whole body first: grep -q stops reading at its match, and curl then
+  # fails writing the rest (exit 23) once the page outgrows a pipe buffer.
+  body=$(curl -fsS --max-time 5 "http://$metrics/metrics") || fail_with_log "GET /metrics failed"
+  grep -q '^hello_birthday_build_info{' <<<"$body" || fail_with_log "/metrics has no hello_birthday_build_info"
   echo "  GET /metrics: hello_birthday_build_info present"
 
   kill -TERM "$pid"
