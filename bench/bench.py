@@ -41,14 +41,25 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from pg_throwaway import PostgresError, ThrowawayPostgres, pg_bin  # noqa: E402
 
-TARGET_NAMES = ["ceiling", "sqlite", "sqlite-1m", "postgres", "flask"]
+TARGET_NAMES = ["ceiling", "ceiling-sqlite", "ceiling-postgres", "sqlite", "sqlite-1m",
+                "postgres", "flask"]
 LABELS = {
     "ceiling": "ceiling (bare hyper)",
+    "ceiling-sqlite": "ceiling + the service's store, SQLite",
+    "ceiling-postgres": "ceiling + the service's store, PostgreSQL",
     "sqlite": "service, SQLite",
     "sqlite-1m": "service, SQLite, scale",
     "postgres": "service, PostgreSQL",
     "flask": "Flask anchor (SQLite)",
 }
+
+
+# Targets that read and write the throwaway PostgreSQL cluster.
+PG_TARGETS = ("postgres", "ceiling-postgres")
+
+
+def uses_pg(targets: list[str]) -> bool:
+    return any(t in PG_TARGETS for t in targets)
 
 
 class BenchError(Exception):
@@ -400,6 +411,8 @@ def seed_postgres(pg: Postgres, n: int) -> None:
     # COPY is the fast path for bulk loads; created_at/updated_at take defaults.
     rows = "".join(f"{user_name(i)}\t{dt.date(1950, 1, 1) + dt.timedelta(days=i % 20000)}\n"
                    for i in range(n))
+    # Targets share the cluster's database, so each seeds it afresh.
+    pg.psql("TRUNCATE users", db="bench")
     pg.psql("COPY users (username, date_of_birth) FROM STDIN", db="bench", stdin=rows)
     pg.psql("ANALYZE users", db="bench")
     count = pg.psql("SELECT count(*) FROM users", db="bench").stdout.strip()
@@ -536,7 +549,7 @@ def versions(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "profile": args.profile,
     }
-    if "postgres" in args.targets:
+    if uses_pg(args.targets):
         v["postgres"] = cmd_output([pg_bin("postgres") or "postgres", "--version"])
     if "flask" in args.targets:
         import importlib.metadata as md
@@ -554,6 +567,19 @@ def make_targets(args: argparse.Namespace, workdir: Path, pg: Postgres | None) -
             t.server = Server(name, [str(Path(args.bin_dir) / "ceiling")],
                               {"PORT": str(port), "BIND_ADDR": "127.0.0.1"}, port,
                               workdir / "ceiling.log", args.server_cpu)
+        elif name in ("ceiling-sqlite", "ceiling-postgres"):
+            # The service's store behind the bare server, configured by the
+            # service's own variables (bench/ceiling/src/bin/ceiling-store.rs).
+            t = Target(name, ["GET", "PUT"], args.users)
+            port = free_port()
+            url = pg.url if name == "ceiling-postgres" and pg else \
+                f"sqlite://{workdir / (name + '.db')}"
+            t.server = Server(name, [str(Path(args.bin_dir) / "ceiling-store")],
+                              {"PORT": str(port), "BIND_ADDR": "127.0.0.1",
+                               "DATABASE_URL": url, "LOG_LEVEL": "warn"}, port,
+                              workdir / f"{name}.log", args.server_cpu)
+            if name == "ceiling-postgres":
+                t.db_cpu = pg
         elif name in ("sqlite", "sqlite-1m", "postgres"):
             users = args.scale_users if name == "sqlite-1m" else args.users
             t = Target(name, ["GET"] if name == "sqlite-1m" else ["GET", "PUT"], users)
@@ -600,7 +626,7 @@ def prepare(args: argparse.Namespace, target: Target, workdir: Path, pg: Postgre
     code = server.stop()
     log(f"{target.name}: schema created (exit {code}); seeding {target.users:,} users")
     t0 = time.monotonic()
-    if target.name == "postgres":
+    if target.name in PG_TARGETS:
         assert pg is not None
         seed_postgres(pg, target.users)
     elif target.name == "flask":
@@ -855,7 +881,7 @@ def main(argv: list[str]) -> int:
         path.write_text(json.dumps(results, indent=2) + "\n")
         write_outputs(results, path, readme=not args.no_readme)
         return 0
-    for tool in ("wrk", "taskset", "sqlite3") + (("psql",) if "postgres" in args.targets else ()):
+    for tool in ("wrk", "taskset", "sqlite3") + (("psql",) if uses_pg(args.targets) else ()):
         if not shutil.which(tool):
             raise BenchError(f"{tool} not found (scripts/setup.sh dev installs it)")
     # /var/tmp is disk-backed by convention; fsync on a tmpfs would flatter PUT.
@@ -886,7 +912,7 @@ def main(argv: list[str]) -> int:
         args.traces_endpoint = sink.endpoint if sink else None
         results["machine"] = machine_description(workdir)
         results["versions"] = versions(args)
-        if "postgres" in args.targets:
+        if uses_pg(args.targets):
             pg = Postgres(workdir, args.server_cpu)
             pg.start()
         targets = make_targets(args, workdir, pg)
@@ -915,7 +941,7 @@ def main(argv: list[str]) -> int:
                 t.peak_rss_kib = max(t.peak_rss_kib, proc_status_kib(t.server.pid, "VmHWM"))
                 code = t.server.stop()
                 t.exit_codes.append(code)
-                if t.name in ("ceiling", "sqlite", "sqlite-1m", "postgres") and code != 0:
+                if t.name != "flask" and code != 0:
                     results["failures"].append(f"{t.name} exited {code} after SIGTERM")
         results["machine"]["loadavg_at_end"] = [f"{x:.2f}" for x in os.getloadavg()]
         if sink:

@@ -4,7 +4,8 @@
 Usage: chart.py RESULTS.json OUT.png
 
 Four panels: req/s and p99 latency, for GET and for PUT. One bar per target
-(the ceiling, the service on SQLite and PostgreSQL, the Flask anchor) at the
+(the ceiling, the ceiling with the service's store on SQLite and on
+PostgreSQL, the service on SQLite and PostgreSQL, the Flask anchor) at the
 median of the runs, with every run as a dot so the spread is visible. Both
 axes are logarithmic: the Flask anchor and the ceiling are orders of
 magnitude apart.
@@ -21,14 +22,18 @@ import matplotlib
 matplotlib.use("Agg")  # no display on CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-ORDER = ["ceiling", "sqlite", "sqlite-1m", "postgres", "flask"]
-COLORS = {"ceiling": "#7f7f7f", "sqlite": "#1f77b4", "sqlite-1m": "#9ecae1",
+ORDER = ["ceiling", "ceiling-sqlite", "ceiling-postgres", "sqlite", "sqlite-1m", "postgres",
+         "flask"]
+COLORS = {"ceiling": "#7f7f7f", "ceiling-sqlite": "#b0b0d8", "ceiling-postgres": "#a8d8a8",
+          "sqlite": "#1f77b4", "sqlite-1m": "#9ecae1",
           "postgres": "#2ca02c", "flask": "#ff7f0e"}
 
 
 def label(target: str, phase: dict[str, Any]) -> str:
     return {
         "ceiling": "ceiling\n(bare hyper)",
+        "ceiling-sqlite": "ceiling +\nstore\nSQLite",
+        "ceiling-postgres": "ceiling +\nstore\nPostgreSQL",
         "sqlite": f"service\nSQLite\n{phase['users']:,} users",
         "sqlite-1m": f"service\nSQLite\n{phase['users']:,} users",
         "postgres": f"service\nPostgreSQL\n{phase['users']:,} users",
@@ -38,7 +43,7 @@ def label(target: str, phase: dict[str, Any]) -> str:
 
 def render(results: dict[str, Any], out: Path) -> None:
     phases = {(p["target"], p["method"]): p for p in results["phases"]}
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8.5), constrained_layout=True)
     metrics = [("rps", "requests per second (higher is better)", "{:,.0f}"),
                ("p99_ms", "p99 latency, ms (lower is better)", None)]
     for row, method in enumerate(("GET", "PUT")):

@@ -33,7 +33,8 @@ bench/results/latest.png, and the latest table into bench/README.md.
   --connections N      wrk connections (32)
   --users N            seeded users (1000)
   --scale-users N      users in the scale phase (1000000)
-  --targets LIST       comma list of ceiling,sqlite,sqlite-1m,postgres,flask
+  --targets LIST       comma list of ceiling,ceiling-sqlite,ceiling-postgres,
+                       sqlite,sqlite-1m,postgres,flask (all by default)
   --server-cpu C       CPU list for the servers and PostgreSQL (0)
   --load-cpu C         CPU list for wrk (1)
   --out DIR            results directory (bench/results)
@@ -62,7 +63,7 @@ USAGE
 
 main() {
   # shellcheck disable=SC2034 # v: optarg checks a value that bench.py reads
-  local quick=0 render=0 profile="" v targets="ceiling,sqlite,sqlite-1m,postgres,flask" pass=()
+  local quick=0 render=0 profile="" v targets="ceiling,ceiling-sqlite,ceiling-postgres,sqlite,sqlite-1m,postgres,flask" pass=()
   while [ $# -gt 0 ]; do
     case "$1" in
       -h|--help) usage; exit 0 ;;
@@ -99,6 +100,9 @@ main() {
 
   local bins=() pkgs=()
   if [[ ",$targets," == *,ceiling,* ]]; then pkgs+=(-p ceiling); bins+=(--bin ceiling); fi
+  if [[ ",$targets," =~ ,ceiling-(sqlite|postgres), ]]; then
+    pkgs+=(-p ceiling); bins+=(--bin ceiling-store)
+  fi
   if [[ ",$targets," =~ ,(sqlite|sqlite-1m|postgres), ]]; then
     pkgs+=(-p hello-birthday); bins+=(--bin hello-birthday)
   fi
