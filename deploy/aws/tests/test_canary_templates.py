@@ -12,16 +12,16 @@ import json
 import re
 import unittest
 
-from cfn import load_template
+from cfn import Node, Template, load_template
 
 APP, EDGE, CANARY = load_template("app"), load_template("edge"), load_template("canary")
 
 
-def res(template, name):
+def res(template: Template, name: str) -> Node:
     return template["Resources"][name]
 
 
-def imported(name):
+def imported(name: str) -> dict[str, Node]:
     return {"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-" + name}}
 
 
