@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import textwrap
 import unittest
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from cfn import AWS_DIR, ENVIRONMENTS, load_parameters
@@ -76,15 +77,15 @@ class RenderEnv(unittest.TestCase):
                             HB_STATE_DIR=os.path.join(self.dir, "state"),
                             HB_RDS_CA_FILE=self.ca_file)
 
-    def render(self):
+    def render(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(SCRIPT), "render-env"], env=self.environ, capture_output=True, text=True,
                               timeout=60, check=False)
 
-    def read_url(self):
+    def read_url(self) -> str:
         with open(self.url_file) as f:
             return f.read().rstrip("\n")
 
-    def read_env(self):
+    def read_env(self) -> dict[str, str]:
         with open(self.env_file) as f:
             return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line and not line.startswith("#"))
 
@@ -110,6 +111,7 @@ class RenderEnv(unittest.TestCase):
         url = urlsplit(self.read_url())
         self.assertEqual((url.scheme, url.hostname, url.port, url.path, url.query),
                          ("postgres", "db.example.internal", 5432, "/hello_birthday", "sslmode=require"))
+        assert url.username is not None and url.password is not None, "the URL carries the login"
         self.assertEqual((unquote(url.username), unquote(url.password)), ("hello_birthday", PASSWORD))
         self.assertNotIn(PASSWORD, proc.stdout + proc.stderr)
 
@@ -174,11 +176,12 @@ class RenderEnv(unittest.TestCase):
 
 
 class ShippedCaBundle(unittest.TestCase):
-    def certificates(self):
+    def certificates(self) -> list[str]:
         text = BUNDLE.read_text()
-        return re.findall(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", text, re.S)
+        pems: list[str] = re.findall(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", text, re.S)
+        return pems
 
-    def subject(self, pem):
+    def subject(self, pem: str) -> str:
         return subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pem, capture_output=True, text=True,
                               check=True).stdout
 
@@ -244,12 +247,12 @@ class RotationRefresh(unittest.TestCase):
                                  f"RELEASE_DIR={self.dir}/release") + "TARGET_GROUP_ARN=arn:aws:elasticloadbalancing:tg\n")
         self.path = f"{bindir}:{os.environ['PATH']}"
 
-    def write(self, path, text):
+    def write(self, path: str, text: str) -> None:
         with open(path, "w") as f:
             f.write(textwrap.dedent(text))
         os.chmod(path, 0o755)
 
-    def secrets(self, current, previous=None):
+    def secrets(self, current: dict[str, str], previous: dict[str, str] | None = None) -> None:
         for stage, value in (("AWSCURRENT", current), ("AWSPREVIOUS", previous)):
             path = os.path.join(self.dir, f"{stage}.json")
             if value is None:
@@ -259,13 +262,13 @@ class RotationRefresh(unittest.TestCase):
                 with open(path, "w") as f:
                     f.write(json.dumps(value) + "\n")
 
-    def targets(self, healthy, all_ids=IDS):
+    def targets(self, healthy: Sequence[str], all_ids: Sequence[str] = IDS) -> None:
         with open(os.path.join(self.dir, "healthy"), "w") as f:
             f.write("\t".join(healthy) + "\n")
         with open(os.path.join(self.dir, "all"), "w") as f:
             f.write("\t".join(all_ids) + "\n")
 
-    def run_as(self, instance, command, now=0):
+    def run_as(self, instance: str, command: str, now: int = 0) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, PATH=self.path, HB_AWS_CONF=self.conf, HB_INSTANCE_ID=instance, HB_NOW=str(now),
                    HB_ENV_FILE=os.path.join(self.dir, instance, "env"),
                    HB_DATABASE_URL_FILE=os.path.join(self.dir, instance, "database-url"),
@@ -274,14 +277,14 @@ class RotationRefresh(unittest.TestCase):
         os.makedirs(os.path.join(self.dir, instance), exist_ok=True)
         return subprocess.run([str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=60, check=False)
 
-    def restarts(self):
+    def restarts(self) -> list[str]:
         path = os.path.join(self.dir, "restarts")
         if not os.path.exists(path):
             return []
         with open(path) as f:
             return [line.split()[0] for line in f]
 
-    def started_with_the_old_login(self):
+    def started_with_the_old_login(self) -> None:
         self.secrets(self.OLD)
         for i in self.IDS:
             self.assertEqual(self.run_as(i, "render-env").returncode, 0)
