@@ -17,7 +17,9 @@ from cfn import (
     ROOT,
     STACK_ORDER,
     TEMPLATES,
+    Node,
     Stack,
+    Template,
     is_ref,
     load_parameters,
     load_template,
@@ -36,17 +38,17 @@ SERVICE_PORT = 5000
 METRICS_PORT = 9464
 
 
-def value(stack, env, name):
+def value(stack: str, env: str, name: str) -> Node:
     return param_value(TPL[stack], PARAMS[env], stack, name)
 
 
-def iso_minutes(duration):
+def iso_minutes(duration: str) -> int:
     m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?", duration)
     assert m, duration
     return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
 
 
-def one(template, rtype):
+def one(template: Template, rtype: str) -> Node:
     # The canary's copies (Canary*) are held to the main ones in test_canary_templates.py.
     found = {k: v for k, v in resources(template, rtype).items() if not k.startswith("Canary")}
     assert len(found) == 1, f"expected one {rtype}, found {list(found)}"
@@ -100,7 +102,7 @@ class Structure(unittest.TestCase):
                 if isinstance(node, dict) and "Fn::ImportValue" in node:
                     name = node["Fn::ImportValue"]["Fn::Sub"]
                     m = re.fullmatch(r"\$\{StackPrefix\}-\$\{Environment\}-([a-z]+)-(\w+)", name)
-                    self.assertTrue(m, f"{stack}: import name {name}")
+                    assert m, f"{stack}: import name {name}"
                     source, output = m.groups()
                     self.assertIn((source, output), exports, f"{stack} imports {source}.{output}")
                     self.assertLess(STACK_ORDER.index(source), position, f"{stack} imports from later {source}")
@@ -378,8 +380,8 @@ class Durability(unittest.TestCase):
 class Isolation(unittest.TestCase):
     net = TPL["network"]
 
-    def _ingress(self, group):
-        rules = []
+    def _ingress(self, group: str) -> list[dict[str, Node]]:
+        rules: list[dict[str, Node]] = []
         sg = self.net["Resources"][group]["Properties"]
         rules += sg.get("SecurityGroupIngress", [])
         for r in resources(self.net, "AWS::EC2::SecurityGroupIngress").values():
@@ -585,8 +587,10 @@ class Alarms(unittest.TestCase):
 class Identity(unittest.TestCase):
     boot = TPL["bootstrap"]
 
-    def trust(self, role):
-        return self.boot["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    def trust(self, role: str) -> list[dict[str, Node]]:
+        statements: list[dict[str, Node]] = (
+            self.boot["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"])
+        return statements
 
     def test_bootstrap_is_deployed_by_an_administrator_not_the_pipeline(self) -> None:
         self.assertTrue((ROOT / "docs/runbooks/aws-bootstrap.md").is_file())
@@ -623,10 +627,11 @@ class Identity(unittest.TestCase):
                                        {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}:ref:refs/tags/v*"}])
         self.assertEqual(without, {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}"})
 
-    def statements(self, role):
+    def statements(self, role: str) -> list[dict[str, Node]]:
         res = self.boot["Resources"]
-        out = [s for p in res[role]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
-        return out + res["ReadDeploymentState"]["Properties"]["PolicyDocument"]["Statement"]
+        out: list[dict[str, Node]] = [s for p in res[role]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+        out += res["ReadDeploymentState"]["Properties"]["PolicyDocument"]["Statement"]
+        return out
 
     def test_deploy_role_is_least_privilege_and_creates_nothing_itself(self) -> None:
         allowed = set()
@@ -744,9 +749,11 @@ class RegionLoss(unittest.TestCase):
     ARN = "arn:aws:rds:eu-central-1:111122223333:auto-backup:ab-L2IJCEXJP7XQ7HOJ4SIEXAMPLE"
     CERT = "arn:aws:acm:eu-central-1:111122223333:certificate/0a1b2c3d-0000-1111-2222-333344445555"
 
-    def database(self, region="eu-west-1", **values):
+    def database(self, region: str = "eu-west-1", **values: object) -> tuple[Stack, dict[str, Node]]:
         stack = Stack(TPL["database"], region=region, Environment="production", **values)
-        return stack, stack.properties("Database")
+        db = stack.properties("Database")
+        assert db is not None, "the database has no condition"
+        return stack, db
 
     def test_production_replicates_automated_backups_to_its_dr_region(self) -> None:
         key = "arn:aws:kms:eu-central-1:111122223333:key/0a1b2c3d-0000-1111-2222-333344445555"
@@ -812,15 +819,19 @@ class RegionLoss(unittest.TestCase):
             for key in ("RestoreFromAutomatedBackupsArn", "RestoreTime"):
                 self.assertNotIn(key, PARAMS[env]["stacks"]["database"], "DR only, never in the environment's file")
 
-    def edge(self, failover):
+    def edge(self, failover: str) -> tuple[Stack, dict[str, Node], dict[str, Node] | None]:
+        """The stack, its DNS record and its health check (None unless the primary)."""
         stack = Stack(TPL["edge"], Environment="production", DomainName="hello.example.com",
                       HostedZoneId="Z1", CertificateArn=self.CERT, DnsFailover=failover)
-        return stack, stack.properties("DnsRecord"), stack.properties("FailoverHealthCheck")
+        record = stack.properties("DnsRecord")
+        assert record is not None, "the record has no condition"
+        return stack, record, stack.properties("FailoverHealthCheck")
 
     def test_dns_fails_over_only_when_the_region_cannot_answer(self) -> None:
         _, record, check = self.edge("primary")
         self.assertEqual(record["Failover"], "PRIMARY")
         self.assertEqual(record["HealthCheckId"], {"Ref": "FailoverHealthCheck"})
+        assert check is not None, "the primary's health check"
         cfg = check["HealthCheckConfig"]
         # Liveness, not readiness: never the database's state, so a Multi-AZ
         # failover (1-2 min) never moves the traffic to another Region.
@@ -845,7 +856,7 @@ class RegionLoss(unittest.TestCase):
         self.assertEqual(value("edge", "production", "DnsFailover"), "primary")
         self.assertEqual(value("edge", "staging", "DnsFailover"), "none")
 
-    def dr_params(self, *args):
+    def dr_params(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(AWS_DIR / "dr-params.sh"), *args], capture_output=True, text=True,
                               timeout=30, check=False)
 
