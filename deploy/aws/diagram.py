@@ -23,7 +23,7 @@ from diagrams.onprem.monitoring import Grafana, Prometheus
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def draw(out):
+def draw(out: pathlib.Path) -> None:
     graph = {"pad": "0.4", "nodesep": "0.5", "ranksep": "0.8", "fontsize": "20", "splines": "spline"}
     with Diagram("hello-birthday on AWS (production)", filename=str(out), outformat="png", show=False,
                  direction="TB", graph_attr=graph):
@@ -94,7 +94,7 @@ def draw(out):
         pipeline >> deploy >> Edge(label="artifacts") >> buckets
         deploy >> Edge(label="AppVersion", style="bold") >> asg
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "architecture"),
                         help="output path without extension (default: docs/images/architecture)")

@@ -19,20 +19,30 @@ import argparse
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 BUCKET = 0.25  # seconds
 PALETTE = ["#4c72b0", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#dd8452"]
 
+# A request: (start unix s, latency ms, server, error 0/1); an event: (unix s,
+# slot, event, release, detail); an instance's segment: (start, end, state,
+# release); a mark: (unix s, label).
+Request = tuple[float, float, str, int]
+Event = tuple[float, str, str, str, str]
+Segment = tuple[float, float, str, str]
+Mark = tuple[float, str]
 
-def read_requests(path):
-    rows = []
+
+def read_requests(path: str) -> list[Request]:
+    rows: list[Request] = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             rows.append(
@@ -42,7 +52,7 @@ def read_requests(path):
     return rows
 
 
-def read_events(path):
+def read_events(path: str | None) -> list[Event]:
     if not path:
         return []
     try:
@@ -55,20 +65,20 @@ def read_events(path):
         return []
 
 
-def percentile(values, p):
+def percentile(values: list[float], p: float) -> float:
     if not values:
         return math.nan
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def segments(slot_events, t_start, t_end, initial):
+def segments(slot_events: list[Event], t_start: float, t_end: float, initial: str) -> tuple[list[Segment], list[Mark]]:
     """(start, end, state, release) segments for one instance."""
-    segs = []
+    segs: list[Segment] = []
     state, release, since = "serving", initial, t_start
-    marks = []
+    marks: list[Mark] = []
     for t, _slot, ev, rel, _detail in slot_events:
-        new = None
+        new: tuple[str, str] | None = None
         if ev == "drain":
             release = rel or release
             new = ("draining", release)
@@ -98,7 +108,7 @@ def segments(slot_events, t_start, t_end, initial):
 VERDICT_COLOR = {"canary-pass": "#55a868", "canary-fail": "#c44e52", "canary-inconclusive": "#dd8452"}
 
 
-def verdict_label(ev, detail):
+def verdict_label(ev: str, detail: str) -> str:
     """'canary FAIL: errors: canary 5xx ratio 9.43% > baseline 0.00%' from a verdict event."""
     word = ev.split("-", 1)[1].upper()
     text = detail.split(";")[0]
@@ -108,12 +118,14 @@ def verdict_label(ev, detail):
     return f"canary {word}: {text.split(' (')[0]}"
 
 
-def draw_canary(events, t0, t_end, top_axes, band_ax, servers):
+def draw_canary(events: list[Event], t0: float, t_end: float, top_axes: Sequence[Axes], band_ax: Axes,
+                servers: list[str]) -> None:
     """Shades the canary's analysis (from its slot's ready to the verdict),
     ticks every measurement and labels the verdict."""
-    start = ready = None
+    start: tuple[float, str] | None = None
+    ready: float | None = None
 
-    def label(t, text, color):
+    def label(t: float, text: str, color: str) -> None:
         # Right of the line in the first half of the chart, left of it after.
         left = t - t0 < (t_end - t0) / 2
         top_axes[0].annotate(text, (t - t0, 0.6), xycoords=("data", "axes fraction"), xytext=(4 if left else -4, 0),
@@ -139,7 +151,7 @@ def draw_canary(events, t0, t_end, top_axes, band_ax, servers):
             label(t, f"canary skipped: {detail}", "#c44e52")
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", required=True)
     ap.add_argument("--events")
@@ -156,17 +168,17 @@ def main():
 
     # Whole buckets only: a partial last bucket would read as a drop in rate.
     n = max(1, int((t_end - t0) / BUCKET))
-    lat = defaultdict(list)
+    lat: defaultdict[int, list[float]] = defaultdict(list)
     count = [0] * n
     errors = [0] * n
     for t, ms, _server, err in reqs:
-        b = int((t - t0) / BUCKET)
-        if b >= n:
+        bucket = int((t - t0) / BUCKET)
+        if bucket >= n:
             continue
-        count[b] += 1
-        errors[b] += err
+        count[bucket] += 1
+        errors[bucket] += err
         if not err:
-            lat[b].append(ms)
+            lat[bucket].append(ms)
     xs = [i * BUCKET for i in range(n)]
     rps = [c / BUCKET for c in count]
     p50 = [percentile(lat[i], 50) for i in range(n)]
@@ -174,8 +186,8 @@ def main():
 
     servers = sorted({s for _, _, s, _ in reqs if s and s != "-"} | {e[1] for e in events})
     initial = next((e[3] for e in events if e[2] == "drain" and e[3]), "?")
-    releases = []
-    by_slot = defaultdict(list)
+    releases: list[str] = []
+    by_slot: defaultdict[str, list[Event]] = defaultdict(list)
     for e in events:
         by_slot[e[1]].append(e)
         if e[3] and e[3] not in releases:

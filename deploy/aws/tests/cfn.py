@@ -7,6 +7,8 @@ CloudFormation itself expands them to, so the tests see one shape only.
 import json
 import pathlib
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import yaml
 
@@ -26,12 +28,18 @@ STACK_ORDER = tuple(s.key for s in STACKS if s.region is Region.PRIMARY)
 # Every stack a deploy may change, the per-deploy canary included.
 ALL_STACKS = (*(s.key for s in STACKS), CANARY.key)
 
+# A template, a parameter file, or any node inside them: parsed YAML / JSON,
+# whose shape is CloudFormation's and not known to the type checker.
+Template = dict[str, Any]
+Node = Any
 
-class _Loader(yaml.SafeLoader):
+
+# yaml has no stubs in requirements-dev.txt (mypy.ini), so SafeLoader is Any.
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # subclassing an untyped base
     pass
 
 
-def _construct(loader, tag_suffix, node):
+def _construct(loader: _Loader, tag_suffix: str, node: yaml.Node) -> dict[str, Node]:
     if isinstance(node, yaml.ScalarNode):
         value = loader.construct_scalar(node)
     elif isinstance(node, yaml.SequenceNode):
@@ -50,22 +58,24 @@ def _construct(loader, tag_suffix, node):
 _Loader.add_multi_constructor("!", _construct)
 
 
-def load_template(name):
+def load_template(name: str) -> Template:
     path = TEMPLATES / f"{name}.yaml"
-    return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    template: Template = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    return template
 
 
-def load_parameters(env):
-    return json.loads((PARAMETERS / f"{env}.json").read_text())
+def load_parameters(env: str) -> dict[str, Any]:
+    params: dict[str, Any] = json.loads((PARAMETERS / f"{env}.json").read_text())
+    return params
 
 
-def resources(template, rtype=None):
+def resources(template: Template, rtype: str | None = None) -> dict[str, Node]:
     return {
         k: v for k, v in template.get("Resources", {}).items() if rtype is None or v["Type"] == rtype
     }
 
 
-def param_value(template, params, stack, name):
+def param_value(template: Template, params: dict[str, Any], stack: str, name: str) -> Node:
     """Value a parameter takes in an environment: parameter file, else default."""
     env_values = params["stacks"].get(stack, {})
     if name in env_values:
@@ -73,7 +83,7 @@ def param_value(template, params, stack, name):
     return template["Parameters"][name].get("Default")
 
 
-def walk(node):
+def walk(node: Node) -> Iterator[Node]:
     """Every dict and list inside node, depth first."""
     yield node
     if isinstance(node, dict):
@@ -84,8 +94,8 @@ def walk(node):
             yield from walk(v)
 
 
-def is_ref(node, name):
-    return node == {"Ref": name}
+def is_ref(node: Node, name: str) -> bool:
+    return bool(node == {"Ref": name})
 
 
 NO_VALUE = object()
@@ -96,7 +106,7 @@ class Stack:
     Fn::If resolved, Refs to parameters replaced by their values (other
     intrinsics left as they are), as CloudFormation would before creating."""
 
-    def __init__(self, template, region="eu-west-1", **values):
+    def __init__(self, template: Template, region: str = "eu-west-1", **values: object) -> None:
         self.template = template
         self.region = region
         unknown = set(values) - set(template["Parameters"])
@@ -104,13 +114,15 @@ class Stack:
         self.values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
         self.values.update({k: str(v) for k, v in values.items()})
 
-    def condition(self, name):
+    def condition(self, name: str) -> bool:
         return self._eval(self.template["Conditions"][name])
 
-    def _eval(self, node):
+    def _eval(self, node: Node) -> bool:
         (fn, arg), = node.items()
         if fn == "Fn::Equals":
-            return self.resolve(arg[0]) == self.resolve(arg[1])
+            left: object = self.resolve(arg[0])
+            right: object = self.resolve(arg[1])
+            return left == right
         if fn == "Fn::Not":
             return not self._eval(arg[0])
         if fn == "Fn::And":
@@ -121,7 +133,7 @@ class Stack:
             return self.condition(arg)
         raise AssertionError(f"not a condition: {node}")
 
-    def resolve(self, node):
+    def resolve(self, node: Node) -> Node:
         if isinstance(node, list):
             return [v for v in (self.resolve(x) for x in node) if v is not NO_VALUE]
         if not isinstance(node, dict):
@@ -138,16 +150,17 @@ class Stack:
         out = {k: self.resolve(v) for k, v in node.items()}
         return {k: v for k, v in out.items() if v is not NO_VALUE}
 
-    def properties(self, logical_id):
+    def properties(self, logical_id: str) -> dict[str, Node] | None:
         """A resource's properties, or None when its condition leaves it out."""
         res = self.template["Resources"][logical_id]
         if "Condition" in res and not self.condition(res["Condition"]):
             return None
-        return self.resolve(res.get("Properties", {}))
+        props: dict[str, Node] = self.resolve(res.get("Properties", {}))
+        return props
 
-    def broken_rules(self):
+    def broken_rules(self) -> list[str]:
         """AssertDescription of every rule assertion these values break."""
-        broken = []
+        broken: list[str] = []
         for rule in self.template.get("Rules", {}).values():
             if "RuleCondition" in rule and not self._eval(rule["RuleCondition"]):
                 continue

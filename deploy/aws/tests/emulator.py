@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
-from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
+from moto.core.models import DEFAULT_ACCOUNT_ID  # noqa: E402 - where moto defines it (moto.core re-exports it implicitly)
 
 from canary.verdict import MIN_BASELINE_REQUESTS, MIN_CANARY_REQUESTS  # noqa: E402
 from hbdeploy import cli  # noqa: E402

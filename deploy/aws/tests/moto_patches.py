@@ -47,7 +47,11 @@ the patches; the tests then run the deploy program inside mock_aws().
 Everything else is stock moto.
 """
 
+from __future__ import annotations
+
 import ipaddress
+from collections.abc import Callable
+from typing import Any
 
 from moto.cloudformation import models as cfn
 from moto.cloudformation import parsing
@@ -55,6 +59,7 @@ from moto.cloudformation import responses as cfn_responses
 from moto.cloudformation import utils as cfn_utils
 from moto.cloudformation.exceptions import ValidationError
 from moto.core.common_models import CloudFormationModel
+from moto.core.responses import EmptyResult
 from moto.elbv2 import models as elbv2
 from moto.kms import models as kms_models
 from moto.rds import models as rds
@@ -62,7 +67,7 @@ from moto.rds import models as rds
 _clean_json = parsing.clean_json
 
 
-def clean_json(resource_json, resources_map):
+def clean_json(resource_json: Any, resources_map: parsing.ResourceMap) -> Any:
     if isinstance(resource_json, dict) and "Fn::Cidr" in resource_json:
         block, count, bits = (clean_json(v, resources_map) for v in resource_json["Fn::Cidr"])
         network = ipaddress.ip_network(block)
@@ -76,18 +81,19 @@ parsing.clean_json = clean_json
 _yaml_tag_constructor = cfn_utils.yaml_tag_constructor
 
 
-def yaml_tag_constructor(loader, tag, node):
+def yaml_tag_constructor(loader: Any, tag: Any, node: Any) -> Any:
     if tag == "!GetAtt" and isinstance(node.value, str):
         return {"Fn::GetAtt": node.value.split(".", 1)}
     return _yaml_tag_constructor(loader, tag, node)
 
 
-cfn.yaml_tag_constructor = yaml_tag_constructor
+# Replaced where models.py looks it up (it imports the name from utils).
+cfn.yaml_tag_constructor = yaml_tag_constructor  # type: ignore[attr-defined]  # not re-exported by moto
 
 _db_get_cfn_attribute = rds.DBInstance.get_cfn_attribute
 
 
-def db_get_cfn_attribute(self, attribute_name):
+def db_get_cfn_attribute(self: rds.DBInstance, attribute_name: str) -> Any:
     if attribute_name == "MasterUserSecret.SecretArn":
         if not hasattr(self, "master_user_secret"):
             # What RDS does for ManageMasterUserPassword, which moto's
@@ -97,21 +103,33 @@ def db_get_cfn_attribute(self, attribute_name):
     return _db_get_cfn_attribute(self, attribute_name)
 
 
-_db_has_cfn_attr = rds.DBInstance.has_cfn_attr.__func__
+# The function under the classmethod, to call with the class it is called on.
+_db_has_cfn_attr: Callable[[type[rds.DBInstance], str], bool] = vars(rds.DBInstance)["has_cfn_attr"].__func__
 
 
-def db_has_cfn_attr(cls, attr):
+def db_has_cfn_attr(cls: type[rds.DBInstance], attr: str) -> bool:
     return attr == "MasterUserSecret.SecretArn" or _db_has_cfn_attr(cls, attr)
 
 
-rds.DBInstance.get_cfn_attribute = db_get_cfn_attribute
-rds.DBInstance.has_cfn_attr = classmethod(db_has_cfn_attr)
-rds.DBParameterGroup.physical_resource_id = property(lambda self: self.name)
+# The patches below replace methods on moto's classes ([method-assign]) or
+# add the ones they lack ([attr-defined]); mypy still checks each
+# replacement's signature against the method it replaces.
+rds.DBInstance.get_cfn_attribute = db_get_cfn_attribute  # type: ignore[method-assign]  # the patch
+# mypy types a classmethod read from its class as the bound method, so a
+# classmethod put in its place looks like a different type ([assignment]).
+rds.DBInstance.has_cfn_attr = classmethod(db_has_cfn_attr)  # type: ignore[method-assign, assignment]  # the patch
+
+
+def parameter_group_physical_id(self: rds.DBParameterGroup) -> str:
+    return self.name
+
+
+rds.DBParameterGroup.physical_resource_id = property(parameter_group_physical_id)  # type: ignore[attr-defined]  # the patch
 
 _lb_get_cfn_attribute = elbv2.FakeLoadBalancer.get_cfn_attribute
 
 
-def lb_get_cfn_attribute(self, attribute_name):
+def lb_get_cfn_attribute(self: elbv2.FakeLoadBalancer, attribute_name: str) -> Any:
     if attribute_name == "LoadBalancerFullName":
         return self.arn.split(":loadbalancer/", 1)[1]
     if attribute_name == "CanonicalHostedZoneID":
@@ -119,7 +137,7 @@ def lb_get_cfn_attribute(self, attribute_name):
     return _lb_get_cfn_attribute(self, attribute_name)
 
 
-def tg_get_cfn_attribute(self, attribute_name):
+def tg_get_cfn_attribute(self: elbv2.FakeTargetGroup, attribute_name: str) -> str:
     if attribute_name == "TargetGroupFullName":
         return self.arn.split(":", 5)[5]
     if attribute_name == "TargetGroupArn":
@@ -127,36 +145,45 @@ def tg_get_cfn_attribute(self, attribute_name):
     raise NotImplementedError(attribute_name)
 
 
-elbv2.FakeLoadBalancer.get_cfn_attribute = lb_get_cfn_attribute
-elbv2.FakeTargetGroup.get_cfn_attribute = tg_get_cfn_attribute
-elbv2.FakeTargetGroup.has_cfn_attr = classmethod(lambda cls, attr: attr in ("TargetGroupFullName", "TargetGroupArn"))
+def tg_has_cfn_attr(cls: type[elbv2.FakeTargetGroup], attr: str) -> bool:
+    return attr in ("TargetGroupFullName", "TargetGroupArn")
 
 
-def delete_listener_rule(self, account_id, region_name):
+elbv2.FakeLoadBalancer.get_cfn_attribute = lb_get_cfn_attribute  # type: ignore[method-assign]  # the patch
+elbv2.FakeTargetGroup.get_cfn_attribute = tg_get_cfn_attribute  # type: ignore[attr-defined]  # the patch
+elbv2.FakeTargetGroup.has_cfn_attr = classmethod(tg_has_cfn_attr)  # type: ignore[method-assign, assignment]  # as above
+
+
+def delete_listener_rule(self: elbv2.FakeListenerRule, account_id: str, region_name: str) -> None:
     elbv2.elbv2_backends[account_id][region_name].delete_rule(self.arn)
 
 
-elbv2.FakeListenerRule.delete = delete_listener_rule
+elbv2.FakeListenerRule.delete = delete_listener_rule  # type: ignore[attr-defined]  # the patch
 
 # stack name -> (final status, logical id of the failed resource, reason)
-OUTCOMES = {}
+OUTCOMES: dict[str, tuple[str, str, str]] = {}
 
 
-def execute_change_set(self, change_set_name, stack_name=None):
+def execute_change_set(self: cfn.CloudFormationBackend, change_set_name: str, stack_name: str | None = None) -> None:
     change_set = self.describe_change_set(change_set_name)
+    assert change_set is not None  # describe_change_set raises for an unknown one
     placeholder = self.stacks[change_set.stack_id]
     if change_set.change_set_type == "UPDATE" and placeholder.name in OUTCOMES:
         status, logical_id, reason = OUTCOMES[placeholder.name]
         placeholder._add_stack_event("UPDATE_IN_PROGRESS", resource_status_reason="User Initiated")
         placeholder.events.append(cfn.Event(
             stack_id=placeholder.stack_id, stack_name=placeholder.name, logical_resource_id=logical_id,
-            physical_resource_id=None, resource_type="AWS::AutoScaling::AutoScalingGroup",
+            # None: the event names no physical resource; moto's annotation says str.
+            physical_resource_id=None,  # type: ignore[arg-type]
+            resource_type="AWS::AutoScaling::AutoScalingGroup",
             resource_status="UPDATE_FAILED", resource_status_reason=reason, resource_properties=None))
         change_set.execution_status = "EXECUTE_COMPLETE"
         placeholder.status = status
         return
     if change_set.change_set_type == "CREATE":
-        stack = cfn.Stack(
+        # moto's own create_stack builds a Stack the same way; mypy finds two of
+        # CloudFormationModel's abstract methods unimplemented on it.
+        stack = cfn.Stack(  # type: ignore[abstract]
             stack_id=placeholder.stack_id,
             name=placeholder.name,
             template=change_set.template,
@@ -189,29 +216,29 @@ def execute_change_set(self, change_set_name, stack_name=None):
         self.exports[export.name] = export
     change_set.execution_status = "EXECUTE_COMPLETE"
     stack.status = f"{change_set.change_set_type}_COMPLETE"
-    stack.rollback_configuration = getattr(change_set, "rollback_configuration", None)
+    stack.rollback_configuration = getattr(change_set, "rollback_configuration", None)  # type: ignore[attr-defined]  # 11.
 
 
-cfn.CloudFormationBackend.execute_change_set = execute_change_set
+cfn.CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]  # the patch
 
 
 class AlarmRecord(CloudFormationModel):
     # moto files models by the service named in their module path.
     __module__ = "moto.cloudwatch.records"
 
-    def __init__(self, name, region_name, account_id):
+    def __init__(self, name: str, region_name: str, account_id: str) -> None:
         self.name = name
         self.arn = f"arn:aws:cloudwatch:{region_name}:{account_id}:alarm:{name}"
 
     @property
-    def physical_resource_id(self):
+    def physical_resource_id(self) -> str:
         return self.name
 
     @classmethod
-    def has_cfn_attr(cls, attr):
+    def has_cfn_attr(cls, attr: str) -> bool:
         return attr == "Arn"
 
-    def get_cfn_attribute(self, attribute_name):
+    def get_cfn_attribute(self, attribute_name: str) -> str:
         if attribute_name == "Arn":
             return self.arn
         raise NotImplementedError(attribute_name)
@@ -219,16 +246,22 @@ class AlarmRecord(CloudFormationModel):
     name_property = "AlarmName"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any,
+    ) -> AlarmRecord:
         name = cloudformation_json["Properties"].get(cls.name_property, resource_name)
         return cls(name, region_name, account_id)
 
     @classmethod
-    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    def update_from_cloudformation_json(
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
+    ) -> AlarmRecord:
         return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
 
     @classmethod
-    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+    def delete_from_cloudformation_json(
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
+    ) -> None:
         return None
 
 
@@ -239,7 +272,7 @@ class WafRecord(AlarmRecord):
     __module__ = "moto.wafv2.records"
     name_property = "Name"
 
-    def __init__(self, name, region_name, account_id):
+    def __init__(self, name: str, region_name: str, account_id: str) -> None:
         self.name = name
         self.arn = f"arn:aws:wafv2:{region_name}:{account_id}:regional/webacl/{name}/00000000-0000-0000-0000-000000000000"
 
@@ -247,11 +280,13 @@ class WafRecord(AlarmRecord):
 class SecretRecord(AlarmRecord):
     __module__ = "moto.secretsmanager.records"
 
-    def __init__(self, arn):
+    def __init__(self, arn: str) -> None:
         self.name = self.arn = arn
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any,
+    ) -> SecretRecord:
         import json
         import secrets as random_source
 
@@ -276,15 +311,15 @@ class BackupVaultRecord(AlarmRecord):
     __module__ = "moto.backup.records"
     name_property = "BackupVaultName"
 
-    def __init__(self, name, region_name, account_id):
+    def __init__(self, name: str, region_name: str, account_id: str) -> None:
         self.name = name
         self.arn = f"arn:aws:backup:{region_name}:{account_id}:backup-vault:{name}"
 
     @classmethod
-    def has_cfn_attr(cls, attr):
+    def has_cfn_attr(cls, attr: str) -> bool:
         return attr in ("BackupVaultArn", "BackupVaultName")
 
-    def get_cfn_attribute(self, attribute_name):
+    def get_cfn_attribute(self, attribute_name: str) -> str:
         if attribute_name == "BackupVaultArn":
             return self.arn
         if attribute_name == "BackupVaultName":
@@ -292,7 +327,7 @@ class BackupVaultRecord(AlarmRecord):
         raise NotImplementedError(attribute_name)
 
 
-def resource_class_from_type(resource_type):
+def resource_class_from_type(resource_type: str) -> type[CloudFormationModel]:
     if resource_type == "AWS::Backup::BackupVault":
         return BackupVaultRecord
     if resource_type == "AWS::SecretsManager::Secret":
@@ -309,31 +344,34 @@ parsing.resource_class_from_type = resource_class_from_type
 _create_change_set = cfn_responses.CloudFormationResponse.create_change_set
 
 
-def create_change_set(self):
+def create_change_set(self: cfn_responses.CloudFormationResponse) -> Any:
     result = _create_change_set(self)
     change_set = self.cloudformation_backend.describe_change_set(self._get_param("ChangeSetName"))
-    change_set.rollback_configuration = self._get_param("RollbackConfiguration")
+    assert change_set is not None  # describe_change_set raises for an unknown one
+    change_set.rollback_configuration = self._get_param("RollbackConfiguration")  # type: ignore[attr-defined]  # 11.
     return result
 
 
-cfn_responses.CloudFormationResponse.create_change_set = create_change_set
+cfn_responses.CloudFormationResponse.create_change_set = create_change_set  # type: ignore[method-assign]  # the patch
 
 
-def continue_update_rollback(self):
+def continue_update_rollback(self: cfn_responses.CloudFormationResponse) -> EmptyResult:
     stack = self.cloudformation_backend.get_stack(self._get_param("StackName"))
     if stack.status != "UPDATE_ROLLBACK_FAILED":
         raise ValidationError(message=f"Stack is in {stack.status} state and can not continue the rollback")
     stack.status = "UPDATE_ROLLBACK_COMPLETE"
-    return cfn_responses.EmptyResult()
+    return EmptyResult()
 
 
-cfn_responses.CloudFormationResponse.continue_update_rollback = continue_update_rollback
+cfn_responses.CloudFormationResponse.continue_update_rollback = continue_update_rollback  # type: ignore[attr-defined]  # the patch
 
 
-_create_key = kms_models.Key.create_from_cloudformation_json.__func__
+# The function under the classmethod, as for DBInstance.has_cfn_attr.
+_create_key: Callable[..., kms_models.Key] = vars(kms_models.Key)["create_from_cloudformation_json"].__func__
 
 
-def create_key_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+def create_key_from_cloudformation_json(cls: type[kms_models.Key], /, resource_name: str, cloudformation_json: Any,
+                                        account_id: str, region_name: str, **kwargs: Any) -> kms_models.Key:
     props = cloudformation_json.get("Properties", {})
     if props.get("Tags"):
         props = {**props, "Tags": [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in props["Tags"]]}
@@ -341,4 +379,5 @@ def create_key_from_cloudformation_json(cls, resource_name, cloudformation_json,
     return _create_key(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
 
 
-kms_models.Key.create_from_cloudformation_json = classmethod(create_key_from_cloudformation_json)
+kms_models.Key.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign, assignment]  # as above
+    create_key_from_cloudformation_json)

@@ -36,11 +36,15 @@ MINUTES = 120
 FAST, SLOW = 0.02, 0.4  # seconds, either side of the 100 ms objective
 
 
+def _constant(value: Any) -> Callable[[int], Any]:
+    return lambda _m: value
+
+
 def rec(minutes: int = MINUTES, **metrics: Any) -> Recording:
     """Per-minute series: a constant, None (absent), or f(minute) -> value."""
     out: Recording = {}
     for short, spec in metrics.items():
-        f: Callable[[int], Any] = spec if callable(spec) else (lambda _m, v=spec: v)
+        f: Callable[[int], Any] = spec if callable(spec) else _constant(spec)
         out[NAMES[short]] = [f(m) for m in range(minutes)]
     if not out:
         out[("none", "none")] = [None] * minutes
@@ -162,7 +166,7 @@ SCENARIOS: dict[str, list[tuple[str, dict[str, Any], str]]] = {
     ],
 }
 
-COMPOSITES = {
+COMPOSITES: dict[str, list[tuple[str, dict[str, Any], bool]]] = {
     "ErrorBudgetBurnPage": [("healthy", GOOD, False), ("5% errors", {**GOOD, "target5xx": 50}, True),
                             ("total outage", OUTAGE, True), ("no traffic", ABSENT, False)],
     "LatencyBurnPage": [("fast", GOOD, False),
@@ -197,12 +201,12 @@ def stretch(recording: dict[str, Any], minutes: int) -> dict[str, Any]:
 
 
 class Alarms(unittest.TestCase):
-    def test_every_alarm_has_scenarios(self):
+    def test_every_alarm_has_scenarios(self) -> None:
         for env in ENVIRONMENTS:
             found = set(alarms(env))
             self.assertEqual(found, set(SCENARIOS) | set(COMPOSITES), env)
 
-    def test_each_alarm_fires_when_it_must_and_only_then(self):
+    def test_each_alarm_fires_when_it_must_and_only_then(self) -> None:
         for env in ENVIRONMENTS:
             for name, alarm in alarms(env).items():
                 if name in COMPOSITES:
@@ -213,7 +217,7 @@ class Alarms(unittest.TestCase):
                     with self.subTest(env=env, alarm=name, scenario=what):
                         self.assertEqual(state(alarm, recording), want)
 
-    def test_the_pages_are_both_windows_together(self):
+    def test_the_pages_are_both_windows_together(self) -> None:
         for env in ENVIRONMENTS:
             found = alarms(env)
             names = {a.get("AlarmName"): k for k, a in found.items()}
@@ -226,7 +230,7 @@ class Alarms(unittest.TestCase):
                     with self.subTest(env=env, page=page, scenario=what):
                         self.assertEqual(composite_state(rule, states), want)
 
-    def test_the_rollback_triggers_fire_in_a_total_outage(self):
+    def test_the_rollback_triggers_fire_in_a_total_outage(self) -> None:
         # The deploy's rollback triggers are the 5-minute burn alarms: a
         # release that takes every target out must roll back, not look fine.
         for env in ENVIRONMENTS:
@@ -247,19 +251,19 @@ class Evaluator(unittest.TestCase):
                 "EvaluationPeriods": 3, "ComparisonOperator": "GreaterThanThreshold", "Threshold": 10}
         return {**base, **props}
 
-    def test_missing_data_treatments(self):
+    def test_missing_data_treatments(self) -> None:
         absent = rec(requests=None)
         self.assertEqual(state(self.alarm(TreatMissingData="breaching"), absent), "ALARM")
         self.assertEqual(state(self.alarm(TreatMissingData="notBreaching"), absent), "OK")
         self.assertEqual(state(self.alarm(TreatMissingData="missing"), absent), "INSUFFICIENT_DATA")
         self.assertEqual(state(self.alarm(TreatMissingData="ignore"), absent, previous="ALARM"), "ALARM")
 
-    def test_m_out_of_n(self):
+    def test_m_out_of_n(self) -> None:
         two_of_three = self.alarm(DatapointsToAlarm=2)
         self.assertEqual(state(two_of_three, rec(requests=last(2, 20, 0))), "ALARM")
         self.assertEqual(state(two_of_three, rec(requests=last(1, 20, 0))), "OK")
 
-    def test_metric_math_fill_and_division(self):
+    def test_metric_math_fill_and_division(self) -> None:
         ratio = self.alarm(Metrics=[
             {"Id": "r", "Expression": "100 * FILL(a, 0) / b", "ReturnData": True},
             {"Id": "a", "ReturnData": False, "MetricStat": {"Stat": "Sum", "Period": 60, "Metric": {

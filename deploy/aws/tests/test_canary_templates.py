@@ -12,21 +12,21 @@ import json
 import re
 import unittest
 
-from cfn import load_template
+from cfn import Node, Template, load_template
 
 APP, EDGE, CANARY = load_template("app"), load_template("edge"), load_template("canary")
 
 
-def res(template, name):
+def res(template: Template, name: str) -> Node:
     return template["Resources"][name]
 
 
-def imported(name):
+def imported(name: str) -> dict[str, Node]:
     return {"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-" + name}}
 
 
 class CanaryGroup(unittest.TestCase):
-    def test_launch_template_is_the_fleets_but_for_its_target_group_profile_and_name(self):
+    def test_launch_template_is_the_fleets_but_for_its_target_group_profile_and_name(self) -> None:
         main = dict(res(APP, "LaunchTemplate")["Properties"]["LaunchTemplateData"])
         canary = dict(res(CANARY, "LaunchTemplate")["Properties"]["LaunchTemplateData"])
         self.assertEqual(canary.pop("IamInstanceProfile"), {"Arn": imported("app-InstanceProfileArn")})
@@ -48,7 +48,7 @@ class CanaryGroup(unittest.TestCase):
         self.assertEqual(values, main_values)
         self.assertEqual(values["DbSecretArn"], imported("database-AppUserSecretArn"))
 
-    def test_group_is_one_instance_with_the_fleets_health_settings(self):
+    def test_group_is_one_instance_with_the_fleets_health_settings(self) -> None:
         main = res(APP, "AutoScalingGroup")["Properties"]
         canary = res(CANARY, "AutoScalingGroup")["Properties"]
         self.assertEqual((canary["MinSize"], canary["MaxSize"], canary["DesiredCapacity"]), (1, 1, 1))
@@ -63,7 +63,7 @@ class CanaryGroup(unittest.TestCase):
         self.assertEqual((statement["Action"], statement["Resource"]),
                          ("cloudformation:SignalResource", {"Ref": "AWS::StackId"}))
 
-    def test_release_parameters_take_the_fleets_patterns(self):
+    def test_release_parameters_take_the_fleets_patterns(self) -> None:
         for p in ("AppVersion", "ArtifactSha256", "HostBundleSha256"):
             main, canary = APP["Parameters"][p], CANARY["Parameters"][p]
             self.assertNotIn("Default", canary, p)
@@ -71,14 +71,14 @@ class CanaryGroup(unittest.TestCase):
                 self.assertEqual(bool(re.fullmatch(main["AllowedPattern"], sample)),
                                  bool(re.fullmatch(canary["AllowedPattern"], sample)), (p, sample))
 
-    def test_the_fleet_carries_no_canary_resource_any_more(self):
+    def test_the_fleet_carries_no_canary_resource_any_more(self) -> None:
         for template in (APP, EDGE):
             self.assertEqual([n for n in template["Resources"] if "Canary" in n], [])
             self.assertEqual([n for n in template.get("Parameters", {}) if "Canary" in n], [])
 
 
 class CanaryTraffic(unittest.TestCase):
-    def test_target_group_is_checked_like_the_main_one(self):
+    def test_target_group_is_checked_like_the_main_one(self) -> None:
         main = res(EDGE, "TargetGroup")["Properties"]
         canary = res(CANARY, "TargetGroup")["Properties"]
         drop = ("Name", "Tags", "VpcId", "Port", "HealthCheckIntervalSeconds", "HealthyThresholdCount",
@@ -91,7 +91,7 @@ class CanaryTraffic(unittest.TestCase):
         for key in ("HealthCheckIntervalSeconds", "HealthyThresholdCount", "UnhealthyThresholdCount"):
             self.assertEqual(set(canary[key].values()) <= set(CANARY["Parameters"]), True, key)
 
-    def test_users_are_split_by_weight_after_the_metrics_block(self):
+    def test_users_are_split_by_weight_after_the_metrics_block(self) -> None:
         rule = res(CANARY, "WeightedForward")["Properties"]
         (action,) = rule["Actions"]
         groups = [(g["TargetGroupArn"], g["Weight"]) for g in action["ForwardConfig"]["TargetGroups"]]
@@ -101,7 +101,7 @@ class CanaryTraffic(unittest.TestCase):
         self.assertEqual(rule["Conditions"], [{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}])
         self.assertGreater(rule["Priority"], res(EDGE, "MetricsPathBlocked")["Properties"]["Priority"])
 
-    def test_each_sides_probes_reach_that_side_alone_before_the_split(self):
+    def test_each_sides_probes_reach_that_side_alone_before_the_split(self) -> None:
         split = res(CANARY, "WeightedForward")["Properties"]["Priority"]
         for name, side, group in (("ProbeToCanary", "canary", {"Ref": "TargetGroup"}),
                                   ("ProbeToBaseline", "baseline", imported("edge-TargetGroupArn"))):
@@ -114,7 +114,7 @@ class CanaryTraffic(unittest.TestCase):
         for name in ("WeightedForward", "ProbeToCanary", "ProbeToBaseline"):
             self.assertEqual(res(CANARY, name)["DependsOn"], "AutoScalingGroup", name)
 
-    def test_the_edge_exports_what_the_canary_stack_imports(self):
+    def test_the_edge_exports_what_the_canary_stack_imports(self) -> None:
         text = json.dumps(CANARY)
         for name in re.findall(r'\$\{StackPrefix\}-\$\{Environment\}-edge-(\w+)', text):
             self.assertEqual(EDGE["Outputs"][name]["Export"]["Name"], {"Fn::Sub": "${AWS::StackName}-" + name})

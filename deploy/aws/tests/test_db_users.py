@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import textwrap
 import unittest
+from typing import TypedDict
 
 from cfn import AWS_DIR, ROOT
 
@@ -29,9 +30,20 @@ LEDGER = ("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY
 MASTER = {"username": "hello_birthday", "password": "master-pw-1"}
 
 
+class Login(TypedDict, total=False):
+    """as_app's login, when not the app's own first one."""
+
+    user: str
+    password: str
+
+
 class DatabaseUsers(unittest.TestCase):
+    tmp: str
+    cluster: str
+    port: int
+
     @classmethod
-    def setUpClass(cls):
+    def setUpClass(cls) -> None:
         if not shutil.which("psql"):
             raise AssertionError("psql missing: run scripts/setup.sh dev")
         cls.tmp = tempfile.mkdtemp(prefix="db-users-")
@@ -49,12 +61,12 @@ class DatabaseUsers(unittest.TestCase):
         cls.sql("postgres", "super-pw", "postgres", f"CREATE DATABASE hello_birthday OWNER {MASTER['username']}")
 
     @classmethod
-    def tearDownClass(cls):
+    def tearDownClass(cls) -> None:
         subprocess.run([str(PG), "destroy", cls.cluster], capture_output=True, timeout=60)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     @classmethod
-    def sql(cls, user, password, db, statement, check=True):
+    def sql(cls, user: str, password: str, db: str, statement: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(cls.port),
                               "-U", user, "-d", db, "-c", statement],
                              env=dict(os.environ, PGPASSWORD=password, PGSSLMODE="disable"),
@@ -63,7 +75,7 @@ class DatabaseUsers(unittest.TestCase):
             raise AssertionError(f"{user}: {statement}: {out.stderr}")
         return out
 
-    def setUp(self):
+    def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="db-users-aws-")
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         self.secrets({"username": "hello_birthday_app", "password": "app-pw-1"})
@@ -94,12 +106,12 @@ class DatabaseUsers(unittest.TestCase):
                 """))
         os.chmod(os.path.join(self.dir, "aws"), 0o755)
 
-    def secrets(self, current, previous=None):
+    def secrets(self, current: dict[str, str], previous: dict[str, str] | None = None) -> None:
         with open(os.path.join(self.dir, "secrets.json"), "w") as f:
             json.dump({"AWSCURRENT": {**current, "engine": "postgres"},
                        **({"AWSPREVIOUS": {**previous, "engine": "postgres"}} if previous else {})}, f)
 
-    def bootstrap(self):
+    def bootstrap(self) -> subprocess.CompletedProcess[str]:
         out = subprocess.run([str(DB_USERS), "--env", "production", "--host", "127.0.0.1", "--port", str(self.port)],
                              env=dict(os.environ, AWS_CLI=os.path.join(self.dir, "aws"), PGSSLMODE="disable"),
                              capture_output=True, text=True, timeout=120)
@@ -107,10 +119,11 @@ class DatabaseUsers(unittest.TestCase):
         self.assertNotIn("app-pw", out.stdout + out.stderr)
         return out
 
-    def as_app(self, statement, password="app-pw-1", user="hello_birthday_app", check=True):
+    def as_app(self, statement: str, password: str = "app-pw-1", user: str = "hello_birthday_app",
+               check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.sql(user, password, "hello_birthday", statement, check=check)
 
-    def test_1_the_service_migrates_and_serves_as_its_own_login(self):
+    def test_1_the_service_migrates_and_serves_as_its_own_login(self) -> None:
         # A table the service made while it still logged in as the master.
         self.sql(MASTER["username"], MASTER["password"], "hello_birthday", "CREATE TABLE legacy (x int)")
         self.bootstrap()
@@ -131,7 +144,7 @@ class DatabaseUsers(unittest.TestCase):
                           "ON n.oid = c.relnamespace WHERE nspname = 'public' AND relkind = 'r'").stdout.split()
         self.assertEqual(owners, ["hello_birthday_app_owner"])
 
-    def test_2_a_rotation_switches_logins_without_breaking_the_open_connection(self):
+    def test_2_a_rotation_switches_logins_without_breaking_the_open_connection(self) -> None:
         self.bootstrap()
         self.as_app(LEDGER)
         session = subprocess.Popen(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(self.port), "-U",
@@ -139,6 +152,7 @@ class DatabaseUsers(unittest.TestCase):
                                    env=dict(os.environ, PGPASSWORD="app-pw-1", PGSSLMODE="disable"),
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(session.kill)
+        assert session.stdin is not None  # stdin=PIPE
         session.stdin.write("SELECT 'before', count(*) FROM schema_migrations;\n")
         session.stdin.flush()
         # What the hosted PostgreSQLMultiUser function runs with the master
@@ -148,7 +162,7 @@ class DatabaseUsers(unittest.TestCase):
         self.secrets({"username": "hello_birthday_app_clone", "password": "clone-pw-2"},
                      {"username": "hello_birthday_app", "password": "app-pw-1"})
         # The new login works and may migrate; the previous one still works.
-        clone = dict(user="hello_birthday_app_clone", password="clone-pw-2")
+        clone: Login = {"user": "hello_birthday_app_clone", "password": "clone-pw-2"}
         self.as_app("CREATE TABLE IF NOT EXISTS made_by_clone (x int)", **clone)
         self.as_app("ALTER TABLE made_by_clone ADD COLUMN y int")  # the other login alters it
         self.as_app("ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS note text", **clone)
@@ -164,9 +178,10 @@ class DatabaseUsers(unittest.TestCase):
         self.as_app("SELECT 1", **clone)
         self.as_app("SELECT 1")
 
-    def test_3_neither_login_may_do_more(self):
+    def test_3_neither_login_may_do_more(self) -> None:
         self.bootstrap()
-        for login in (dict(), dict(user="hello_birthday_app_clone", password="clone-pw-2")):
+        logins: tuple[Login, ...] = ({}, {"user": "hello_birthday_app_clone", "password": "clone-pw-2"})
+        for login in logins:
             if login:
                 self.sql(MASTER["username"], MASTER["password"], "hello_birthday",
                          "ALTER USER hello_birthday_app_clone WITH PASSWORD 'clone-pw-2'")

@@ -18,10 +18,12 @@ import os
 import sys
 import tarfile
 import unittest
+from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from moto.cloudformation import models as moto_cfn
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID  # where moto defines it (moto.core re-exports it implicitly)
 
 import emulator
 import moto_patches
@@ -68,11 +70,18 @@ class Scenario(unittest.TestCase):
         self.assertEqual(run.rc, rc, run.text)
         self.assertIn(message, run.err, run.text)
 
+    def stack(self, env: str, key: str, region: str = emulator.REGION) -> dict[str, Any]:
+        """DescribeStacks' entry for a stack that must exist."""
+        stack = self.aws.stack(env, key, region)
+        assert stack is not None, f"{env}-{key} does not exist"
+        return stack
+
     def app(self, env: str = "staging") -> dict[str, str]:
         return self.aws.parameters(env, "app")
 
     def record(self, env: str = "staging") -> dict[str, str]:
-        return json.loads(self.aws.s3(env, f"deployments/{env}/previous.json"))
+        record: dict[str, str] = json.loads(self.aws.s3(env, f"deployments/{env}/previous.json"))
+        return record
 
     def no_canary_left(self, env: str = "staging") -> None:
         self.assertIsNone(self.aws.stack(env, "canary"), "the canary stack is gone")
@@ -136,7 +145,7 @@ class Staging(Scenario):
             else:
                 self.assertEqual(triggers, [], key)
         # The DNS alarm's stack reached us-east-1, fed the edge stack's health check.
-        edge = {o["OutputKey"]: o["OutputValue"] for o in self.aws.stack("staging", "edge")["Outputs"]}
+        edge = {o["OutputKey"]: o["OutputValue"] for o in self.stack("staging", "edge")["Outputs"]}
         self.assertEqual(self.aws.parameters("staging", "dns-alarm", "us-east-1")["HealthCheckId"], edge["HealthCheckId"])
         # The release, its checksums, the host bundle and the pinned image, once.
         binary = self.aws.s3("staging", "releases/1.0.0/hello-birthday")
@@ -162,7 +171,7 @@ class Staging(Scenario):
         self.assertEqual(json.loads(self.aws.s3("staging", "deployments/staging/releases/1.0.0.json")),
                          {k: app[k] for k in ("AppVersion", "ArtifactSha256", "HostBundleSha256", "ImageId")})
         # The instances would boot with this user data.
-        db = {o["OutputKey"]: o["OutputValue"] for o in self.aws.stack("staging", "database")["Outputs"]}
+        db = {o["OutputKey"]: o["OutputValue"] for o in self.stack("staging", "database")["Outputs"]}
         ec2 = self.aws.client("ec2")
         lt = ec2.describe_launch_templates(LaunchTemplateNames=["hello-birthday-staging"])["LaunchTemplates"][0]
         data = ec2.describe_launch_template_versions(LaunchTemplateId=lt["LaunchTemplateId"], Versions=["$Latest"])
@@ -184,14 +193,14 @@ class Staging(Scenario):
             StackName="hello-birthday-staging-database",
             StackPolicyBody=json.dumps({"Statement": [{"Effect": "Allow", "Action": "Update:*", "Principal": "*",
                                                        "Resource": "*"}]}))
-        before = self.aws.stack("staging", "database")["StackStatus"], self.app()
+        before = self.stack("staging", "database")["StackStatus"], self.app()
         run = self.aws.deploy("--version", "1.0.0")
         self.assertFails(run, "set-stack-policy --region eu-west-1 --stack-name hello-birthday-staging-database ")
         self.assertIn('failed at step "preflight"', run.err)
         self.assertNotIn("--stack-name hello-birthday-staging-network ", run.err)
         self.assertNotIn(("cloudformation", "CreateChangeSet"), run.calls)
         self.assertNotIn(("cloudformation", "SetStackPolicy"), run.calls)
-        self.assertEqual((self.aws.stack("staging", "database")["StackStatus"], self.app()), before)
+        self.assertEqual((self.stack("staging", "database")["StackStatus"], self.app()), before)
         # The operator sets it as told.
         self.aws.set_stack_policies_as_told(run)
         policy = json.loads(self.aws.client("cloudformation").get_stack_policy(
@@ -221,7 +230,7 @@ class Staging(Scenario):
         self.assertEqual(snap["app"]["AppVersion"], "1.0.0", "the fleet is not touched while the canary runs")
         self.assertEqual(snap["canary"]["RollbackConfiguration"]["RollbackTriggers"], [])
         outputs = {o["OutputKey"]: o["OutputValue"] for o in snap["canary"]["Outputs"]}
-        main_tg = {o["OutputKey"]: o["OutputValue"] for o in self.aws.stack("staging", "edge")["Outputs"]}["TargetGroupArn"]
+        main_tg = {o["OutputKey"]: o["OutputValue"] for o in self.stack("staging", "edge")["Outputs"]}["TargetGroupArn"]
         rules = {r["Priority"]: r for r in snap["rules"]}
         weighted = rules["100"]["Actions"][0]["ForwardConfig"]["TargetGroups"]
         self.assertEqual({g["TargetGroupArn"]: g["Weight"] for g in weighted},
@@ -250,7 +259,7 @@ class Staging(Scenario):
         self.no_canary_left()
         self.assertEqual((self.app()["AppVersion"], self.app()["ArtifactSha256"]),
                          ("1.0.0", sha(self.aws.binary("one").read_bytes())))
-        self.assertEqual(self.aws.stack("staging", "app")["RollbackConfiguration"]["RollbackTriggers"], [])
+        self.assertEqual(self.stack("staging", "app")["RollbackConfiguration"]["RollbackTriggers"], [])
         self.assertEqual((self.record()["AppVersion"], self.record()["ReplacedBy"]), ("1.0.0", "2.0.0"))
 
     def test_04_a_recorded_release_deploys_by_its_label_after_its_canary(self) -> None:
@@ -259,7 +268,7 @@ class Staging(Scenario):
         self.assertIn("canary: PASS", run.out)
         self.assertIn("releases/2.0.0: binary", run.out)
         self.assertEqual(self.app()["AppVersion"], "2.0.0")
-        self.assertEqual(self.aws.stack("staging", "app")["RollbackConfiguration"]["MonitoringTimeInMinutes"], 10)
+        self.assertEqual(self.stack("staging", "app")["RollbackConfiguration"]["MonitoringTimeInMinutes"], 10)
         self.no_canary_left()
 
     def test_05_a_published_release_cannot_be_replaced(self) -> None:
@@ -273,7 +282,7 @@ class Staging(Scenario):
         self.assertOk(run)
         self.assertIn("rollback triggers: off for a rollback", run.out)
         self.assertEqual(self.app()["AppVersion"], "1.0.0")
-        self.assertEqual(self.aws.stack("staging", "app")["RollbackConfiguration"]["RollbackTriggers"], [])
+        self.assertEqual(self.stack("staging", "app")["RollbackConfiguration"]["RollbackTriggers"], [])
         self.assertEqual((self.record()["AppVersion"], self.record()["ReplacedBy"]), ("1.0.0", "2.0.0"))
         # Only the deploy being undone: 1.0.0 runs now, a rollback of 2.0.0 does nothing.
         run = self.aws.deploy("--rollback", "--version", "2.0.0")
@@ -291,7 +300,7 @@ class Staging(Scenario):
         self.assertEqual((self.app()["AppVersion"], self.record()["AppVersion"]), ("1.0.0", "1.0.0"))
 
     def test_08_a_failing_canary_leaves_the_fleet_untouched(self) -> None:
-        before = self.aws.stack("staging", "app")
+        before = self.stack("staging", "app")
         for traffic, says in ((ERRORS, "cloudwatch: errors: canary 5xx ratio"), (SLOW, "latency: canary p99 350 ms")):
             run = self.aws.deploy("--release", str(self.aws.binary("three")), "--write-checksum", "--version", "3.0.0",
                                   traffic=traffic)
@@ -300,7 +309,7 @@ class Staging(Scenario):
             self.assertIn('failed at step "canary"', run.err)
             self.assertEqual(len(self.aws.cloudwatch.calls), 1, "stopped at the first look")
             self.no_canary_left()
-            after = self.aws.stack("staging", "app")
+            after = self.stack("staging", "app")
             self.assertEqual((after["Parameters"], after.get("LastUpdatedTime")),
                              (before["Parameters"], before.get("LastUpdatedTime")))
 
@@ -352,7 +361,7 @@ class Staging(Scenario):
         self.assertOk(run)
         self.assertIn("is UPDATE_ROLLBACK_FAILED (an earlier update's rollback broke off): continuing its rollback",
                       run.out)
-        self.assertEqual(self.aws.stack("staging", "monitoring")["StackStatus"], "UPDATE_ROLLBACK_COMPLETE")
+        self.assertEqual(self.stack("staging", "monitoring")["StackStatus"], "UPDATE_ROLLBACK_COMPLETE")
         self.assertIn("AlarmNotification, HealthCheck still suspended with no update running: resuming them", run.out)
         group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["hello-birthday-staging"])
         self.assertEqual(group["AutoScalingGroups"][0]["SuspendedProcesses"], [])
@@ -367,10 +376,10 @@ class Staging(Scenario):
         autoscaling = self.aws.client("autoscaling")
         autoscaling.set_desired_capacity(AutoScalingGroupName="hello-birthday-staging", DesiredCapacity=3)
         # staging's MaxSize is 3: no room for the one extra instance.
-        before = self.aws.stack("staging", "app")
+        before = self.stack("staging", "app")
         run = self.aws.deploy("--release", str(self.aws.binary("five")), "--write-checksum", "--version", "5.0.0")
         self.assertFails(run, "the app group runs 3 instances, its MaxSize is 3")
-        self.assertEqual(self.aws.stack("staging", "app")["Parameters"], before["Parameters"])
+        self.assertEqual(self.stack("staging", "app")["Parameters"], before["Parameters"])
         self.no_canary_left()
         params = json.loads(self.aws.params["staging"].read_text())
         params["stacks"]["app"]["MaxSize"] = 4
@@ -389,6 +398,8 @@ class Production(Scenario):
     the plan names the canary; its execution runs it before the fleet,
     refuses drift and releases replaced in S3 after the plan."""
 
+    plan_file: Path
+
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()
@@ -397,20 +408,20 @@ class Production(Scenario):
         assert run.rc == 0, run.text
         cls.plan_file = cls.aws.dir / "plan.json"
 
-    def plan(self, name: str, version: str, **kw: object) -> Plan:
+    def plan(self, name: str, version: str, **kw: Any) -> Plan:
         run = self.aws.deploy("--release", str(self.aws.binary(name)), "--write-checksum", "--version", version,
-                              "--plan", str(self.plan_file), env="production", **kw)  # type: ignore[arg-type]
+                              "--plan", str(self.plan_file), env="production", **kw)
         self.assertOk(run)
         self.assertNotIn(("cloudformation", "ExecuteChangeSet"), run.calls)
         return Plan.from_json(self.plan_file.read_text())
 
-    def execute(self, version: str, **kw: object) -> emulator.Run:
-        return self.aws.deploy("--execute-plan", str(self.plan_file), "--version", version, env="production", **kw)  # type: ignore[arg-type]
+    def execute(self, version: str, **kw: Any) -> emulator.Run:
+        return self.aws.deploy("--execute-plan", str(self.plan_file), "--version", version, env="production", **kw)
 
     def test_1_the_database_stack_is_linked_to_the_dr_region(self) -> None:
-        self.assertEqual(self.aws.stack("production", "dr-vault", "eu-central-1")["StackStatus"], "CREATE_COMPLETE")
+        self.assertEqual(self.stack("production", "dr-vault", "eu-central-1")["StackStatus"], "CREATE_COMPLETE")
         vault = {o["OutputKey"]: o["OutputValue"]
-                 for o in self.aws.stack("production", "dr-vault", "eu-central-1")["Outputs"]}
+                 for o in self.stack("production", "dr-vault", "eu-central-1")["Outputs"]}
         db = self.aws.parameters("production", "database")
         self.assertEqual((db["DrRegion"], db["DrBackupVaultArn"], db["DrReplicationKmsKeyArn"]),
                          ("eu-central-1", vault["VaultArn"], vault["ReplicationKeyArn"]))
@@ -449,11 +460,11 @@ class Production(Scenario):
         self.no_canary_left("production")
 
     def test_3_a_failing_canary_stops_the_execution_before_the_fleet(self) -> None:
-        before = self.aws.stack("production", "app")
+        before = self.stack("production", "app")
         self.plan("three", "3.0.0")
         run = self.execute("3.0.0", traffic=ERRORS)
         self.assertFails(run, "canary verdict FAIL")
-        self.assertEqual(self.aws.stack("production", "app")["Parameters"], before["Parameters"])
+        self.assertEqual(self.stack("production", "app")["Parameters"], before["Parameters"])
         self.no_canary_left("production")
 
     def test_4_a_checksum_replaced_in_s3_after_the_plan_is_refused(self) -> None:
@@ -487,7 +498,7 @@ class Production(Scenario):
         run = self.execute("6.0.0")
         self.assertFails(run, "aws cloudformation continue-update-rollback --region eu-west-1 --stack-name"
                               " hello-birthday-production-edge")
-        self.assertEqual(self.aws.stack("production", "edge")["StackStatus"], "UPDATE_ROLLBACK_FAILED")
+        self.assertEqual(self.stack("production", "edge")["StackStatus"], "UPDATE_ROLLBACK_FAILED")
         set_status("edge", "UPDATE_COMPLETE", env="production")
 
     def test_99_every_call_is_one_its_role_may_make(self) -> None:
@@ -530,7 +541,7 @@ class Outcomes(Scenario):
         run = self.aws.deploy("--release", str(self.aws.binary("fix")), "--write-checksum", "--version", "1.0.1",
                               "--no-rollback-triggers")
         self.assertOk(run)
-        self.assertEqual(self.aws.stack("staging", "app")["RollbackConfiguration"]["RollbackTriggers"], [])
+        self.assertEqual(self.stack("staging", "app")["RollbackConfiguration"]["RollbackTriggers"], [])
 
     def test_a_label_never_recorded_is_refused_before_any_stack_changes(self) -> None:
         run = self.aws.deploy("--version", "9.9.9")

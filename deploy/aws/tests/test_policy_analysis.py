@@ -111,7 +111,7 @@ def explanation(finding: tuple[str, str, str]) -> tuple[str, str, str] | None:
 
 
 class PolicyAnalysis(unittest.TestCase):
-    def test_every_finding_is_fixed_or_explained(self):
+    def test_every_finding_is_fixed_or_explained(self) -> None:
         used = set()
         for env in ENVIRONMENTS:
             for finding in findings(env):
@@ -120,7 +120,7 @@ class PolicyAnalysis(unittest.TestCase):
                 used.add(key)
         self.assertEqual(set(EXPLAINED) - used, set(), "explanations no finding needs any more")
 
-    def test_the_analysis_sees_what_it_must(self):
+    def test_the_analysis_sees_what_it_must(self) -> None:
         # The tools are run as used above on policies that must be found.
         from cloudsplaining.scan.policy_document import PolicyDocument
         from parliament import analyze_policy_string

@@ -44,7 +44,7 @@ def commands(text: str) -> list[list[str]]:
 
 
 class RestoreRunbook(unittest.TestCase):
-    def test_every_aws_command_exists_with_those_options(self):
+    def test_every_aws_command_exists_with_those_options(self) -> None:
         import botocore.session
         from botocore import xform_name
 
@@ -67,7 +67,7 @@ class RestoreRunbook(unittest.TestCase):
                 base = option[3:] if option.startswith("no-") else option
                 self.assertIn(base, members | {"region", "query", "output"}, f"aws {service} {op} --{option}")
 
-    def test_the_replacement_takes_over_the_stacks_identifier_by_renaming(self):
+    def test_the_replacement_takes_over_the_stacks_identifier_by_renaming(self) -> None:
         text = section()
         renames = [w for w in commands(text) if w[:2] == ["rds", "modify-db-instance"]]
         self.assertEqual(len(renames), 2)
@@ -83,7 +83,7 @@ class RestoreRunbook(unittest.TestCase):
         # No path that would replace the stack's instance through CloudFormation.
         self.assertNotIn("through the database stack (", text)
 
-    def test_the_restore_carries_the_database_stacks_settings(self):
+    def test_the_restore_carries_the_database_stacks_settings(self) -> None:
         text = section()
         replacement = text.split("Replacing the production instance", 1)[1]
         pitr = next(w for w in commands(text) if w[:2] == ["rds", "restore-db-instance-to-point-in-time"])
@@ -108,7 +108,7 @@ class StackPolicy(unittest.TestCase):
         return decide(Request(action, "LogicalResourceId/Database", {"ResourceType": resource_type},
                               {"AWS": "*"}), resource=[policy])
 
-    def test_stateful_resources_are_updated_in_place_only(self):
+    def test_stateful_resources_are_updated_in_place_only(self) -> None:
         for rtype in ("AWS::RDS::DBInstance", "AWS::Backup::BackupVault", "AWS::EC2::VPC", "AWS::EC2::Subnet"):
             self.assertEqual(self.decide("Update:Modify", rtype), "Allow", rtype)
             for action in ("Update:Replace", "Update:Delete"):

@@ -17,7 +17,9 @@ from cfn import (
     ROOT,
     STACK_ORDER,
     TEMPLATES,
+    Node,
     Stack,
+    Template,
     is_ref,
     load_parameters,
     load_template,
@@ -36,17 +38,17 @@ SERVICE_PORT = 5000
 METRICS_PORT = 9464
 
 
-def value(stack, env, name):
+def value(stack: str, env: str, name: str) -> Node:
     return param_value(TPL[stack], PARAMS[env], stack, name)
 
 
-def iso_minutes(duration):
+def iso_minutes(duration: str) -> int:
     m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?", duration)
     assert m, duration
     return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
 
 
-def one(template, rtype):
+def one(template: Template, rtype: str) -> Node:
     # The canary's copies (Canary*) are held to the main ones in test_canary_templates.py.
     found = {k: v for k, v in resources(template, rtype).items() if not k.startswith("Canary")}
     assert len(found) == 1, f"expected one {rtype}, found {list(found)}"
@@ -54,12 +56,12 @@ def one(template, rtype):
 
 
 class Structure(unittest.TestCase):
-    def test_templates_fit_in_a_template_body(self):
+    def test_templates_fit_in_a_template_body(self) -> None:
         # create-change-set --template-body takes at most 51,200 bytes.
         for path in TEMPLATES.glob("*.yaml"):
             self.assertLess(path.stat().st_size, 51_200, path.name)
 
-    def test_parameter_files_name_only_real_parameters_and_fill_the_required_ones(self):
+    def test_parameter_files_name_only_real_parameters_and_fill_the_required_ones(self) -> None:
         supplied_by_target = {"StackPrefix", "Environment", "AppVersion", "ArtifactSha256", "HostBundleSha256",
                               "DrBackupVaultArn", "DrRegion", "DrReplicationKmsKeyArn", "ImageId",
                               # the group's capacity when the deploy begins (test_deploy.py)
@@ -78,7 +80,7 @@ class Structure(unittest.TestCase):
                     if "Default" not in spec and key not in supplied_by_target:
                         self.assertIn(key, params["stacks"][stack], f"{env}: {stack}.{key} has no value")
 
-    def test_parameter_values_respect_allowed_values(self):
+    def test_parameter_values_respect_allowed_values(self) -> None:
         for env, params in PARAMS.items():
             for stack in STACK_ORDER:
                 for key, val in params["stacks"][stack].items():
@@ -88,7 +90,7 @@ class Structure(unittest.TestCase):
                     if "AllowedPattern" in spec and "REPLACE_ME" not in str(val):
                         self.assertRegex(str(val), spec["AllowedPattern"], f"{env} {stack}.{key}")
 
-    def test_imports_point_at_exports_of_stacks_deployed_earlier(self):
+    def test_imports_point_at_exports_of_stacks_deployed_earlier(self) -> None:
         exports = {}
         for stack in STACK_ORDER:
             for key, out in TPL[stack].get("Outputs", {}).items():
@@ -100,12 +102,12 @@ class Structure(unittest.TestCase):
                 if isinstance(node, dict) and "Fn::ImportValue" in node:
                     name = node["Fn::ImportValue"]["Fn::Sub"]
                     m = re.fullmatch(r"\$\{StackPrefix\}-\$\{Environment\}-([a-z]+)-(\w+)", name)
-                    self.assertTrue(m, f"{stack}: import name {name}")
+                    assert m, f"{stack}: import name {name}"
                     source, output = m.groups()
                     self.assertIn((source, output), exports, f"{stack} imports {source}.{output}")
                     self.assertLess(STACK_ORDER.index(source), position, f"{stack} imports from later {source}")
 
-    def test_every_checkov_skip_is_explained(self):
+    def test_every_checkov_skip_is_explained(self) -> None:
         for name, template in TPL.items():
             for logical, res in template["Resources"].items():
                 for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", []):
@@ -116,7 +118,7 @@ class Structure(unittest.TestCase):
 class ZeroDowntime(unittest.TestCase):
     asg = one(TPL["app"], "AWS::AutoScaling::AutoScalingGroup")
 
-    def test_rolling_update_replaces_one_instance_at_a_time_without_losing_capacity(self):
+    def test_rolling_update_replaces_one_instance_at_a_time_without_losing_capacity(self) -> None:
         rolling = self.asg["UpdatePolicy"]["AutoScalingRollingUpdate"]
         self.assertEqual(rolling["MaxBatchSize"], 1)
         # The deploy passes the group's current capacity (test_deploy.py,
@@ -132,25 +134,25 @@ class ZeroDowntime(unittest.TestCase):
         self.assertNotIn("Launch", rolling["SuspendProcesses"])
         self.assertNotIn("Terminate", rolling["SuspendProcesses"])
 
-    def test_creation_waits_for_a_signal_from_every_instance(self):
+    def test_creation_waits_for_a_signal_from_every_instance(self) -> None:
         policy = self.asg["CreationPolicy"]
         self.assertTrue(is_ref(policy["ResourceSignal"]["Count"], "MinSize"))
         self.assertGreaterEqual(iso_minutes(policy["ResourceSignal"]["Timeout"]), 10)
         self.assertEqual(policy["AutoScalingCreationPolicy"]["MinSuccessfulInstancesPercent"], 100)
 
-    def test_the_load_balancer_decides_instance_health(self):
+    def test_the_load_balancer_decides_instance_health(self) -> None:
         props = self.asg["Properties"]
         self.assertEqual(props["HealthCheckType"], "ELB")
         self.assertGreaterEqual(props["HealthCheckGracePeriod"], 120)
         self.assertEqual(props["TargetGroupARNs"], [{"Fn::ImportValue": {"Fn::Sub": "${StackPrefix}-${Environment}-edge-TargetGroupArn"}}])
 
-    def test_each_environment_has_room_for_the_extra_instance_of_a_rolling_update(self):
+    def test_each_environment_has_room_for_the_extra_instance_of_a_rolling_update(self) -> None:
         for env in ENVIRONMENTS:
             lo, hi = (int(value("app", env, k)) for k in ("MinSize", "MaxSize"))
             self.assertGreater(hi, lo, f"{env}: MaxSize must exceed MinSize")
         self.assertGreaterEqual(int(value("app", "production", "MinSize")), 2)
 
-    def test_a_deploy_never_resets_a_scaled_out_group(self):
+    def test_a_deploy_never_resets_a_scaled_out_group(self) -> None:
         # CloudFormation applies every group-size property the template names
         # on each update (documented under the AutoScalingScheduledAction update
         # policy; aws-cdk stopped emitting DesiredCapacity for this reason), so
@@ -165,19 +167,19 @@ class ZeroDowntime(unittest.TestCase):
         self.assertTrue(resources(TPL["app"], "AWS::AutoScaling::ScalingPolicy"), "target tracking owns the size")
         self.assertIs(self.asg["UpdatePolicy"]["AutoScalingScheduledAction"]["IgnoreUnmodifiedGroupSizeProperties"], True)
 
-    def test_replacements_launch_before_terminating(self):
+    def test_replacements_launch_before_terminating(self) -> None:
         policy = self.asg["Properties"]["InstanceMaintenancePolicy"]
         self.assertEqual(policy["MinHealthyPercentage"], 100)
         self.assertGreater(policy["MaxHealthyPercentage"], 100)
 
-    def test_the_image_is_pinned_per_release_and_promoted(self):
+    def test_the_image_is_pinned_per_release_and_promoted(self) -> None:
         image = TPL["app"]["Parameters"]["ImageId"]
         self.assertEqual(image["Type"], "AWS::EC2::Image::Id", "an SSM 'latest' parameter re-resolves on every deploy")
         self.assertNotIn("Default", image)
         # The deploy pins the image with the release and passes it on every
         # app deploy and rollback (test_deploy.py).
 
-    def test_user_data_verifies_the_release_and_signals_the_outcome(self):
+    def test_user_data_verifies_the_release_and_signals_the_outcome(self) -> None:
         lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")
         script = lt["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
         self.assertIn('echo "${ArtifactSha256}  $release/hello-birthday" | sha256sum --check --strict', script)
@@ -191,7 +193,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertIn("hello-birthday-aws.sh\" bootstrap", lines[-2])
         self.assertIn("AutoScalingGroup", TPL["app"]["Resources"])
 
-    def test_bootstrap_succeeds_only_once_ready_and_healthy_in_the_target_group(self):
+    def test_bootstrap_succeeds_only_once_ready_and_healthy_in_the_target_group(self) -> None:
         body = HOST_SCRIPT.split("bootstrap() {", 1)[1].split("\n}\n", 1)[0]
         # The env file (PostgreSQL) is written before setup.sh installs the
         # unit, and setup.sh does not start it with the template env.
@@ -204,7 +206,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertIn("/readyz", HOST_SCRIPT)
         self.assertIn("describe-target-health", HOST_SCRIPT)
 
-    def test_health_check_and_drain_timings_fit_together(self):
+    def test_health_check_and_drain_timings_fit_together(self) -> None:
         tg = one(TPL["edge"], "AWS::ElasticLoadBalancingV2::TargetGroup")["Properties"]
         self.assertEqual(tg["HealthCheckPath"], "/readyz")
         self.assertTrue(is_ref(tg["Port"], "ServicePort"))
@@ -231,7 +233,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertIn("stop_timeout=$((CONF_DRAIN_SECONDS + CONF_SHUTDOWN_TIMEOUT_SECONDS + 5))", HOST_SCRIPT)
         self.assertIn("TimeoutStopSec=$stop_timeout", HOST_SCRIPT)
 
-    def test_waf_guards_the_load_balancer(self):
+    def test_waf_guards_the_load_balancer(self) -> None:
         edge = TPL["edge"]
         acl = one(edge, "AWS::WAFv2::WebACL")["Properties"]
         self.assertEqual(acl["Scope"], "REGIONAL")
@@ -261,7 +263,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertEqual(logging["ResourceArn"], {"Fn::GetAtt": ["WebAcl", "Arn"]})
         self.assertTrue(one(edge, "AWS::Logs::LogGroup")["Properties"]["LogGroupName"]["Fn::Sub"].startswith("aws-waf-logs-"))
 
-    def test_alb_listeners(self):
+    def test_alb_listeners(self) -> None:
         listeners = resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::Listener")
         by_port = {l["Properties"]["Port"]: l["Properties"] for l in listeners.values()}
         self.assertEqual(set(by_port), {80, 443})
@@ -270,7 +272,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertEqual([a["Type"] for a in by_port[80]["DefaultActions"]], ["redirect"])
         self.assertEqual(by_port[80]["DefaultActions"][0]["RedirectConfig"]["Protocol"], "HTTPS")
 
-    def test_alb_hardening_and_production_deletion_protection(self):
+    def test_alb_hardening_and_production_deletion_protection(self) -> None:
         lb = one(TPL["edge"], "AWS::ElasticLoadBalancingV2::LoadBalancer")["Properties"]
         attrs = {a["Key"]: a["Value"] for a in lb["LoadBalancerAttributes"]}
         self.assertEqual(attrs["deletion_protection.enabled"], {"Fn::If": ["IsProduction", "true", "false"]})
@@ -279,7 +281,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertEqual(attrs["routing.http.drop_invalid_header_fields.enabled"], "true")
         self.assertTrue(is_ref(attrs["idle_timeout.timeout_seconds"], "IdleTimeoutSeconds"))
 
-    def test_metrics_are_never_reachable_through_the_load_balancer(self):
+    def test_metrics_are_never_reachable_through_the_load_balancer(self) -> None:
         for tg in resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::TargetGroup").values():
             self.assertTrue(is_ref(tg["Properties"]["Port"], "ServicePort"))
         rules = resources(TPL["edge"], "AWS::ElasticLoadBalancingV2::ListenerRule")
@@ -292,7 +294,7 @@ class ZeroDowntime(unittest.TestCase):
         self.assertTrue(is_ref(lb_egress[0]["FromPort"], "ServicePort"))
         self.assertTrue(is_ref(lb_egress[0]["ToPort"], "ServicePort"))
 
-    def test_app_stack_deploys_carry_the_fast_burn_rollback_triggers(self):
+    def test_app_stack_deploys_carry_the_fast_burn_rollback_triggers(self) -> None:
         out = TPL["monitoring"]["Outputs"]["RollbackTriggerAlarmArns"]["Value"]["Fn::Join"][1]
         self.assertEqual(out, [{"Fn::GetAtt": ["ErrorBudgetBurn5m", "Arn"]}, {"Fn::GetAtt": ["LatencyBurn5m", "Arn"]}])
         # test_deploy.py: the app stack's updates carry them, every other none.
@@ -301,14 +303,14 @@ class ZeroDowntime(unittest.TestCase):
 class Durability(unittest.TestCase):
     db = one(TPL["database"], "AWS::RDS::DBInstance")
 
-    def test_database_survives_deletion_and_replacement(self):
+    def test_database_survives_deletion_and_replacement(self) -> None:
         self.assertEqual(self.db["DeletionPolicy"], "Snapshot")
         self.assertEqual(self.db["UpdateReplacePolicy"], "Snapshot")
         props = self.db["Properties"]
         self.assertIs(props["DeletionProtection"], True)
         self.assertIs(props["DeleteAutomatedBackups"], False)
 
-    def test_database_is_encrypted_multi_az_and_backed_up(self):
+    def test_database_is_encrypted_multi_az_and_backed_up(self) -> None:
         props = self.db["Properties"]
         self.assertIs(props["StorageEncrypted"], True)
         self.assertEqual(props["KmsKeyId"]["Fn::If"][0], "Restoring")  # environment key unless restored
@@ -324,7 +326,7 @@ class Durability(unittest.TestCase):
         for env in ENVIRONMENTS:
             self.assertGreaterEqual(int(value("database", env, "BackupRetentionDays")), 7)
 
-    def test_database_requires_tls(self):
+    def test_database_requires_tls(self) -> None:
         pg = one(TPL["database"], "AWS::RDS::DBParameterGroup")["Properties"]
         self.assertEqual(pg["Parameters"]["rds.force_ssl"], "1")
         self.assertIn("sslmode=require", HOST_SCRIPT)
@@ -332,7 +334,7 @@ class Durability(unittest.TestCase):
             # The family is derived from EngineVersion, so it must be a major version.
             self.assertRegex(str(value("database", env, "EngineVersion")), r"^\d+$")
 
-    def test_snapshots_are_copied_to_another_region_in_production(self):
+    def test_snapshots_are_copied_to_another_region_in_production(self) -> None:
         rule = one(TPL["database"], "AWS::Backup::BackupPlan")["Properties"]["BackupPlan"]["BackupPlanRule"][0]
         copy = rule["CopyActions"]["Fn::If"]
         self.assertEqual(copy[0], "HasDrVault")
@@ -341,7 +343,7 @@ class Durability(unittest.TestCase):
         self.assertTrue(prod["drRegion"])
         self.assertNotEqual(prod["drRegion"], prod["region"])
 
-    def test_connection_budget_fits_the_database(self):
+    def test_connection_budget_fits_the_database(self) -> None:
         for env in ENVIRONMENTS:
             max_conn = int(value("database", env, "MaxConnections"))
             alarm = int(value("monitoring", env, "DatabaseConnectionsThreshold"))
@@ -349,7 +351,7 @@ class Durability(unittest.TestCase):
             self.assertEqual(alarm, int(max_conn * 0.8), env)
             self.assertLessEqual(pools, alarm, f"{env}: MaxSize x DbPoolSize must stay under the alarm")
 
-    def test_buckets_are_private_versioned_encrypted_and_kept(self):
+    def test_buckets_are_private_versioned_encrypted_and_kept(self) -> None:
         buckets = resources(TPL["foundation"], "AWS::S3::Bucket")
         self.assertEqual(set(buckets), {"LogsBucket", "ArtifactsBucket", "BackupsBucket"})
         for name, bucket in buckets.items():
@@ -369,7 +371,7 @@ class Durability(unittest.TestCase):
             deny = policy["Properties"]["PolicyDocument"]["Statement"][0]
             self.assertEqual((deny["Effect"], deny["Condition"]), ("Deny", {"Bool": {"aws:SecureTransport": "false"}}))
 
-    def test_keys_rotate(self):
+    def test_keys_rotate(self) -> None:
         for stack in ("foundation", "dr-vault"):
             for key in resources(TPL[stack], "AWS::KMS::Key").values():
                 self.assertIs(key["Properties"]["EnableKeyRotation"], True)
@@ -378,8 +380,8 @@ class Durability(unittest.TestCase):
 class Isolation(unittest.TestCase):
     net = TPL["network"]
 
-    def _ingress(self, group):
-        rules = []
+    def _ingress(self, group: str) -> list[dict[str, Node]]:
+        rules: list[dict[str, Node]] = []
         sg = self.net["Resources"][group]["Properties"]
         rules += sg.get("SecurityGroupIngress", [])
         for r in resources(self.net, "AWS::EC2::SecurityGroupIngress").values():
@@ -387,7 +389,7 @@ class Isolation(unittest.TestCase):
                 rules.append(r["Properties"])
         return rules
 
-    def test_database_and_instances_are_not_publicly_reachable(self):
+    def test_database_and_instances_are_not_publicly_reachable(self) -> None:
         db = one(TPL["database"], "AWS::RDS::DBInstance")["Properties"]
         self.assertIs(db["PubliclyAccessible"], False)
         subnet_group = one(TPL["database"], "AWS::RDS::DBSubnetGroup")["Properties"]
@@ -400,7 +402,7 @@ class Isolation(unittest.TestCase):
         for subnet in resources(self.net, "AWS::EC2::Subnet").values():
             self.assertIsNot(subnet["Properties"].get("MapPublicIpOnLaunch"), True)
 
-    def test_only_public_subnets_route_to_the_internet_and_data_subnets_nowhere(self):
+    def test_only_public_subnets_route_to_the_internet_and_data_subnets_nowhere(self) -> None:
         routes = resources(self.net, "AWS::EC2::Route").values()
         for route in routes:
             props = route["Properties"]
@@ -414,13 +416,13 @@ class Isolation(unittest.TestCase):
         self.assertEqual({s for s, t in assoc.items() if t == "PublicRouteTable"}, {"PublicSubnetA", "PublicSubnetB"})
         self.assertEqual({s for s, t in assoc.items() if t == "DataRouteTable"}, {"DataSubnetA", "DataSubnetB"})
 
-    def test_two_availability_zones(self):
+    def test_two_availability_zones(self) -> None:
         for tier in ("Public", "App", "Data"):
             azs = [self.net["Resources"][f"{tier}Subnet{x}"]["Properties"]["AvailabilityZone"] for x in "AB"]
             self.assertEqual(azs, [{"Fn::Select": [0, {"Fn::GetAZs": ""}]}, {"Fn::Select": [1, {"Fn::GetAZs": ""}]}])
         self.assertEqual(value("network", "production", "NatGatewayPerAz"), "true")
 
-    def test_security_groups_admit_only_what_they_must(self):
+    def test_security_groups_admit_only_what_they_must(self) -> None:
         instance = self._ingress("InstanceSecurityGroup")
         self.assertEqual(len(instance), 2)
         sources = {r["SourceSecurityGroupId"]["Ref"]: r for r in instance}
@@ -439,14 +441,14 @@ class Isolation(unittest.TestCase):
             for r in self._ingress(group):
                 self.assertNotIn("CidrIp", r, group)
 
-    def test_instance_metadata_and_disks(self):
+    def test_instance_metadata_and_disks(self) -> None:
         lt = one(TPL["app"], "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
         self.assertEqual(lt["MetadataOptions"]["HttpTokens"], "required")
         self.assertEqual(lt["MetadataOptions"]["HttpPutResponseHopLimit"], 1)
         for bdm in lt["BlockDeviceMappings"]:
             self.assertIs(bdm["Ebs"]["Encrypted"], True)
 
-    def test_instance_role_is_least_privilege(self):
+    def test_instance_role_is_least_privilege(self) -> None:
         role = one(TPL["app"], "AWS::IAM::Role")["Properties"]
         self.assertEqual(len(role["ManagedPolicyArns"]), 1)
         self.assertIn("AmazonSSMManagedInstanceCore", str(role["ManagedPolicyArns"][0]))
@@ -464,7 +466,7 @@ class Isolation(unittest.TestCase):
         self.assertEqual(read["Action"], "s3:GetObject")
         self.assertEqual(read["Resource"]["Fn::Sub"][0], "${Bucket}/releases/*")
 
-    def test_an_update_rollback_can_still_fetch_the_old_release(self):
+    def test_an_update_rollback_can_still_fetch_the_old_release(self) -> None:
         # The role must not change with AppVersion: during an update rollback
         # the group launches old-release instances before the role's policy is
         # rolled back, and a failed download ends in UPDATE_ROLLBACK_FAILED.
@@ -480,7 +482,7 @@ BURN_WINDOWS = ("ErrorBudgetBurn5m", "ErrorBudgetBurn1h", "LatencyBurn5m", "Late
 class Alarms(unittest.TestCase):
     mon = TPL["monitoring"]
 
-    def test_only_both_windows_together_page(self):
+    def test_only_both_windows_together_page(self) -> None:
         res = self.mon["Resources"]
         for name in BURN_WINDOWS:
             props = res[name]["Properties"]
@@ -492,7 +494,7 @@ class Alarms(unittest.TestCase):
         out = self.mon["Outputs"]["RollbackTriggerAlarmArns"]["Value"]["Fn::Join"][1]
         self.assertEqual(out, [{"Fn::GetAtt": ["ErrorBudgetBurn5m", "Arn"]}, {"Fn::GetAtt": ["LatencyBurn5m", "Arn"]}])
 
-    def test_route53_health_check_alarm_is_created_in_us_east_1(self):
+    def test_route53_health_check_alarm_is_created_in_us_east_1(self) -> None:
         # Route 53 publishes HealthCheckStatus only in us-east-1 and both
         # environments run elsewhere: the alarm is a stack of its own there.
         self.assertNotIn("AWS/Route53", str(self.mon))
@@ -509,7 +511,7 @@ class Alarms(unittest.TestCase):
         for env in ENVIRONMENTS:
             self.assertNotEqual(PARAMS[env]["region"], "us-east-1", "then the main stack could hold it")
 
-    def test_host_memory_and_disk_alarms_are_per_group(self):
+    def test_host_memory_and_disk_alarms_are_per_group(self) -> None:
         group = one(TPL["app"], "AWS::AutoScaling::AutoScalingGroup")["Properties"]["AutoScalingGroupName"]
         for name, metric in (("HostMemoryHigh", "mem_used_percent"), ("HostDiskHigh", "disk_used_percent")):
             props = self.mon["Resources"][name]["Properties"]
@@ -520,7 +522,7 @@ class Alarms(unittest.TestCase):
         self.assertIn('"aggregation_dimensions": [["AutoScalingGroupName"]]', HOST_SCRIPT)
         self.assertIn('"AutoScalingGroupName": "\\${aws:AutoScalingGroupName}"', HOST_SCRIPT)
 
-    def test_every_alarm_links_a_runbook_that_exists(self):
+    def test_every_alarm_links_a_runbook_that_exists(self) -> None:
         for tpl in ("monitoring", "dns-alarm"):
             for kind in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"):
                 for name, alarm in resources(TPL[tpl], kind).items():
@@ -530,7 +532,7 @@ class Alarms(unittest.TestCase):
                     for link in links:
                         self.assertTrue((ROOT / link).is_file(), f"{tpl}.{name}: {link} does not exist")
 
-    def test_thresholds_match_the_slos(self):
+    def test_thresholds_match_the_slos(self) -> None:
         p = self.mon["Parameters"]
         availability, latency, burn = 0.999, 0.99, 14.4
         self.assertAlmostEqual(p["ErrorRatioPercentThreshold"]["Default"], round(100 * burn * (1 - availability), 4))
@@ -541,7 +543,7 @@ class Alarms(unittest.TestCase):
                 self.assertNotIn(key, PARAMS[env]["stacks"]["monitoring"], "SLO thresholds are not per environment")
             self.assertEqual(int(value("monitoring", env, "MinHealthyHosts")), int(value("app", env, "MinSize")))
 
-    def test_slo_document_uses_the_same_numbers(self):
+    def test_slo_document_uses_the_same_numbers(self) -> None:
         slo = ROOT / "docs" / "slo.md"
         if not slo.exists():
             self.skipTest("docs/slo.md not written yet")
@@ -549,7 +551,7 @@ class Alarms(unittest.TestCase):
         for number in ("99.9", "14.4", "100 ms"):
             self.assertIn(number, text)
 
-    def test_burn_alarms_use_both_windows_and_page_when_both_fire(self):
+    def test_burn_alarms_use_both_windows_and_page_when_both_fire(self) -> None:
         res = self.mon["Resources"]
         for name, period in (("ErrorBudgetBurn5m", 300), ("ErrorBudgetBurn1h", 3600)):
             periods = {m["MetricStat"]["Period"] for m in res[name]["Properties"]["Metrics"] if "MetricStat" in m}
@@ -562,7 +564,7 @@ class Alarms(unittest.TestCase):
             rule = res[page]["Properties"]["AlarmRule"]["Fn::Sub"]
             self.assertEqual(rule, f'ALARM("${{{fast}}}") AND ALARM("${{{slow}}}")')
 
-    def test_required_alarms_exist_and_notify(self):
+    def test_required_alarms_exist_and_notify(self) -> None:
         alarms = resources(self.mon, "AWS::CloudWatch::Alarm")
         metrics = {a["Properties"].get("MetricName") for a in alarms.values()}
         self.assertLessEqual({"TargetResponseTime", "UnHealthyHostCount", "HealthyHostCount", "CPUUtilization",
@@ -585,10 +587,12 @@ class Alarms(unittest.TestCase):
 class Identity(unittest.TestCase):
     boot = TPL["bootstrap"]
 
-    def trust(self, role):
-        return self.boot["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    def trust(self, role: str) -> list[dict[str, Node]]:
+        statements: list[dict[str, Node]] = (
+            self.boot["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"])
+        return statements
 
-    def test_bootstrap_is_deployed_by_an_administrator_not_the_pipeline(self):
+    def test_bootstrap_is_deployed_by_an_administrator_not_the_pipeline(self) -> None:
         self.assertTrue((ROOT / "docs/runbooks/aws-bootstrap.md").is_file())
         provider = self.boot["Resources"]["GitHubOidcProvider"]
         self.assertEqual(provider["Condition"], "CreateOidcProvider")
@@ -597,14 +601,14 @@ class Identity(unittest.TestCase):
         self.assertEqual(set(self.boot["Outputs"]), {"OidcProviderArn", "CloudFormationRoleArn", "DeployRoleArn",
                                                      "PlanRoleArn"})
 
-    def test_deploy_role_session_outlasts_the_deploy_job(self):
+    def test_deploy_role_session_outlasts_the_deploy_job(self) -> None:
         # cd.yml asks for role-duration-seconds; STS refuses more than the
         # role's MaxSessionDuration, so every deploy would fail at login.
         cd = (ROOT / ".github/workflows/cd.yml").read_text()
         asked = max(int(x) for x in re.findall(r"role-duration-seconds: (\d+)", cd))
         self.assertGreaterEqual(self.boot["Resources"]["DeployRole"]["Properties"]["MaxSessionDuration"], asked)
 
-    def test_github_roles_trust_only_this_repository_and_environment(self):
+    def test_github_roles_trust_only_this_repository_and_environment(self) -> None:
         for role in ("DeployRole", "PlanRole"):
             st = self.trust(role)[0]  # DeployRole: [1] is the optional operator trust (test_oidc.py)
             self.assertEqual(st["Action"], "sts:AssumeRoleWithWebIdentity")
@@ -623,12 +627,13 @@ class Identity(unittest.TestCase):
                                        {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}:ref:refs/tags/v*"}])
         self.assertEqual(without, {"Fn::Sub": "repo:${GitHubRepository}:environment:${Environment}"})
 
-    def statements(self, role):
+    def statements(self, role: str) -> list[dict[str, Node]]:
         res = self.boot["Resources"]
-        out = [s for p in res[role]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
-        return out + res["ReadDeploymentState"]["Properties"]["PolicyDocument"]["Statement"]
+        out: list[dict[str, Node]] = [s for p in res[role]["Properties"].get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+        out += res["ReadDeploymentState"]["Properties"]["PolicyDocument"]["Statement"]
+        return out
 
-    def test_deploy_role_is_least_privilege_and_creates_nothing_itself(self):
+    def test_deploy_role_is_least_privilege_and_creates_nothing_itself(self) -> None:
         allowed = set()
         # Read-only actions without resource-level permissions, for the
         # canary, the staging load check, the group's capacity and the
@@ -664,7 +669,7 @@ class Identity(unittest.TestCase):
         # Stack policies are people's to set (the deploy only reads them).
         self.assertNotIn("cloudformation:SetStackPolicy", allowed)
 
-    def test_plan_role_cannot_execute(self):
+    def test_plan_role_cannot_execute(self) -> None:
         deny = [st for st in self.statements("PlanRole") if st["Effect"] == "Deny"]
         denied = {a for st in deny for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
         self.assertLessEqual({"cloudformation:ExecuteChangeSet", "cloudformation:UpdateStack",
@@ -684,7 +689,7 @@ class Identity(unittest.TestCase):
         self.assertIn("cloudformation:CreateChangeSet", allowed)
         self.assertNotIn("cloudformation:ExecuteChangeSet", allowed)
 
-    def test_service_role_creates_only_this_environments_roles(self):
+    def test_service_role_creates_only_this_environments_roles(self) -> None:
         sts = self.boot["Resources"]["CloudFormationServiceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
         for st in (st for st in sts if st["Effect"] == "Allow"):
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
@@ -698,7 +703,7 @@ class Identity(unittest.TestCase):
 
 
 class Backups(unittest.TestCase):
-    def test_vaults_are_locked_compliance_only_in_production_after_a_grace_period(self):
+    def test_vaults_are_locked_compliance_only_in_production_after_a_grace_period(self) -> None:
         for tpl, stack in (("database", "database"), ("dr-vault", "dr-vault")):
             vault = one(TPL[tpl], "AWS::Backup::BackupVault")["Properties"]
             lock = vault["LockConfiguration"]["Fn::If"]
@@ -716,7 +721,7 @@ class Backups(unittest.TestCase):
         for env in ENVIRONMENTS:
             self.assertGreaterEqual(int(value("database", env, "BackupRetentionDays")), 7)
 
-    def test_failed_backup_jobs_notify(self):
+    def test_failed_backup_jobs_notify(self) -> None:
         rule = one(TPL["database"], "AWS::Events::Rule")["Properties"]
         self.assertEqual(rule["EventPattern"]["source"], ["aws.backup"])
         self.assertIn("Backup Job State Change", rule["EventPattern"]["detail-type"])
@@ -730,7 +735,7 @@ class Backups(unittest.TestCase):
         self.assertTrue(any("events.amazonaws.com" in str(s["Principal"]) and "kms:GenerateDataKey*" in s["Action"]
                             for s in key))
 
-    def test_restore_runbook_covers_each_backup(self):
+    def test_restore_runbook_covers_each_backup(self) -> None:
         text = (ROOT / "docs/runbooks/backup-restore.md").read_text()
         for needle in ("restore-db-instance-to-point-in-time", "start-restore-job", "RestoreFromSnapshot",
                        "Vault Lock"):
@@ -744,11 +749,13 @@ class RegionLoss(unittest.TestCase):
     ARN = "arn:aws:rds:eu-central-1:111122223333:auto-backup:ab-L2IJCEXJP7XQ7HOJ4SIEXAMPLE"
     CERT = "arn:aws:acm:eu-central-1:111122223333:certificate/0a1b2c3d-0000-1111-2222-333344445555"
 
-    def database(self, region="eu-west-1", **values):
+    def database(self, region: str = "eu-west-1", **values: object) -> tuple[Stack, dict[str, Node]]:
         stack = Stack(TPL["database"], region=region, Environment="production", **values)
-        return stack, stack.properties("Database")
+        db = stack.properties("Database")
+        assert db is not None, "the database has no condition"
+        return stack, db
 
-    def test_production_replicates_automated_backups_to_its_dr_region(self):
+    def test_production_replicates_automated_backups_to_its_dr_region(self) -> None:
         key = "arn:aws:kms:eu-central-1:111122223333:key/0a1b2c3d-0000-1111-2222-333344445555"
         stack, db = self.database(DrRegion="eu-central-1", DrReplicationKmsKeyArn=key, BackupRetentionDays=14)
         self.assertEqual(stack.broken_rules(), [])
@@ -771,7 +778,7 @@ class RegionLoss(unittest.TestCase):
         self.assertIs(dr["Resources"]["ReplicationKey"]["Properties"]["EnableKeyRotation"], True)
         self.assertEqual(dr["Resources"]["ReplicationKey"]["DeletionPolicy"], "Retain")
 
-    def test_a_new_database_is_created_empty_with_the_environment_key(self):
+    def test_a_new_database_is_created_empty_with_the_environment_key(self) -> None:
         _, db = self.database()
         self.assertEqual(db["DBName"], "hello_birthday")
         self.assertIn("KmsKeyId", db)
@@ -779,7 +786,7 @@ class RegionLoss(unittest.TestCase):
                     "UseLatestRestorableTime"):
             self.assertNotIn(key, db)
 
-    def test_point_in_time_restore_to_the_latest_time_or_a_given_one(self):
+    def test_point_in_time_restore_to_the_latest_time_or_a_given_one(self) -> None:
         stack, db = self.database(region="eu-central-1", RestoreFromAutomatedBackupsArn=self.ARN)
         self.assertEqual(stack.broken_rules(), [])
         self.assertEqual(db["SourceDBInstanceAutomatedBackupsArn"], self.ARN)
@@ -798,7 +805,7 @@ class RegionLoss(unittest.TestCase):
         self.assertRegex("2026-11-30T23:45:00Z", spec["RestoreTime"]["AllowedPattern"])
         self.assertNotRegex("2026-11-30 23:45", spec["RestoreTime"]["AllowedPattern"])
 
-    def test_restore_from_a_snapshot_still_works_and_excludes_the_other_source(self):
+    def test_restore_from_a_snapshot_still_works_and_excludes_the_other_source(self) -> None:
         snap = "arn:aws:backup:eu-central-1:111122223333:recovery-point:abc"
         stack, db = self.database(RestoreFromSnapshot=snap)
         self.assertEqual(stack.broken_rules(), [])
@@ -812,15 +819,19 @@ class RegionLoss(unittest.TestCase):
             for key in ("RestoreFromAutomatedBackupsArn", "RestoreTime"):
                 self.assertNotIn(key, PARAMS[env]["stacks"]["database"], "DR only, never in the environment's file")
 
-    def edge(self, failover):
+    def edge(self, failover: str) -> tuple[Stack, dict[str, Node], dict[str, Node] | None]:
+        """The stack, its DNS record and its health check (None unless the primary)."""
         stack = Stack(TPL["edge"], Environment="production", DomainName="hello.example.com",
                       HostedZoneId="Z1", CertificateArn=self.CERT, DnsFailover=failover)
-        return stack, stack.properties("DnsRecord"), stack.properties("FailoverHealthCheck")
+        record = stack.properties("DnsRecord")
+        assert record is not None, "the record has no condition"
+        return stack, record, stack.properties("FailoverHealthCheck")
 
-    def test_dns_fails_over_only_when_the_region_cannot_answer(self):
+    def test_dns_fails_over_only_when_the_region_cannot_answer(self) -> None:
         _, record, check = self.edge("primary")
         self.assertEqual(record["Failover"], "PRIMARY")
         self.assertEqual(record["HealthCheckId"], {"Ref": "FailoverHealthCheck"})
+        assert check is not None, "the primary's health check"
         cfg = check["HealthCheckConfig"]
         # Liveness, not readiness: never the database's state, so a Multi-AZ
         # failover (1-2 min) never moves the traffic to another Region.
@@ -845,11 +856,11 @@ class RegionLoss(unittest.TestCase):
         self.assertEqual(value("edge", "production", "DnsFailover"), "primary")
         self.assertEqual(value("edge", "staging", "DnsFailover"), "none")
 
-    def dr_params(self, *args):
+    def dr_params(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(AWS_DIR / "dr-params.sh"), *args], capture_output=True, text=True,
                               timeout=30, check=False)
 
-    def test_the_dr_parameter_file_rebuilds_production_in_its_dr_region(self):
+    def test_the_dr_parameter_file_rebuilds_production_in_its_dr_region(self) -> None:
         proc = self.dr_params("--env", "production", "--automated-backups", self.ARN, "--certificate", self.CERT,
                               "--restore-time", "2026-11-30T23:45:00Z")
         self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -876,7 +887,7 @@ class RegionLoss(unittest.TestCase):
                                            "--certificate", self.CERT).stdout)
         self.assertNotIn("RestoreTime", latest["stacks"]["database"])
 
-    def test_the_dr_parameter_file_refuses_what_the_dr_region_cannot_use(self):
+    def test_the_dr_parameter_file_refuses_what_the_dr_region_cannot_use(self) -> None:
         west = self.ARN.replace("eu-central-1", "eu-west-1")
         for args, message in (
                 (("--env", "staging", "--automated-backups", self.ARN, "--certificate", self.CERT), "no drRegion"),
@@ -890,7 +901,7 @@ class RegionLoss(unittest.TestCase):
             self.assertIn(message, proc.stderr)
             self.assertEqual(proc.stdout, "")
 
-    def test_runbook_gives_the_commands_in_order(self):
+    def test_runbook_gives_the_commands_in_order(self) -> None:
         text = (ROOT / "docs/runbooks/region-loss.md").read_text()
         aws = text.split("\n## AWS", 1)[1]
         steps = ["describe-db-instance-automated-backups", "deploy/aws/dr-params.sh --env", "scripts/deploy.sh --target aws",
@@ -899,7 +910,7 @@ class RegionLoss(unittest.TestCase):
         self.assertNotIn(-1, positions, dict(zip(steps, positions)))
         self.assertEqual(positions, sorted(positions))
 
-    def test_runbook_aws_commands_exist_with_those_options(self):
+    def test_runbook_aws_commands_exist_with_those_options(self) -> None:
         # Nobody can run them here against AWS: check every `aws` command of
         # the section against the CLI's service models instead.
         import botocore.session

@@ -11,7 +11,7 @@ import datetime
 import unittest
 from typing import Any
 
-from alarmeval import state
+from alarmeval import Recording, state
 from awspolicy import Deployed
 from cfn import ENVIRONMENTS, Stack, load_parameters, load_template
 
@@ -43,8 +43,8 @@ def keeps(log_filter: dict[str, Any], record: dict[str, Any]) -> bool:
         hits = [c["ActionCondition"]["Action"] in actions for c in f["Conditions"] if "ActionCondition" in c]
         met = any(hits) if f["Requirement"] == "MEETS_ANY" else all(hits)
         if met:
-            return f["Behavior"] == "KEEP"
-    return log_filter["DefaultBehavior"] == "KEEP"
+            return bool(f["Behavior"] == "KEEP")
+    return bool(log_filter["DefaultBehavior"] == "KEEP")
 
 
 class WebAcl(unittest.TestCase):
@@ -52,17 +52,17 @@ class WebAcl(unittest.TestCase):
         d = edge("production", WafMode=mode, WafCountModeUntil="2027-01-31")
         return {r["Name"]: r for r in d.properties("WebAcl")["Rules"]}
 
-    def test_the_rate_limit_blocks_from_the_start(self):
+    def test_the_rate_limit_blocks_from_the_start(self) -> None:
         for mode in ("count", "block"):
             self.assertEqual(self.rules(mode)["rate-per-client-ip"]["Action"], {"Block": {}}, mode)
             self.assertEqual(self.rules(mode)["aws-known-bad-inputs"]["OverrideAction"], {"None": {}}, mode)
 
-    def test_the_rule_groups_count_only_in_count_mode(self):
+    def test_the_rule_groups_count_only_in_count_mode(self) -> None:
         for name in ("aws-ip-reputation", "aws-common"):
             self.assertEqual(self.rules("count")[name]["OverrideAction"], {"Count": {}})
             self.assertEqual(self.rules("block")[name]["OverrideAction"], {"None": {}})
 
-    def test_staging_rate_limit_admits_its_own_synthetic_load(self):
+    def test_staging_rate_limit_admits_its_own_synthetic_load(self) -> None:
         limit = int(edge("staging").values["WafRateLimitPer5Minutes"])
         self.assertGreater(limit, STAGING_LOAD_PER_SECOND * 300)
         # Production is judged on real traffic; one client stays far below capacity.
@@ -70,7 +70,7 @@ class WebAcl(unittest.TestCase):
 
 
 class Logging(unittest.TestCase):
-    def test_only_blocked_and_counted_requests_are_logged(self):
+    def test_only_blocked_and_counted_requests_are_logged(self) -> None:
         log_filter = edge("production").properties("WafLogging")["LoggingFilter"]
         allowed = {"action": "ALLOW", "nonTerminatingMatchingRules": [], "ruleGroupList": []}
         blocked = {"action": "BLOCK", "terminatingRuleId": "rate-per-client-ip"}
@@ -84,7 +84,7 @@ class Logging(unittest.TestCase):
 
 
 class CountMode(unittest.TestCase):
-    def test_counting_needs_an_end_date(self):
+    def test_counting_needs_an_end_date(self) -> None:
         tpl = load_template("edge")
         base = dict(Environment="production", DomainName="hello.example.com", HostedZoneId="Z1",
                     CertificateArn="arn:aws:acm:eu-west-1:111122223333:certificate/0a1b")
@@ -92,7 +92,7 @@ class CountMode(unittest.TestCase):
         self.assertEqual(Stack(tpl, WafMode="count", WafCountModeUntil="2027-01-31", **base).broken_rules(), [])
         self.assertEqual(Stack(tpl, WafMode="block", **base).broken_rules(), [])
 
-    def test_no_environment_counts_past_its_date(self):
+    def test_no_environment_counts_past_its_date(self) -> None:
         # The step nobody can forget: once the date has passed with the rule
         # groups still counting, CI fails (docs/runbooks/waf-count-mode.md).
         today = datetime.date.today()
@@ -104,7 +104,7 @@ class CountMode(unittest.TestCase):
                 self.assertLessEqual(today, until, f"{env}: the WAF rule groups still count past {until}: switch "
                                                    "WafMode to block (docs/runbooks/waf-count-mode.md)")
 
-    def test_counted_matches_alarm_while_counting_only(self):
+    def test_counted_matches_alarm_while_counting_only(self) -> None:
         counting = edge("production", WafMode="count", WafCountModeUntil="2027-01-31")
         self.assertIn("WafCountedMatches", counting.resources())
         self.assertNotIn("WafCountedMatches", edge("production", WafMode="block").resources())
@@ -114,8 +114,8 @@ class CountMode(unittest.TestCase):
                  if r.get("OverrideAction") == {"Count": {}}}
         self.assertEqual(names, rules, "the alarm watches every counting rule group")
         minutes = 120
-        quiet = {("AWS/WAFV2", "CountedRequests"): [None] * minutes}
-        matched = {("AWS/WAFV2", "CountedRequests"): [None] * (minutes - 1) + [3]}
+        quiet: Recording = {("AWS/WAFV2", "CountedRequests"): [None] * minutes}
+        matched: Recording = {("AWS/WAFV2", "CountedRequests"): [*[None] * (minutes - 1), 3]}
         self.assertEqual(state(alarm, quiet), "OK")
         self.assertEqual(state(alarm, matched), "ALARM")
 

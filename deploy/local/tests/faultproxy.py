@@ -22,18 +22,24 @@ import signal
 import socket
 import sys
 
+# One HTTP/1.1 message as read_message returns it: head bytes, body bytes,
+# first line, headers (lower-cased names).
+Message = tuple[bytes, bytes, bytes, dict[bytes, bytes]]
 
-def free_port():
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-async def read_message(reader, is_response=False, request_method=b"GET"):
-    """One HTTP/1.1 message: (head bytes, body bytes, head lines). None at EOF."""
+async def read_message(reader: asyncio.StreamReader, is_response: bool = False, request_method: bytes = b"GET") -> Message:
+    """One HTTP/1.1 message: (head bytes, body bytes, first line, headers).
+    At EOF, asyncio.IncompleteReadError."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    headers = {}
+    headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         if b":" in line:
             k, v = line.split(b":", 1)
@@ -58,21 +64,21 @@ async def read_message(reader, is_response=False, request_method=b"GET"):
 
 
 class Proxy:
-    def __init__(self, upstream_port, fail_ratio, delay_ms):
+    def __init__(self, upstream_port: int, fail_ratio: float, delay_ms: float) -> None:
         self.upstream_port = upstream_port
         self.fail_ratio = fail_ratio
         self.delay = delay_ms / 1000
         self.acc = 0.0
 
-    def should_fail(self):
+    def should_fail(self) -> bool:
         self.acc += self.fail_ratio
         if self.acc >= 1.0:
             self.acc -= 1.0
             return True
         return False
 
-    async def handle(self, creader, cwriter):
-        up = None
+    async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        up: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
                 try:
@@ -108,7 +114,7 @@ class Proxy:
             cwriter.close()
 
 
-async def main():
+async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fail-ratio", type=float, default=0.0)
     ap.add_argument("--delay-ms", type=float, default=0.0)
@@ -122,7 +128,7 @@ async def main():
     child = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, "PORT": str(private)})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: child.send_signal(s))
+        loop.add_signal_handler(sig, child.send_signal, sig)
     proxy = Proxy(private, a.fail_ratio, a.delay_ms)
     server = await asyncio.start_server(proxy.handle, os.environ.get("BIND_ADDR", "127.0.0.1"), public, backlog=1024)
     print(f"faultproxy: 127.0.0.1:{public} -> 127.0.0.1:{private}, fail ratio {a.fail_ratio}, delay {a.delay_ms} ms",
