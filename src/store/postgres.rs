@@ -95,7 +95,10 @@ const WRITE_MANY_SQL: &str = "WITH deleted AS (
 
 /// Batches running at once, per kind. More than one lets a batch's round
 /// trip (and a write batch's WAL flush) overlap the next one's execution;
-/// each extra one splits the waiting requests into smaller batches.
+/// each extra one splits the waiting requests into smaller batches. One
+/// read batch at a time was measured (bench/README.md, "Reading run
+/// 20261207T164924Z"): batches about 50% larger at 32 connections and
+/// 7-15% less database CPU per GET, but a worse p99 in two of three pairs.
 pub const READ_BATCHES: usize = 2;
 pub const WRITE_BATCHES: usize = 2;
 /// The most requests in one batch: bounds one statement's arrays and how
