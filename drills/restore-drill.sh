@@ -4,7 +4,8 @@
 # and check through the API and in the database that every user acknowledged
 # before the backup started reads back identically. Also: a backup with one
 # flipped byte is refused, a non-empty target is refused without --force,
-# and --keep prunes old backups.
+# an unreadable SQLite target is refused without --force, and --keep
+# prunes old backups.
 set -euo pipefail
 
 usage() {
@@ -148,6 +149,20 @@ if DATABASE_URL=$DST_URL "$DRILL_ROOT/scripts/restore.sh" --from "$manifest" 2>"
 fi
 grep -q "REFUSED: the target holds" "$WORK/refuse.err" || fail "unexpected refusal: $(cat "$WORK/refuse.err")"
 log "restore over a non-empty database refused without --force"
+if [ "$backend" = sqlite ]; then
+  # A target that cannot be read is not an empty one: refused, left as it was.
+  mkdir -p "$WORK/garbage"
+  printf 'not a database\n%.0s' {1..64} >"$WORK/garbage/hb.db"
+  before=$(sha256sum <"$WORK/garbage/hb.db")
+  if DATABASE_URL="sqlite://$WORK/garbage/hb.db" "$DRILL_ROOT/scripts/restore.sh" --from "$manifest" \
+    2>"$WORK/garbage.err"; then
+    fail "restore.sh replaced an unreadable target without --force"
+  fi
+  grep -q "cannot inspect the target database" "$WORK/garbage.err" \
+    || fail "unexpected refusal: $(cat "$WORK/garbage.err")"
+  [ "$(sha256sum <"$WORK/garbage/hb.db")" = "$before" ] || fail "the unreadable target was changed"
+  log "restore over an unreadable SQLite target refused without --force, file unchanged"
+fi
 service_stop restored
 DATABASE_URL=$DST_URL "$DRILL_ROOT/scripts/restore.sh" --from "$manifest" --force >/dev/null
 log "restore --force over the same database passed its verification"

@@ -107,16 +107,18 @@ resolve_backup() {
 
 # target_rows: number of users in the target, 0 when it has no schema yet.
 target_rows() {
+  # Each query captured first: set -e is off in here (the caller tests us
+  # with ||), and a failed query (a file that is not a database, a server
+  # that refuses) must not read as "no users table", which would let the
+  # restore replace the target without --force.
+  local has_table
   if [ "$DB_BACKEND" = sqlite ]; then
     [ -s "$SQLITE_PATH" ] || { echo 0; return; }
-    sqlite_q -readonly "$SQLITE_PATH" \
-      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'users'" | grep -qx 1 \
-      || { echo 0; return; }
+    has_table=$(sqlite_q -readonly "$SQLITE_PATH" \
+      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'users'") || return 1
+    [ "$has_table" = 1 ] || { echo 0; return; }
     sqlite_q -readonly "$SQLITE_PATH" "SELECT count(*) FROM users"
   else
-    # Captured first: set -e is off in here (the caller tests us with ||), and
-    # a failed query must not read as "no users table".
-    local has_table
     has_table=$(echo "SELECT to_regclass('users') IS NOT NULL" | psql_q) || return 1
     if [ "$has_table" = t ]; then
       echo "SELECT count(*) FROM users" | psql_q
